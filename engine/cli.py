@@ -1,0 +1,106 @@
+"""The `mic` command: one dispatcher, each subcommand a thin call into a library function.
+
+Every subcommand is callable from Python with the same arguments (see the function each calls).
+User mistakes raise `engine.errors.UserError`; they are printed on one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from engine.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _example(text: str) -> str:
+    return "example:\n  " + text
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="MIC tables and the seven metrics from one or more scored runs",
+        description=(
+            "Read scored runs (a directory with `responses` + `sentences` tables, or one long "
+            "table; Parquet, Arrow IPC, CSV or JSONL), compute MICs and the seven metrics, and "
+            "write DIR/metrics.json and DIR/mic.parquet."
+        ),
+        epilog=_example("mic analyze metrics/data/example --out results/example"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scored", nargs="+", help="scored-run directories or files")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--mode", choices=["heldout", "parity"], default="heldout")
+    p.add_argument("--threshold", type=int, default=10, help="marker count threshold tau")
+    p.add_argument("--ignore-no-hedge", action="store_true", help="drop <no_hedge> rows")
+    p.add_argument("--preset", choices=["mic", "marcon"], default="mic")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 50/50 split and bootstrap")
+    p.add_argument("--ref-split", default="train", help="split that builds MICs (heldout)")
+    p.add_argument("--eval-split", default="test", help="split scored for MAE (heldout)")
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of a table")
+    p.set_defaults(handler=_run_analyze)
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from metrics.analyze import analyze
+    from metrics.summary import format_summary
+
+    result = analyze(
+        args.scored,
+        out=args.out,
+        mode=args.mode,
+        threshold=args.threshold,
+        ignore_no_hedge=args.ignore_no_hedge,
+        preset=args.preset,
+        seed=args.seed,
+        ref_split=args.ref_split,
+        eval_split=args.eval_split,
+    )
+    if args.json:
+        import json
+
+        print(json.dumps(result.metrics_json, indent=2))
+    else:
+        print(format_summary(result.metrics_json))
+        print(f"\nwrote {result.out_dir}/metrics.json and {result.out_dir}/mic.parquet")
+    return 0
+
+
+# Each entry adds one subcommand; engine modules register theirs here.
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_analyze]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mic",
+        description="MIC engine: do LLMs' epistemic markers reflect their intrinsic confidence?",
+        epilog=_example("mic analyze metrics/data/example --out results/example"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"mic {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mic {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
