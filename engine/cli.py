@@ -98,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mic {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"mic {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        print(
+            f"mic {args.command}: interrupted; re-run the same command to resume", file=sys.stderr
+        )
         return 130
 
 

@@ -1,0 +1,354 @@
+"""Reading and validating scored runs (SPEC.md section 6) into two polars tables.
+
+A scored run is a directory holding a `responses` and a `sentences` table, or one long table with
+both sets of columns. Each table may be Parquet, Arrow IPC, CSV or JSONL, and may be a single file
+(`responses.parquet`) or a folder of shards (`responses/*.parquet`). Several scored runs (several
+models, or one run split over files) are concatenated; row order and file split never matter.
+
+Every problem a user can fix raises `UserError` naming the file, the column and what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from engine.contract import NO_HEDGE
+from engine.errors import UserError
+
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrow": "ipc",
+    ".ipc": "ipc",
+    ".feather": "ipc",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+
+RESPONSE_COLUMNS = {
+    "model": pl.String,
+    "task": pl.String,
+    "split": pl.String,
+    "prompt": pl.String,
+    "item_id": pl.String,
+    "correct": pl.Boolean,
+    "n_sentences": pl.Int32,
+}
+SENTENCE_COLUMNS = {
+    "model": pl.String,
+    "task": pl.String,
+    "split": pl.String,
+    "prompt": pl.String,
+    "item_id": pl.String,
+    "sentence_idx": pl.Int32,
+    "marker": pl.String,
+    "raw_marker": pl.String,
+    "confidence": pl.Float64,
+    "decisiveness": pl.Float64,
+}
+# Columns a user file may leave out, with the value they take.
+OPTIONAL_DEFAULTS = {
+    "prompt": "default",
+    "split": "all",
+    "raw_marker": None,  # copied from `marker`
+    "decisiveness": None,  # all missing: faithfulness undefined
+}
+KEY = ["model", "prompt", "task", "split", "item_id"]
+SOURCE = "_source"  # index of the file a row came from, for error messages
+
+
+@dataclass(frozen=True)
+class ScoredRun:
+    """A validated scored run: `responses` and `sentences` with the contract's columns.
+
+    Attributes:
+        responses: one row per response; columns of `RESPONSE_COLUMNS` plus `_source`.
+        sentences: one row per (sentence, marker); columns of `SENTENCE_COLUMNS` plus `_source`.
+        files: the files read, indexed by `_source`.
+    """
+
+    responses: pl.DataFrame
+    sentences: pl.DataFrame
+    files: tuple[str, ...]
+
+
+def _format_of(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(
+            f"{path}: unknown file format {path.suffix or '(no extension)'!r}",
+            "use Parquet (.parquet), Arrow IPC (.arrow), CSV (.csv) or JSONL (.jsonl)",
+        )
+    return fmt
+
+
+def _read(path: Path) -> pl.DataFrame:
+    fmt = _format_of(path)
+    try:
+        if fmt == "parquet":
+            return pl.read_parquet(path)
+        if fmt == "ipc":
+            return pl.read_ipc(path, memory_map=False)
+        if fmt == "csv":
+            return pl.read_csv(
+                path, infer_schema_length=10000, schema_overrides={"item_id": pl.String}
+            )
+        return pl.read_ndjson(path, infer_schema_length=10000)
+    except UserError:
+        raise
+    except Exception as exc:  # polars/pyarrow raise many types; the user needs the file named
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: cannot be read as {fmt}: {first}",
+            "check the file is complete and in that format",
+        ) from None
+
+
+def _table_files(base: Path, name: str) -> list[Path]:
+    """Files of table `name` in directory `base`: `name.<ext>` or `name/*.<ext>`."""
+    found = [p for p in sorted(base.glob(f"{name}.*")) if p.is_file()]
+    folder = base / name
+    if folder.is_dir():
+        found += [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    return found
+
+
+def _resolve(path: str | Path) -> list[tuple[str, Path]]:
+    """Map one user path to (role, file) pairs; role is responses, sentences or long."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(
+            f"{p}: no such file or directory", "pass a scored-run directory or table file"
+        )
+    if p.is_file():
+        return [("long", p)]
+    resp, sent = _table_files(p, "responses"), _table_files(p, "sentences")
+    if resp or sent:
+        if not resp:
+            raise UserError(
+                f"{p}: has a sentences table but no responses table",
+                "add responses.parquet (SPEC.md section 6)",
+            )
+        if not sent:
+            raise UserError(
+                f"{p}: has a responses table but no sentences table",
+                "add sentences.parquet (SPEC.md section 6)",
+            )
+        return [("responses", f) for f in resp] + [("sentences", f) for f in sent]
+    tables = [f for f in sorted(p.iterdir()) if f.is_file() and f.suffix.lower() in FORMATS]
+    if not tables:
+        raise UserError(
+            f"{p}: no scored-run tables found",
+            "expected responses.<ext> and sentences.<ext>, or one long table (.parquet/.arrow/.csv/.jsonl)",
+        )
+    return [("long", f) for f in tables]
+
+
+def _conform(
+    df: pl.DataFrame, columns: dict[str, pl.DataType], path: Path, source: int
+) -> pl.DataFrame:
+    """Check and cast the columns of one file to the contract's types."""
+    missing = [c for c in columns if c not in df.columns and c not in OPTIONAL_DEFAULTS]
+    if missing:
+        raise UserError(
+            f"{path}: missing column {missing[0]!r}"
+            + (f" (and {missing[1:]})" if missing[1:] else ""),
+            f"add it; a scored run's columns are {list(columns)} (SPEC.md section 6)",
+        )
+    exprs = []
+    for name, dtype in columns.items():
+        if name not in df.columns:
+            default = OPTIONAL_DEFAULTS[name]
+            if name == "raw_marker":
+                exprs.append(pl.col("marker").cast(pl.String).alias(name))
+            else:
+                exprs.append(pl.lit(default, dtype=dtype).alias(name))
+            continue
+        have = df.schema[name]
+        if name == "item_id" and have != pl.String:
+            if not (have.is_integer() or have == pl.String):
+                raise UserError(
+                    f"{path}: column 'item_id' has type {have}",
+                    "use strings or integers for item ids",
+                )
+            exprs.append(pl.col(name).cast(pl.String))
+            continue
+        if have == dtype:
+            exprs.append(pl.col(name))
+            continue
+        ok = (
+            (dtype == pl.Float64 and (have.is_numeric() or have == pl.Null))
+            or (dtype == pl.Int32 and have.is_integer())
+            or (dtype == pl.String and have == pl.Null)
+            or (dtype == pl.Boolean and have == pl.Null)
+        )
+        if dtype == pl.Boolean and have.is_integer():
+            bad = df.filter(~pl.col(name).is_in([0, 1]) & pl.col(name).is_not_null()).height
+            ok = bad == 0
+        if dtype == pl.String and have == pl.Categorical:
+            ok = True
+        if not ok:
+            raise UserError(
+                f"{path}: column {name!r} has type {have}, expected {dtype}",
+                "fix the column's values (e.g. booleans true/false, numbers without quotes)",
+            )
+        exprs.append(pl.col(name).cast(dtype))
+    return df.select(exprs).with_columns(pl.lit(source, dtype=pl.Int32).alias(SOURCE))
+
+
+def _split_long(df: pl.DataFrame, path: Path, source: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split one long table (both column sets) into responses and sentences."""
+    resp = _conform(df, RESPONSE_COLUMNS, path, source)
+    sent = _conform(df, SENTENCE_COLUMNS, path, source)
+    per_key = resp.group_by(KEY).agg(
+        pl.col("correct").n_unique().alias("_nc"), pl.col("n_sentences").n_unique().alias("_nn")
+    )
+    bad = per_key.filter((pl.col("_nc") > 1) | (pl.col("_nn") > 1))
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise UserError(
+            f"{path}: response {row['task']}/{row['item_id']} has different 'correct' or 'n_sentences' values on its rows",
+            "a long table repeats the response columns unchanged on each sentence row",
+        )
+    return resp.unique(subset=KEY, keep="first", maintain_order=True), sent
+
+
+def read_scored(paths: list[str | Path] | str | Path) -> ScoredRun:
+    """Read and validate one or more scored runs.
+
+    Args:
+        paths: scored-run directories or long-table files.
+
+    Returns:
+        The validated `ScoredRun`.
+
+    Raises:
+        UserError: a missing file or column, a wrong type, a value out of range, duplicates,
+            an empty task, or responses and sentences that disagree.
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    if not paths:
+        raise UserError("no scored run given", "pass at least one scored-run directory or file")
+    responses, sentences, files = [], [], []
+    for path in paths:
+        for role, f in _resolve(path):
+            source = len(files)
+            files.append(str(f))
+            df = _read(f)
+            if df.height == 0:
+                raise UserError(
+                    f"{f}: the table has no rows",
+                    "remove the empty file or re-run the scoring stage",
+                )
+            if role == "responses":
+                responses.append(_conform(df, RESPONSE_COLUMNS, f, source))
+            elif role == "sentences":
+                sentences.append(_conform(df, SENTENCE_COLUMNS, f, source))
+            else:
+                r, s = _split_long(df, f, source)
+                responses.append(r)
+                sentences.append(s)
+    resp = pl.concat(responses, how="vertical")
+    sent = pl.concat(sentences, how="vertical")
+    run = ScoredRun(resp, sent, tuple(files))
+    validate(run)
+    return run
+
+
+def _where(run: ScoredRun, df: pl.DataFrame) -> str:
+    sources = sorted(set(df.get_column(SOURCE).to_list()))
+    return ", ".join(run.files[s] for s in sources[:2])
+
+
+def validate(run: ScoredRun) -> None:
+    """Check values and cross-table consistency; raise `UserError` on the first problem."""
+    r, s = run.responses, run.sentences
+    for table, df, cols in (
+        ("responses", r, ["model", "task", "item_id", "correct", "n_sentences"]),
+        ("sentences", s, ["model", "task", "item_id", "sentence_idx", "marker"]),
+    ):
+        for c in cols:
+            nulls = df.filter(pl.col(c).is_null())
+            if nulls.height:
+                raise UserError(
+                    f"{_where(run, nulls)}: column {c!r} has {nulls.height} empty value(s) in the {table} table",
+                    "every row needs a value there (missing confidences go in 'confidence' as null)",
+                )
+    for c in ("confidence", "decisiveness"):
+        bad = s.filter(
+            pl.col(c).is_nan() | pl.col(c).is_infinite() | (pl.col(c) < 0) | (pl.col(c) > 1)
+        )
+        if bad.height:
+            v = bad.get_column(c)[0]
+            raise UserError(
+                f"{_where(run, bad)}: column {c!r} has {bad.height} value(s) outside [0, 1] or NaN (first: {v})",
+                "use numbers in [0, 1]; write a missing value as null (empty in CSV), not NaN",
+            )
+    neg = r.filter(pl.col("n_sentences") < 0)
+    if neg.height:
+        raise UserError(
+            f"{_where(run, neg)}: column 'n_sentences' has negative values",
+            "use the response's sentence count",
+        )
+    empty_marker = s.filter(pl.col("marker").str.len_chars() == 0)
+    if empty_marker.height:
+        raise UserError(
+            f"{_where(run, empty_marker)}: column 'marker' has {empty_marker.height} empty string(s)",
+            f"write {NO_HEDGE!r} for a sentence with no hedge",
+        )
+    _check_unique(run, r, KEY, "response")
+    _check_unique(run, s, [*KEY, "sentence_idx", "marker"], "(item, sentence, marker)")
+    # Every sentence row belongs to a response, inside its sentence count.
+    joined = s.select([*KEY, "sentence_idx", SOURCE]).join(
+        r.select([*KEY, "n_sentences"]), on=KEY, how="left", nulls_equal=True
+    )
+    orphan = joined.filter(pl.col("n_sentences").is_null())
+    if orphan.height:
+        row = orphan.row(0, named=True)
+        raise UserError(
+            f"{_where(run, orphan)}: {orphan.height} sentence row(s) have no response row "
+            f"(first: model={row['model']!r} task={row['task']!r} split={row['split']!r} item_id={row['item_id']!r})",
+            "responses and sentences must come from the same scoring run",
+        )
+    over = joined.filter(
+        (pl.col("sentence_idx") < 0) | (pl.col("sentence_idx") >= pl.col("n_sentences"))
+    )
+    if over.height:
+        row = over.row(0, named=True)
+        raise UserError(
+            f"{_where(run, over)}: column 'sentence_idx' is {row['sentence_idx']} for item {row['item_id']!r} "
+            f"whose n_sentences is {row['n_sentences']}",
+            "sentence_idx counts from 0 and must be below the response's n_sentences",
+        )
+    # A task with responses but not a single sentence row cannot give any MIC.
+    tasks_r = r.select("model", "prompt", "task").unique()
+    tasks_s = s.select("model", "prompt", "task").unique()
+    empty = tasks_r.join(tasks_s, on=["model", "prompt", "task"], how="anti")
+    if empty.height:
+        row = empty.row(0, named=True)
+        raise UserError(
+            f"{_where(run, r.filter(pl.col('task') == row['task']))}: task {row['task']!r} "
+            f"(model {row['model']!r}) has responses but no sentence rows",
+            "re-run the scoring stage for that task, or drop its responses",
+        )
+
+
+def _check_unique(run: ScoredRun, df: pl.DataFrame, key: list[str], what: str) -> None:
+    # Hash first (cheap on 1e7 rows), then confirm candidates exactly: no false positives.
+    h = df.select(pl.struct(key).hash(seed=7).alias("h")).get_column("h")
+    cand = df.filter(h.is_duplicated())
+    if cand.height == 0:
+        return
+    dup = cand.filter(pl.struct(key).is_duplicated())
+    if dup.height:
+        row = dup.row(0, named=True)
+        desc = " ".join(f"{k}={row[k]!r}" for k in key)
+        raise UserError(
+            f"{_where(run, dup)}: duplicate {what} rows ({dup.height} rows; first: {desc})",
+            "each key must appear once; drop the duplicates or give repeated runs different model/prompt names",
+        )

