@@ -1,0 +1,585 @@
+"""The sweep spec: TOML (or YAML) validated into frozen dataclasses, with dotted overrides.
+
+A spec names the models, tasks, prompts and sampling settings of a sweep (SPEC.md section 7).
+Every user mistake (unknown key, wrong type, negative count, missing file) raises `UserError`
+naming the file and the dotted key. Plain frozen dataclasses with a small validator are used
+instead of pydantic because the surface is small and the core package does not depend on it.
+
+Example::
+
+    [run]
+    name = "tiny"
+    chunk_size = 64
+
+    [[models]]
+    name = "tiny"
+    path = "builtin:tiny"
+
+    [[tasks]]
+    name = "arithmetic"
+    source = "builtin:arithmetic"
+
+    [[prompts]]
+    id = "plain"
+    template = "Question: {question}\\nAnswer:"
+
+    [sampling]
+    n = 4
+    logprobs = 5
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+BUILTIN_PREFIX = "builtin:"
+
+# Fields that say *how* a sweep runs, not *what* it computes: they may change between a run
+# and its resume (a different GPU count or actor count) without making it a different run.
+EXECUTION_FIELDS = {
+    "models": ("replicas", "tensor_parallel_size", "num_cpus"),
+    "run": ("max_attempts", "device"),
+}
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Run-level settings.
+
+    Attributes:
+        name: Human name of the run (part of the run id).
+        chunk_size: Items per work unit (one unit = model x task x split x prompt x chunk).
+        max_attempts: How many times a unit is tried before the run fails.
+        device: "auto" (GPUs when the Ray cluster has any, else CPUs), "gpu" or "cpu".
+    """
+
+    name: str = "run"
+    chunk_size: int = 256
+    max_attempts: int = 3
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the sweep.
+
+    Attributes:
+        name: Short id used in output rows.
+        path: Hugging Face id, local directory, or `builtin:tiny`.
+        replicas: Actors (engine copies) for this model.
+        tensor_parallel_size: GPUs per replica (on a GPU node).
+        num_cpus: CPUs reserved per actor on a CPU-only node.
+        use_chat_template: Render prompts with the tokenizer's chat template.
+        engine_args: Extra keyword arguments for `vllm.LLM` (e.g. max_model_len, dtype).
+    """
+
+    name: str
+    path: str
+    replicas: int = 1
+    tensor_parallel_size: int = 1
+    num_cpus: int = 1
+    use_chat_template: bool = False
+    engine_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task (question set).
+
+    Attributes:
+        name: Short id used in output rows.
+        source: `builtin:<name>` or a local JSONL file with id / question / answers / split.
+        splits: Splits to generate for.
+        limit: At most this many items per split (0 = all).
+        id_column: Column holding the item id.
+        question_column: Column holding the question text.
+        split_column: Column holding the split name.
+    """
+
+    name: str
+    source: str
+    splits: tuple[str, ...] = ("train", "test")
+    limit: int = 0
+    id_column: str = "id"
+    question_column: str = "question"
+    split_column: str = "split"
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One prompt: a template with a `{question}` placeholder and an optional system text.
+
+    Attributes:
+        id: Short id used in output rows.
+        template: Text with `{question}`.
+        system: System text (prepended as plain text, or as the system turn with chat templates).
+    """
+
+    id: str
+    template: str
+    system: str = ""
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Sampling settings shared by every model of the sweep.
+
+    Attributes:
+        n: Samples per item (sample 0 is the response, the rest consistency samples).
+        temperature: Sampling temperature (0 = greedy).
+        top_p: Nucleus sampling mass in (0, 1].
+        max_tokens: Generated tokens per sample at most.
+        logprobs: Top-k alternatives stored per generated token (0 = only the chosen token).
+        seed: Base seed; every (task, split, prompt, item, sample) gets its own derived seed.
+        stop: Stop strings; the text is cut at the first one after decoding.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    logprobs: int = 0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep spec.
+
+    Attributes:
+        run: Run-level settings.
+        models: Models to run.
+        tasks: Tasks to run.
+        prompts: Prompts to run.
+        sampling: Sampling settings.
+        judges: Judge settings (validated by the judge stages, kept verbatim here).
+        analysis: Analysis settings (validated by `mic analyze`, kept verbatim here).
+        source: The file the spec was read from ("" when built in memory).
+    """
+
+    run: RunSection
+    models: tuple[ModelSpec, ...]
+    tasks: tuple[TaskSpec, ...]
+    prompts: tuple[PromptSpec, ...]
+    sampling: SamplingSpec
+    judges: dict[str, Any] = field(default_factory=dict)
+    analysis: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the spec as plain JSON-able data (lists for tuples)."""
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        return json.loads(json.dumps(data))
+
+    def content_dict(self) -> dict[str, Any]:
+        """Return the spec without its execution fields (replicas, GPUs per replica, ...)."""
+        data = self.to_dict()
+        for section, names in EXECUTION_FIELDS.items():
+            entries = data[section] if isinstance(data[section], list) else [data[section]]
+            for entry in entries:
+                for name in names:
+                    entry.pop(name, None)
+        return data
+
+    def canonical_json(self) -> str:
+        """Return the canonical JSON of the spec's content (sorted keys, no spaces)."""
+        return canonical_json(self.content_dict())
+
+    @property
+    def hash(self) -> str:
+        """Hex sha256 of the canonical JSON: two specs with equal hashes compute the same rows."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def run_id(self) -> str:
+        """Run id stored in every row: the run name and the first 12 hex digits of the hash."""
+        return f"{self.run.name}-{self.hash[:12]}"
+
+
+def canonical_json(data: Any) -> str:
+    """Return `data` as canonical JSON (sorted keys, compact separators)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---- loading -----------------------------------------------------------------------------------
+
+_SECTION_TYPES = {
+    "run": RunSection,
+    "models": ModelSpec,
+    "tasks": TaskSpec,
+    "prompts": PromptSpec,
+    "sampling": SamplingSpec,
+}
+_FREE_SECTIONS = ("judges", "analysis")
+
+# Lower bounds checked after type checks; anything numeric not listed must be >= 0.
+_MINIMUM = {
+    "chunk_size": 1,
+    "max_attempts": 1,
+    "replicas": 1,
+    "tensor_parallel_size": 1,
+    "num_cpus": 1,
+    "n": 1,
+    "max_tokens": 1,
+}
+
+
+def read_raw(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or YAML spec file into a dict.
+
+    Args:
+        path: The spec file (`.toml`, `.yaml` or `.yml`).
+
+    Returns:
+        The parsed document.
+
+    Raises:
+        UserError: The file is missing, has another extension, or does not parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"spec file {path} does not exist", "pass the path of a .toml or .yaml spec"
+        )
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            with path.open("r", encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        else:
+            raise UserError(
+                f"spec file {path} has extension '{suffix}'", "use a .toml, .yaml or .yml file"
+            )
+    except UserError:
+        raise
+    except Exception as exc:  # tomllib / yaml parse errors: one line, naming the file
+        raise UserError(f"spec file {path} does not parse: {exc}", "fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"spec file {path} must hold a table at top level", "see configs/tiny.toml")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one `--set a.b=c` override into its key path and value.
+
+    The value is read as a TOML value (`21`, `0.5`, `true`, `["a", "b"]`, `"text"`); anything
+    that does not parse as TOML is kept as a plain string.
+
+    Args:
+        text: The override, `dotted.key=value`.
+
+    Returns:
+        The key path and the parsed value.
+
+    Raises:
+        UserError: No `=` or an empty key.
+    """
+    key, sep, raw_value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override '{text}' is not key=value", "write e.g. --set sampling.n=21")
+    try:
+        value = tomllib.loads(f"v = {raw_value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw_value.strip()
+    return [part.strip() for part in key.split(".")], value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "") -> dict[str, Any]:
+    """Return a copy of `raw` with dotted overrides applied.
+
+    List entries (models, tasks, prompts) are addressed by index (`models.0.replicas=2`) or by
+    their name / id (`models.tiny.replicas=2`).
+
+    Args:
+        raw: The parsed spec document.
+        overrides: `dotted.key=value` strings.
+        source: The spec file, for error messages.
+
+    Returns:
+        The updated document.
+
+    Raises:
+        UserError: An override addresses a list entry that does not exist.
+    """
+    data = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node: Any = data
+        for depth, key in enumerate(keys[:-1]):
+            dotted = ".".join(keys[: depth + 1])
+            if isinstance(node, list):
+                node = _list_entry(node, key, dotted, source)
+            else:
+                if not isinstance(node.get(key, {}), dict | list):
+                    raise UserError(f"{source}: override '{text}': '{dotted}' is not a table")
+                node = node.setdefault(key, {})
+        last = keys[-1]
+        if isinstance(node, list):
+            raise UserError(
+                f"{source}: override '{text}' addresses a list entry, not a key",
+                "name a key inside it, e.g. models.0.replicas=2",
+            )
+        node[last] = value
+    return data
+
+
+def _list_entry(entries: list[Any], key: str, dotted: str, source: str) -> Any:
+    if key.isdigit() and int(key) < len(entries):
+        return entries[int(key)]
+    for entry in entries:
+        if isinstance(entry, dict) and key in (entry.get("name"), entry.get("id")):
+            return entry
+    raise UserError(
+        f"{source}: override key '{dotted}' matches no list entry",
+        "use an index (models.0) or an existing name (models.tiny)",
+    )
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read, override and validate a sweep spec file.
+
+    Args:
+        path: The spec file (TOML or YAML).
+        overrides: `dotted.key=value` strings applied before validation.
+
+    Returns:
+        The validated spec. Relative task files and model directories are resolved against
+        the spec file's directory.
+
+    Raises:
+        UserError: Any problem with the file, naming the key.
+    """
+    path = Path(path)
+    raw = apply_overrides(read_raw(path), overrides or [], str(path))
+    return validate(raw, source=str(path), base_dir=path.resolve().parent)
+
+
+def validate(
+    raw: dict[str, Any], source: str = "<spec>", base_dir: Path | None = None
+) -> SweepSpec:
+    """Validate a parsed spec document into a `SweepSpec`.
+
+    Args:
+        raw: The parsed document.
+        source: Name of the file, for error messages.
+        base_dir: Directory relative paths are resolved against (default: current directory).
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        UserError: Unknown keys, wrong types, out-of-range values, missing sections or files.
+    """
+    base_dir = base_dir or Path.cwd()
+    allowed = sorted([*_SECTION_TYPES, *_FREE_SECTIONS])
+    for key in raw:
+        if key not in _SECTION_TYPES and key not in _FREE_SECTIONS:
+            raise UserError(f"{source}: unknown key '{key}'", f"allowed top-level keys: {allowed}")
+    for key in ("models", "tasks", "prompts"):
+        if not raw.get(key):
+            raise UserError(
+                f"{source}: missing '{key}'",
+                f"add at least one [[{key}]] table (see configs/tiny.toml)",
+            )
+        if not isinstance(raw[key], list):
+            raise UserError(
+                f"{source}: '{key}' must be a list of tables", f"write [[{key}]] in TOML"
+            )
+    run = _build(RunSection, raw.get("run", {}), "run", source)
+    sampling = _build(SamplingSpec, raw.get("sampling", {}), "sampling", source)
+    models = tuple(
+        _build(ModelSpec, entry, f"models.{i}", source) for i, entry in enumerate(raw["models"])
+    )
+    tasks = tuple(
+        _build(TaskSpec, entry, f"tasks.{i}", source) for i, entry in enumerate(raw["tasks"])
+    )
+    prompts = tuple(
+        _build(PromptSpec, entry, f"prompts.{i}", source) for i, entry in enumerate(raw["prompts"])
+    )
+    for section in _FREE_SECTIONS:
+        if not isinstance(raw.get(section, {}), dict):
+            raise UserError(f"{source}: '{section}' must be a table")
+
+    _check_unique([m.name for m in models], "models", "name", source)
+    _check_unique([t.name for t in tasks], "tasks", "name", source)
+    _check_unique([p.id for p in prompts], "prompts", "id", source)
+    if run.device not in ("auto", "gpu", "cpu"):
+        raise UserError(f"{source}: 'run.device' is {run.device!r}", 'use "auto", "gpu" or "cpu"')
+    if not 0.0 < sampling.top_p <= 1.0:
+        raise UserError(f"{source}: 'sampling.top_p' is {sampling.top_p}", "use a value in (0, 1]")
+    for i, prompt in enumerate(prompts):
+        if "{question}" not in prompt.template:
+            raise UserError(
+                f"{source}: 'prompts.{i}.template' has no {{question}} placeholder",
+                "put {question} where the question goes",
+            )
+        try:
+            prompt.template.format(question="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UserError(
+                f"{source}: 'prompts.{i}.template' has a bad placeholder ({exc})",
+                "only {question} is filled; write other braces as {{ and }}",
+            ) from None
+    models = tuple(
+        dataclasses.replace(
+            m, path=_resolve_model_path(m.path, f"models.{i}.path", source, base_dir)
+        )
+        for i, m in enumerate(models)
+    )
+    tasks = tuple(
+        dataclasses.replace(
+            t, source=_resolve_task_source(t.source, f"tasks.{i}.source", source, base_dir)
+        )
+        for i, t in enumerate(tasks)
+    )
+    return SweepSpec(
+        run=run,
+        models=models,
+        tasks=tasks,
+        prompts=prompts,
+        sampling=sampling,
+        judges=dict(raw.get("judges", {})),
+        analysis=dict(raw.get("analysis", {})),
+        source=source,
+    )
+
+
+def _check_unique(values: list[str], section: str, key: str, source: str) -> None:
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise UserError(
+                f"{source}: '{section}.{i}.{key}' repeats '{value}'",
+                f"give each entry its own {key}",
+            )
+        seen.add(value)
+
+
+def _resolve_model_path(path: str, key: str, source: str, base_dir: Path) -> str:
+    if path.startswith(BUILTIN_PREFIX):
+        from engine.tiny_model import BUILTIN_MODELS
+
+        if path not in BUILTIN_MODELS:
+            raise UserError(
+                f"{source}: '{key}' names unknown model '{path}'",
+                f"use one of {sorted(BUILTIN_MODELS)}",
+            )
+        return path
+    local = Path(path).expanduser()
+    if not local.is_absolute():
+        local = base_dir / local
+    if local.exists():
+        return str(local.resolve())
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
+    if looks_local:
+        raise UserError(
+            f"{source}: '{key}' is {path!r}, which does not exist",
+            "give an existing model directory, a Hugging Face id (org/name) or builtin:tiny",
+        )
+    return path  # a Hugging Face id, resolved by vLLM (from the local hub cache when offline)
+
+
+def _resolve_task_source(task_source: str, key: str, source: str, base_dir: Path) -> str:
+    if task_source.startswith(BUILTIN_PREFIX):
+        from engine.items import builtin_task_names
+
+        name = task_source[len(BUILTIN_PREFIX) :]
+        if name not in builtin_task_names():
+            raise UserError(
+                f"{source}: '{key}' names unknown built-in task '{name}'",
+                f"use one of {['builtin:' + n for n in builtin_task_names()]} or a local JSONL file",
+            )
+        return task_source
+    local = Path(task_source).expanduser()
+    if not local.is_absolute():
+        local = base_dir / local
+    if not local.is_file():
+        raise UserError(
+            f"{source}: '{key}' is {task_source!r}, which is not a file",
+            "give a local JSONL file or a built-in task name (builtin:arithmetic)",
+        )
+    return str(local.resolve())
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    """Build dataclass `cls` from `data`, checking keys, types and ranges."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: '{prefix}' must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise UserError(
+                f"{source}: unknown key '{prefix}.{key}'", f"allowed keys in '{prefix}': {names}"
+            )
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}"
+        if f.name not in data:
+            no_default = (
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            )
+            if no_default:
+                raise UserError(
+                    f"{source}: missing key '{key}'", f"add {f.name} = ... to '{prefix}'"
+                )
+            continue
+        kwargs[f.name] = _check_value(data[f.name], hints[f.name], key, source)
+        value = kwargs[f.name]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            minimum = _MINIMUM.get(f.name, 0)
+            if value < minimum:
+                raise UserError(f"{source}: '{key}' is {value}", f"use a value >= {minimum}")
+    return cls(**kwargs)
+
+
+def _check_value(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    elif origin is dict:
+        ok = isinstance(value, dict)
+        value = dict(value) if ok else value
+    else:  # pragma: no cover - every field type is listed above
+        raise TypeError(f"unsupported spec field type {hint}")
+    if not ok:
+        expected = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+            hint, "a list of strings" if origin is tuple else "a table"
+        )
+        raise UserError(
+            f"{source}: '{key}' is {value!r} ({type(value).__name__})", f"expected {expected}"
+        )
+    return value

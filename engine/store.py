@@ -1,0 +1,393 @@
+"""Run storage: write-once Arrow shards, done-records, the manifest view, the run lock.
+
+Layout of a run directory (a local path or a pyarrow filesystem URI such as `s3://bucket/run`)::
+
+    run.json               the spec (canonical content and its hash), written at first start
+    shards/<unit>-<attempt>.arrow    one Arrow IPC file (zstd) per finished unit, write-once name
+    done/<unit>.json       done-record: unit id, shard name, rows, sha256 of the shard
+    manifest.json          a view rebuilt from the done-records (never the only copy of the truth)
+    summary.json           throughput accounting of the last run
+    .lock                  pid + host of the run holding the directory
+
+A unit is finished iff its done-record exists and its shard's checksum matches. Object stores have
+no atomic rename, so the commit never depends on one: the shard gets a fresh attempt id and the
+done-record (a single small put) is the commit point. On a local disk files are also fsynced and
+renamed into place, so a reader globbing `shards/*.arrow` never sees a torn file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.ipc as ipc
+
+from engine.errors import UserError
+from engine.spec import SweepSpec
+
+SHARDS = "shards"
+DONE = "done"
+
+
+@dataclass(frozen=True)
+class DoneRecord:
+    """The commit record of one finished unit.
+
+    Attributes:
+        unit_id: The unit's content hash.
+        shard: Shard file name (inside `shards/`).
+        rows: Rows in the shard.
+        sha256: Hex sha256 of the shard's bytes.
+        bytes: Shard size in bytes.
+        actor: Who wrote it (for accounting).
+    """
+
+    unit_id: str
+    shard: str
+    rows: int
+    sha256: str
+    bytes: int
+    actor: str = ""
+
+
+def table_to_ipc_bytes(table: pa.Table) -> bytes:
+    """Serialize a table as an Arrow IPC file with zstd compression."""
+    sink = pa.BufferOutputStream()
+    options = ipc.IpcWriteOptions(compression="zstd")
+    with ipc.new_file(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+class RunStore:
+    """A run directory on a pyarrow filesystem (local path by default).
+
+    Picklable (it pickles as its URI), so Ray actors write their own shards.
+
+    Args:
+        location: A local path or a filesystem URI (`file://`, `s3://`, `gs://`, ...).
+    """
+
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        self.location = str(location)
+        if "://" in self.location:
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(self.location)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise UserError(f"output location {self.location!r} is not usable: {exc}") from None
+        else:
+            self.fs = pafs.LocalFileSystem()
+            self.root = str(Path(self.location).expanduser().resolve())
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RunStore, (self.location,))
+
+    # ---- low-level I/O -------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> str:
+        """Return the filesystem path of `parts` inside the run directory."""
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def ensure_dirs(self) -> None:
+        """Create the run directory and its sub-directories."""
+        for sub in ("", SHARDS, DONE):
+            self.fs.create_dir(self.path(sub) if sub else self.root, recursive=True)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write a file so that readers see all of it or nothing (fsync + rename on local disks)."""
+        target = self.path(rel)
+        if self.is_local:
+            tmp = f"{target}.partial-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+            dir_fd = os.open(os.path.dirname(target), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        else:  # an object-store put is atomic
+            with self.fs.open_output_stream(target) as out:
+                out.write(data)
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        """Return a file's bytes, or None if it does not exist."""
+        try:
+            with self.fs.open_input_file(self.path(rel)) as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if "not found" in str(exc).lower() or "no such file" in str(exc).lower():
+                return None
+            raise
+
+    def read_json(self, rel: str) -> Any | None:
+        """Return a JSON file's content, or None if missing or unreadable."""
+        data = self.read_bytes(rel)
+        if data is None:
+            return None
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+
+    def write_json(self, rel: str, value: Any) -> None:
+        """Write a JSON file atomically."""
+        self.write_bytes(rel, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+    def list_names(self, sub: str) -> list[str]:
+        """Return the base names of the files directly under `sub`."""
+        selector = pafs.FileSelector(self.path(sub), allow_not_found=True)
+        return sorted(
+            info.base_name
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+        )
+
+    # ---- units ---------------------------------------------------------------------------------
+
+    def commit_unit(self, unit_id: str, table: pa.Table, actor: str = "") -> DoneRecord:
+        """Write a finished unit: the shard under a write-once name, then its done-record.
+
+        Args:
+            unit_id: The unit's id.
+            table: Its rows (GENERATIONS schema with metadata).
+            actor: Name of the writer, kept in the record.
+
+        Returns:
+            The done-record written.
+        """
+        data = table_to_ipc_bytes(table)
+        shard = f"{unit_id}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.arrow"
+        self.write_bytes(f"{SHARDS}/{shard}", data)
+        record = DoneRecord(
+            unit_id=unit_id,
+            shard=shard,
+            rows=table.num_rows,
+            sha256=hashlib.sha256(data).hexdigest(),
+            bytes=len(data),
+            actor=actor,
+        )
+        self.write_json(f"{DONE}/{unit_id}.json", record.__dict__)
+        return record
+
+    def done_record(self, unit_id: str) -> DoneRecord | None:
+        """Return the unit's done-record if it exists and its shard checks out, else None."""
+        raw = self.read_json(f"{DONE}/{unit_id}.json")
+        if not isinstance(raw, dict):
+            return None
+        try:
+            record = DoneRecord(**raw)
+        except TypeError:
+            return None
+        data = self.read_bytes(f"{SHARDS}/{record.shard}")
+        if data is None or len(data) != record.bytes:
+            return None
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            return None
+        return record
+
+    def finished(self, unit_ids: list[str]) -> dict[str, DoneRecord]:
+        """Return the verified done-records among `unit_ids`."""
+        present = {
+            name[: -len(".json")] for name in self.list_names(DONE) if name.endswith(".json")
+        }
+        records = {}
+        for unit_id in unit_ids:
+            if unit_id in present:
+                record = self.done_record(unit_id)
+                if record is not None:
+                    records[unit_id] = record
+        return records
+
+    def collect_garbage(self, keep: set[str]) -> list[str]:
+        """Delete shards (and partial files) that no valid done-record points to.
+
+        Only call while holding the run lock: a shard being written by a live run has no
+        done-record yet.
+
+        Args:
+            keep: Shard names to keep.
+
+        Returns:
+            The names deleted.
+        """
+        removed = []
+        for sub in (SHARDS, DONE):
+            for name in self.list_names(sub):
+                stale = (".partial-" in name) or (sub == SHARDS and name not in keep)
+                if stale:
+                    self.fs.delete_file(self.path(sub, name))
+                    removed.append(f"{sub}/{name}")
+        return removed
+
+    def write_manifest(
+        self, spec: SweepSpec, order: list[str], records: dict[str, DoneRecord]
+    ) -> dict[str, Any]:
+        """Rebuild `manifest.json` from done-records, in plan order.
+
+        Args:
+            spec: The run's spec.
+            order: Unit ids of the plan, in order.
+            records: Verified done-records by unit id.
+
+        Returns:
+            The manifest written.
+        """
+        units = [records[u].__dict__ for u in order if u in records]
+        manifest = {
+            "run_id": spec.run_id,
+            "config_hash": spec.hash,
+            "units_planned": len(order),
+            "units_finished": len(units),
+            "rows": sum(u["rows"] for u in units),
+            "units": units,
+        }
+        self.write_json("manifest.json", manifest)
+        return manifest
+
+    def shard_paths(self) -> list[str]:
+        """Return the filesystem paths of the shards listed in the manifest."""
+        manifest = self.read_json("manifest.json") or {"units": []}
+        return [self.path(SHARDS, u["shard"]) for u in manifest["units"]]
+
+    # ---- run identity ----------------------------------------------------------------------------
+
+    def check_run(self, spec: SweepSpec, new_run: bool = False) -> str:
+        """Bind the directory to `spec`: write run.json, or check it matches the stored one.
+
+        Args:
+            spec: The spec about to run.
+            new_run: Start afresh when the stored spec differs: the old run's files move to
+                `superseded/<old hash>/` (nothing is deleted).
+
+        Returns:
+            "new", "resume" or "replaced".
+
+        Raises:
+            UserError: The stored spec differs and `new_run` is false; the differing keys are named.
+        """
+        stored = self.read_json("run.json")
+        record = {
+            "run_id": spec.run_id,
+            "hash": spec.hash,
+            "spec": spec.content_dict(),
+            "full": spec.to_dict(),
+        }
+        if stored is None:
+            self.ensure_dirs()
+            self.write_json("run.json", record)
+            return "new"
+        if stored.get("hash") == spec.hash:
+            return "resume"
+        if not new_run:
+            diffs = diff_keys(stored.get("spec", {}), spec.content_dict())
+            raise UserError(
+                f"{self.location} holds a run of a different spec (differing keys: "
+                f"{', '.join(diffs[:10]) or 'unknown'})",
+                "use another --out, restore the spec, or pass --new-run to start over "
+                "(the old run moves to superseded/)",
+            )
+        old = f"superseded/{str(stored.get('hash', 'unknown'))[:12]}"
+        self.fs.create_dir(self.path(old), recursive=True)
+        for name in ("run.json", "manifest.json", "summary.json"):
+            if self.read_bytes(name) is not None:
+                self.fs.move(self.path(name), self.path(old, name))
+        for sub in (SHARDS, DONE):
+            with contextlib.suppress(FileNotFoundError):
+                if self.fs.get_file_info(self.path(sub)).type == pafs.FileType.Directory:
+                    self.fs.move(self.path(sub), self.path(old, sub))
+        self.ensure_dirs()
+        self.write_json("run.json", record)
+        return "replaced"
+
+    # ---- lock ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory's lock (pid + host); a lock of a dead local pid is taken over.
+
+        Raises:
+            UserError: Another live run holds the directory.
+        """
+        self.fs.create_dir(self.root, recursive=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        lock = self.path(".lock")
+        if self.is_local:
+            for _ in range(2):
+                try:
+                    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    self._check_stale_lock()
+                    continue
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(me, fh)
+                break
+            else:  # pragma: no cover - the stale check either raises or removes the lock
+                raise UserError(f"cannot lock {lock}")
+        else:
+            if self.read_bytes(".lock") is not None:
+                self._check_stale_lock()
+            self.write_json(".lock", me)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(lock)
+
+    def _check_stale_lock(self) -> None:
+        holder = self.read_json(".lock") or {}
+        pid, host = holder.get("pid"), holder.get("host")
+        if self.is_local and host == socket.gethostname() and isinstance(pid, int):
+            if not _pid_alive(pid):
+                with contextlib.suppress(OSError):
+                    self.fs.delete_file(self.path(".lock"))
+                return
+        raise UserError(
+            f"output directory {self.location} is locked by another run (pid {pid} on {host})",
+            f"wait for it to finish, or delete {self.path('.lock')} if that process is gone",
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Return the dotted keys where two JSON-like values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old or key not in new:
+                out.append(dotted)
+            else:
+                out.extend(diff_keys(old[key], new[key], dotted))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for i, (a, b) in enumerate(zip(old, new)):
+            out.extend(diff_keys(a, b, f"{prefix}.{i}"))
+        return out
+    return [] if old == new else [prefix or "<root>"]
