@@ -200,6 +200,9 @@ def _faithfulness(
         valid.join(keyed, on=["model", "prompt", "task", "split", "item_id"], how="inner")
         .group_by("_r", "sentence_idx")
         .agg(pl.col("confidence").first(), pl.col("decisiveness").first())
+        # Sum in sentence order (as the seed does): c(r) is binned for cMFG, so its last bit must
+        # not depend on row order or file split.
+        .sort("_r", "sentence_idx")
     )
     r = per_sentence.get_column("_r").to_numpy().astype(np.int64)
     conf = per_sentence.get_column("confidence").to_numpy()

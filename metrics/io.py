@@ -92,7 +92,7 @@ def _read(path: Path) -> pl.DataFrame:
         if fmt == "parquet":
             return pl.read_parquet(path)
         if fmt == "ipc":
-            return pl.read_ipc(path, memory_map=False)
+            return pl.read_ipc(path)
         if fmt == "csv":
             return pl.read_csv(
                 path, infer_schema_length=10000, schema_overrides={"item_id": pl.String}
@@ -100,7 +100,7 @@ def _read(path: Path) -> pl.DataFrame:
         return pl.read_ndjson(path, infer_schema_length=10000)
     except UserError:
         raise
-    except Exception as exc:  # polars/pyarrow raise many types; the user needs the file named
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:  # the user needs the file named
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"{path}: cannot be read as {fmt}: {first}",
