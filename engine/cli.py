@@ -73,6 +73,16 @@ def _run_analyze(args: argparse.Namespace) -> int:
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_analyze]
 
 
+def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
+    """Engine subcommands (run, plan, tiny-model, bench), defined in `engine.commands`."""
+    from engine.commands import add_engine_commands
+
+    add_engine_commands(sub)
+
+
+_COMMANDS.append(_add_engine_commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mic",
