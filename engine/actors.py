@@ -1,0 +1,159 @@
+"""The generation actor: one per model replica, owning one backend (a `vllm.LLM`).
+
+The actor generates on its main thread and hands each finished unit to a writer thread that
+decodes the texts, builds the Arrow table and commits the shard + done-record. So shard writing
+overlaps the next unit's generation instead of stalling it. `run_unit` returns the units the
+writer committed since the last call; `drain` waits for the writer and returns the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from engine.backend import Backend, FakeBackend, VLLMBackend
+from engine.spec import ModelSpec
+from engine.store import RunStore
+from engine.units import WorkUnit
+
+BackendFactory = Callable[[ModelSpec, int], Backend]
+
+
+def vllm_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
+    """Build the default backend: the model's `vllm.LLM` (resolving `builtin:` names)."""
+    from engine.tiny_model import resolve_model
+
+    return VLLMBackend(
+        resolve_model(model.path),
+        dict(model.engine_args),
+        tensor_parallel_size=model.tensor_parallel_size,
+        max_logprobs=max_logprobs,
+        chat=model.use_chat_template,
+    )
+
+
+def fake_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
+    """Build a `FakeBackend` (tests); `engine_args.fake_seconds` sets its per-unit sleep."""
+    return FakeBackend(seconds_per_unit=float(model.engine_args.get("fake_seconds", 0.0)))
+
+
+class GenerationActor:
+    """Runs work units of one model and writes their shards (used as a Ray actor).
+
+    Args:
+        name: Actor name (kept in done-records and the summary).
+        store: The run directory.
+        model: The model this actor serves.
+        max_logprobs: Largest top-k the units ask for.
+        backend_factory: Builds the backend (default: vLLM).
+        overlap_writes: Write shards on a background thread while the next unit generates.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        store: RunStore,
+        model: ModelSpec,
+        max_logprobs: int,
+        backend_factory: BackendFactory | None = None,
+        overlap_writes: bool = True,
+    ) -> None:
+        started = time.perf_counter()
+        self.name = name
+        self.store = store
+        self.backend = (backend_factory or vllm_backend_factory)(model, max_logprobs)
+        self.startup_seconds = time.perf_counter() - started
+        self.writer = (
+            ThreadPoolExecutor(1, thread_name_prefix="shard-writer") if overlap_writes else None
+        )
+        self.pending: list[Future[dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        """Return where this actor runs: pid, node, GPU ids, start-up time."""
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "node_id": ctx.get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "startup_seconds": self.startup_seconds,
+        }
+
+    def run_unit(self, unit: WorkUnit) -> list[dict[str, Any]]:
+        """Generate one unit; queue its write. Returns results of writes finished so far.
+
+        Each result holds unit_id, ok, rows, prompt/generated token counts and timings, or an
+        error message when the unit failed (the driver retries it).
+        """
+        started = time.perf_counter()
+        try:
+            raw = self.backend.generate(unit)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries the unit
+            return [*self._collect(block=False), _failure(unit, exc)]
+        gen_wall = time.perf_counter() - started
+        if self.writer is None:
+            return [self._write(unit, raw, gen_wall)]
+        # Back-pressure: at most one write in flight beside the new one.
+        results = self._collect(block=False)
+        while len(self.pending) >= 2:
+            results.extend(self._collect(block=True, limit=1))
+        self.pending.append(self.writer.submit(self._write, unit, raw, gen_wall))
+        return results
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Wait for every queued write and return their results."""
+        return self._collect(block=True)
+
+    def close(self) -> None:
+        """Finish writes and free the engine."""
+        self.drain()
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+        self.backend.close()
+
+    def _collect(self, block: bool, limit: int | None = None) -> list[dict[str, Any]]:
+        results = []
+        still = []
+        for future in self.pending:
+            if (block and (limit is None or len(results) < limit)) or future.done():
+                results.append(future.result())
+            else:
+                still.append(future)
+        self.pending = still
+        return results
+
+    def _write(self, unit: WorkUnit, raw: Any, gen_wall: float) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            table = self.backend.to_table(unit, raw)
+            record = self.store.commit_unit(unit.unit_id, table, actor=self.name)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries the unit
+            return _failure(unit, exc)
+        return {
+            "unit_id": unit.unit_id,
+            "ok": True,
+            "actor": self.name,
+            "rows": record.rows,
+            "errors": sum(e is not None for e in raw.errors) * int(unit.sampling["n"]),
+            "prompt_tokens": sum(raw.prompt_tokens),
+            "generated_tokens": raw.generated_tokens,
+            "gen_seconds": gen_wall,
+            "write_seconds": time.perf_counter() - started,
+        }
+
+
+def _failure(unit: WorkUnit, exc: BaseException) -> dict[str, Any]:
+    return {
+        "unit_id": unit.unit_id,
+        "ok": False,
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": traceback.format_exc(limit=5),
+    }

@@ -1,0 +1,145 @@
+"""The engine's `mic` subcommands: run, plan, tiny-model, bench.
+
+Registered by `engine.cli` through `add_engine_commands`; each handler is a thin call into a
+library function with the same arguments (`engine.runner.run_sweep`, `engine.runner.plan_report`,
+`engine.tiny_model.build_tiny_model`, `engine.bench.run_bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_engine_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the engine subcommands to the `mic` parser."""
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser(
+        "run",
+        help="generate a sweep into Arrow shards (resumable)",
+        description=(
+            "Run a sweep spec: one Ray actor per model replica wraps vLLM; each finished work unit "
+            "becomes one Arrow shard in DIR/shards. Re-running the same command resumes."
+        ),
+        epilog="example:\n  mic run configs/tiny.toml --out runs/tiny",
+        formatter_class=fmt,
+    )
+    p.add_argument("spec", help="sweep spec (.toml or .yaml)")
+    p.add_argument("--out", required=True, help="output directory or filesystem URI")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: local Ray)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--new-run", action="store_true", help="replace a run of a different spec in --out"
+    )
+    p.add_argument("--actors", type=int, default=None, help="actors per model (overrides replicas)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser(
+        "plan",
+        help="show a sweep's work units, prompt and token counts and a GPU-hour estimate",
+        description="Expand a sweep spec into work units and estimate its cost; runs nothing.",
+        epilog="example:\n  mic plan configs/tiny.toml --set sampling.n=21",
+        formatter_class=fmt,
+    )
+    p.add_argument("spec", help="sweep spec (.toml or .yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--tokens-per-second",
+        type=float,
+        default=1000.0,
+        help="assumed generated tokens/s per replica for the estimate (measure with mic bench)",
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(handler=_plan)
+
+    p = sub.add_parser(
+        "tiny-model",
+        help="build the deterministic tiny Llama model and tokenizer into DIR",
+        description="Build the tiny test model (no hub needed); idempotent.",
+        epilog="example:\n  mic tiny-model /tmp/tiny",
+        formatter_class=fmt,
+    )
+    p.add_argument("dir", help="target directory")
+    p.set_defaults(handler=_tiny_model)
+
+    p = sub.add_parser(
+        "bench",
+        help="throughput of each model of a spec and the cost curve of the logprobs setting",
+        description=(
+            "Generate N prompts from the spec's tasks per model and logprobs setting; print "
+            "requests/s, prompt and generated tokens/s and latency percentiles, and save JSON."
+        ),
+        epilog="example:\n  mic bench configs/tiny.toml --prompts 500 --logprobs 0,5,20",
+        formatter_class=fmt,
+    )
+    p.add_argument("spec", help="sweep spec (.toml or .yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--prompts", type=int, default=500, help="prompts per measurement")
+    p.add_argument("--logprobs", default="0,1,5,20", help="comma-separated top-k settings")
+    p.add_argument("--out", default="bench.json", help="JSON file to write")
+    p.set_defaults(handler=_bench)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.runner import run_sweep
+    from engine.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    summary = run_sweep(
+        spec,
+        args.out,
+        ray_address=args.ray_address,
+        new_run=args.new_run,
+        actors=args.actors,
+        progress=not args.quiet,
+    )
+    for name, m in summary["models"].items():
+        print(
+            f"{name}: {m['rows']} rows ({m['error_rows']} error rows), "
+            f"{m['generated_tokens_per_second']:,.0f} generated tok/s, "
+            f"{m['prompt_tokens_per_second']:,.0f} prompt tok/s, {m['wall_seconds']:.1f} s"
+        )
+    print(
+        f"{summary['units_finished']}/{summary['units_planned']} units, {summary['rows']} rows in "
+        f"{args.out}/shards ({summary['seconds']:.1f} s); read with "
+        f"polars.scan_ipc('{args.out}/shards/*.arrow')"
+    )
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from engine.runner import format_plan, plan_report
+    from engine.spec import load_spec
+
+    report = plan_report(load_spec(args.spec, args.overrides), args.tokens_per_second)
+    print(json.dumps(report, indent=2) if args.json else format_plan(report))
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from engine.tiny_model import build_tiny_model
+
+    print(build_tiny_model(args.dir))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from engine.bench import format_bench, run_bench
+    from engine.errors import UserError
+    from engine.spec import load_spec
+
+    try:
+        ks = [int(k) for k in args.logprobs.split(",") if k.strip()]
+    except ValueError:
+        raise UserError(
+            f"--logprobs {args.logprobs!r} is not a list of integers", "write e.g. 0,1,5,20"
+        ) from None
+    result = run_bench(load_spec(args.spec, args.overrides), prompts=args.prompts, logprobs=ks)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(format_bench(result))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0

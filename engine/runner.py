@@ -1,0 +1,528 @@
+"""The driver of `mic run` and `mic plan`: units -> Ray actors -> shards, exactly once.
+
+Flow of `run_sweep`: plan the units; lock the output directory; bind it to the spec (`run.json`);
+verify done-records and delete orphan shards; then model by model, start one actor per replica,
+let idle actors pull the next unit (no static split), restart actors that die and retry their
+units, tear the actors down; finally rebuild the manifest and write `summary.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.backend import ENGINE_ENV, STOP_STRING_MODE
+from engine.errors import UserError
+from engine.spec import ModelSpec, SweepSpec
+from engine.store import RunStore
+from engine.units import WorkUnit, plan_units
+
+
+@dataclass
+class ModelStats:
+    """Throughput accounting of one model (and of its actors)."""
+
+    units: int = 0
+    rows: int = 0
+    error_rows: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    gen_seconds: float = 0.0
+    write_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    startup_seconds: float = 0.0
+    restarts: int = 0
+    actors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# ---- plan ----------------------------------------------------------------------------------------
+
+
+def plan_report(spec: SweepSpec, tokens_per_second: float = 1000.0) -> dict[str, Any]:
+    """Describe the work of a spec without running anything.
+
+    Args:
+        spec: The validated spec.
+        tokens_per_second: Assumed generated tokens/s per replica for the time estimate
+            (measure it with `mic bench`).
+
+    Returns:
+        Units (model, task, split, prompt, chunk, items, rows, unit id), totals and estimates.
+    """
+    units = plan_units(spec)
+    n = spec.sampling.n
+    per_model: dict[str, dict[str, Any]] = {}
+    for model in spec.models:
+        mine = [u for u in units if u.model.name == model.name]
+        items = sum(len(u.item_ids) for u in mine)
+        tokens = items * n * spec.sampling.max_tokens
+        hours = tokens / tokens_per_second / 3600 / model.replicas
+        per_model[model.name] = {
+            "units": len(mine),
+            "prompts": items,
+            "samples": items * n,
+            "max_generated_tokens": tokens,
+            "replicas": model.replicas,
+            "gpus_per_replica": model.tensor_parallel_size,
+            "wall_hours_estimate": hours,
+            "gpu_hours_estimate": hours * model.replicas * model.tensor_parallel_size,
+        }
+    return {
+        "run_id": spec.run_id,
+        "config_hash": spec.hash,
+        "assumed_tokens_per_second_per_replica": tokens_per_second,
+        "units": [
+            {
+                "unit_id": u.unit_id,
+                "model": u.model.name,
+                "task": u.task,
+                "split": u.split,
+                "prompt": u.prompt.id,
+                "chunk": u.chunk_index,
+                "items": len(u.item_ids),
+                "rows": u.n_rows,
+            }
+            for u in units
+        ],
+        "models": per_model,
+        "totals": {
+            "units": len(units),
+            "prompts": sum(m["prompts"] for m in per_model.values()),
+            "samples": sum(m["samples"] for m in per_model.values()),
+            "max_generated_tokens": sum(m["max_generated_tokens"] for m in per_model.values()),
+            "gpu_hours_estimate": sum(m["gpu_hours_estimate"] for m in per_model.values()),
+        },
+    }
+
+
+def format_plan(report: dict[str, Any], max_units: int = 20) -> str:
+    """Render a plan report as text."""
+    lines = [f"run {report['run_id']}  ({report['totals']['units']} units)", ""]
+    header = f"{'model':<14}{'task':<16}{'split':<8}{'prompt':<10}{'chunk':>6}{'items':>7}{'rows':>8}  unit"
+    lines.append(header)
+    for u in report["units"][:max_units]:
+        lines.append(
+            f"{u['model']:<14}{u['task']:<16}{u['split']:<8}{u['prompt']:<10}{u['chunk']:>6}"
+            f"{u['items']:>7}{u['rows']:>8}  {u['unit_id']}"
+        )
+    if len(report["units"]) > max_units:
+        lines.append(f"... {len(report['units']) - max_units} more units")
+    lines.append("")
+    rate = report["assumed_tokens_per_second_per_replica"]
+    for name, m in report["models"].items():
+        lines.append(
+            f"{name}: {m['prompts']} prompts, {m['samples']} samples, <= {m['max_generated_tokens']:,} "
+            f"generated tokens; {m['replicas']} replica(s) x {m['gpus_per_replica']} GPU: "
+            f"~{m['wall_hours_estimate']:.3f} h wall, ~{m['gpu_hours_estimate']:.3f} GPU-h"
+        )
+    t = report["totals"]
+    lines.append(
+        f"total: {t['prompts']} prompts, {t['samples']} samples, <= {t['max_generated_tokens']:,} tokens, "
+        f"~{t['gpu_hours_estimate']:.3f} GPU-h at {rate:,.0f} generated tokens/s per replica "
+        "(an assumption: measure yours with `mic bench`)"
+    )
+    return "\n".join(lines)
+
+
+# ---- run -----------------------------------------------------------------------------------------
+
+
+def init_ray(
+    ray_address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None
+) -> None:
+    """Start (or join) Ray: local by default, a cluster when given an address."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    for key, value in ENGINE_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray_address:
+        ray.init(address=ray_address, log_to_driver=True)
+    else:
+        kwargs: dict[str, Any] = {
+            "num_cpus": num_cpus or os.cpu_count() or 1,
+            "include_dashboard": False,
+            "object_store_memory": 200 << 20,
+        }
+        if num_gpus is not None:
+            kwargs["num_gpus"] = num_gpus
+        ray.init(**kwargs)
+
+
+def _actor_resources(
+    model: ModelSpec, device: str, cluster: dict[str, float], index: int, replicas: int
+) -> dict[str, Any]:
+    gpus = cluster.get("GPU", 0.0)
+    use_gpu = device == "gpu" or (device == "auto" and gpus > 0)
+    if use_gpu:
+        if gpus <= 0:
+            raise UserError(
+                f'models.{index} ({model.name}) asks for GPUs (run.device = "gpu") but the Ray cluster has none',
+                'set run.device = "cpu" or "auto", or pass --ray-address of a GPU cluster',
+            )
+        need = replicas * model.tensor_parallel_size
+        if need > gpus:
+            raise UserError(
+                f"models.{index} ({model.name}) needs {replicas} replicas x {model.tensor_parallel_size} GPUs "
+                f"= {need:g} GPUs; the cluster has {gpus:g}",
+                "lower models.replicas / --actors or tensor_parallel_size",
+            )
+        return {"num_gpus": model.tensor_parallel_size, "num_cpus": 1}
+    cpus = cluster.get("CPU", 0.0)
+    need = replicas * model.num_cpus
+    if need > cpus:
+        raise UserError(
+            f"models.{index} ({model.name}) needs {replicas} replicas x {model.num_cpus} CPUs = {need:g} CPUs; "
+            f"Ray has {cpus:g}",
+            "lower models.replicas / --actors or models.num_cpus",
+        )
+    return {"num_cpus": model.num_cpus, "num_gpus": 0}
+
+
+class _Progress:
+    def __init__(self, model: str, total_units: int, total_rows: int, enabled: bool) -> None:
+        self.model, self.total_units, self.total_rows = model, total_units, total_rows
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.units = self.rows = self.tokens = 0
+
+    def update(self, result: dict[str, Any], force: bool = False) -> None:
+        if result:
+            self.units += 1
+            self.rows += result["rows"]
+            self.tokens += result["generated_tokens"]
+        now = time.monotonic()
+        if not self.enabled or self.last < 0:
+            return
+        if now - self.last < 2.0 and not force and self.units < self.total_units:
+            return
+        self.last = -1.0 if self.units >= self.total_units else now
+        elapsed = now - self.started
+        rate = self.tokens / elapsed if elapsed > 0 else 0.0
+        remaining = self.total_rows - self.rows
+        eta = remaining * elapsed / self.rows if self.rows else math.nan
+        eta_text = "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
+        print(
+            f"[{self.model}] {self.units}/{self.total_units} units, {self.rows}/{self.total_rows} rows, "
+            f"{rate:,.0f} generated tok/s, elapsed {elapsed:,.0f}s, ETA {eta_text}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: str,
+    *,
+    ray_address: str | None = None,
+    new_run: bool = False,
+    actors: int | None = None,
+    backend_factory: Any = None,
+    progress: bool = True,
+    overlap_writes: bool = True,
+    ray_num_cpus: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a sweep into `out`.
+
+    Args:
+        spec: The validated spec.
+        out: Output location (local path or pyarrow filesystem URI).
+        ray_address: Join this Ray cluster instead of starting a local one.
+        new_run: If `out` holds a run of a different spec, move it to `superseded/` and start over.
+        actors: Actors per model (overrides `models.replicas`).
+        backend_factory: `(ModelSpec, max_logprobs) -> Backend` (default: vLLM).
+        progress: Print progress lines with ETA to stderr.
+        overlap_writes: Write shards on a thread while the next unit generates.
+        ray_num_cpus: CPUs of a local Ray (default: all).
+
+    Returns:
+        The summary written to `out/summary.json`.
+
+    Raises:
+        UserError: A bad option, a locked or mismatched output directory, impossible resources.
+        RuntimeError: Units still failed after `run.max_attempts` tries (finished units are kept).
+    """
+    if actors is not None and actors < 1:
+        raise UserError(f"--actors is {actors}", "use 1 or more")
+    units = plan_units(spec)
+    store = RunStore(out)
+    started = time.time()
+    with store.locked():
+        mode = store.check_run(spec, new_run=new_run)
+        order = [u.unit_id for u in units]
+        records = store.finished(order)
+        store.collect_garbage({r.shard for r in records.values()})
+        todo = [u for u in units if u.unit_id not in records]
+        if progress:
+            print(
+                f"{mode} run {spec.run_id} in {store.location}: {len(units)} units, "
+                f"{len(records)} already finished, {len(todo)} to run",
+                file=sys.stderr,
+                flush=True,
+            )
+        stats: dict[str, ModelStats] = {}
+        failed: dict[str, str] = {}
+        if todo:
+            init_ray(ray_address, num_cpus=ray_num_cpus)
+            for index, model in enumerate(spec.models):
+                mine = [u for u in todo if u.model.name == model.name]
+                if mine:
+                    stats[model.name] = _run_model(
+                        spec,
+                        index,
+                        model,
+                        mine,
+                        store,
+                        actors,
+                        backend_factory,
+                        progress,
+                        overlap_writes,
+                        failed,
+                    )
+        records = store.finished(order)
+        store.collect_garbage({r.shard for r in records.values()})
+        manifest = store.write_manifest(spec, order, records)
+        summary = _summary(spec, store, stats, manifest, failed, time.time() - started)
+        store.write_json("summary.json", summary)
+    if failed:
+        first = next(iter(failed.items()))
+        raise RuntimeError(
+            f"{len(failed)} unit(s) failed after {spec.run.max_attempts} attempts (first: {first[0]}: {first[1]}); "
+            f"{manifest['units_finished']} finished units are kept -- fix the cause and re-run to resume"
+        )
+    return summary
+
+
+def _run_model(
+    spec: SweepSpec,
+    index: int,
+    model: ModelSpec,
+    units: list[WorkUnit],
+    store: RunStore,
+    actors: int | None,
+    backend_factory: Any,
+    progress: bool,
+    overlap_writes: bool,
+    failed: dict[str, str],
+) -> ModelStats:
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    from engine.actors import GenerationActor
+
+    replicas = min(actors or model.replicas, len(units))
+    resources = _actor_resources(model, spec.run.device, ray.cluster_resources(), index, replicas)
+    actor_cls = ray.remote(GenerationActor).options(
+        max_concurrency=1, runtime_env={"env_vars": dict(ENGINE_ENV)}, **resources
+    )
+    stats = ModelStats()
+    started = time.time()
+    max_logprobs = spec.sampling.logprobs
+    queue: deque[WorkUnit] = deque(units)
+    by_id = {u.unit_id: u for u in units}
+    attempts: dict[str, int] = dict.fromkeys(by_id, 0)
+    show = _Progress(model.name, len(units), sum(u.n_rows for u in units), progress)
+    counter = 0
+
+    def start_actor() -> tuple[Any, str, float]:
+        nonlocal counter
+        name = f"{model.name}/{counter}"
+        counter += 1
+        handle = actor_cls.remote(name, store, model, max_logprobs, backend_factory, overlap_writes)
+        return handle, name, time.time()
+
+    live: dict[str, dict[str, Any]] = {}  # actor name -> {handle, outstanding, born, info}
+    for _ in range(replicas):
+        handle, name, born = start_actor()
+        live[name] = {"handle": handle, "outstanding": set(), "born": born}
+    inflight: dict[Any, tuple[str, str]] = {}  # ObjectRef -> (actor name, kind)
+
+    def account(name: str, result: dict[str, Any]) -> None:
+        live[name]["outstanding"].discard(result["unit_id"])
+        if result["ok"]:
+            stats.units += 1
+            stats.rows += result["rows"]
+            stats.error_rows += result["errors"]
+            stats.prompt_tokens += result["prompt_tokens"]
+            stats.generated_tokens += result["generated_tokens"]
+            stats.gen_seconds += result["gen_seconds"]
+            stats.write_seconds += result["write_seconds"]
+            per = stats.actors.setdefault(
+                name,
+                {
+                    "units": 0,
+                    "rows": 0,
+                    "prompt_tokens": 0,
+                    "generated_tokens": 0,
+                    "gen_seconds": 0.0,
+                },
+            )
+            for key in ("rows", "prompt_tokens", "generated_tokens", "gen_seconds"):
+                per[key] += result[key]
+            per["units"] += 1
+            show.update(result)
+        else:
+            retry(result["unit_id"], result["error"])
+
+    def retry(unit_id: str, error: str) -> None:
+        attempts[unit_id] += 1
+        if store.done_record(unit_id) is not None:
+            return
+        if attempts[unit_id] >= spec.run.max_attempts:
+            failed[unit_id] = error
+            print(
+                f"[{model.name}] unit {unit_id} failed for good: {error}",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            print(
+                f"[{model.name}] unit {unit_id} failed ({error}); retrying",
+                file=sys.stderr,
+                flush=True,
+            )
+            queue.appendleft(by_id[unit_id])
+
+    def dispatch(name: str) -> None:
+        state = live[name]
+        if queue:
+            unit = queue.popleft()
+            state["outstanding"].add(unit.unit_id)
+            inflight[state["handle"].run_unit.remote(unit)] = (name, "run")
+        elif state["outstanding"]:
+            inflight[state["handle"].drain.remote()] = (name, "drain")
+        else:
+            state["idle"] = True
+
+    for name in list(live):
+        dispatch(name)
+    while inflight:
+        done, _ = ray.wait(list(inflight), num_returns=1)
+        ref = done[0]
+        name, _kind = inflight.pop(ref)
+        try:
+            results = ray.get(ref)
+        except (RayActorError, RayTaskError) as exc:
+            # The actor died (OOM, segfault, lost node) or raised: restart it, retry its units.
+            state = live.pop(name)
+            with contextlib.suppress(Exception):
+                ray.kill(state["handle"])
+            for other_ref, (other_name, _k) in list(inflight.items()):
+                if other_name == name:
+                    inflight.pop(other_ref)
+            stats.restarts += 1
+            print(
+                f"[{model.name}] actor {name} died ({type(exc).__name__}); restarting",
+                file=sys.stderr,
+                flush=True,
+            )
+            for unit_id in sorted(state["outstanding"]):
+                retry(unit_id, f"actor died: {str(exc).splitlines()[0][:200]}")
+            if stats.restarts > spec.run.max_attempts * replicas:
+                for unit in queue:
+                    failed[unit.unit_id] = "too many actor restarts"
+                queue.clear()
+            if queue:
+                handle, new_name, born = start_actor()
+                live[new_name] = {"handle": handle, "outstanding": set(), "born": born}
+                dispatch(new_name)
+            for other, st in live.items():  # wake idle actors if units came back
+                if st.pop("idle", False):
+                    dispatch(other)
+            continue
+        for result in results:
+            account(name, result)
+        dispatch(name)
+        for other, st in live.items():  # a retried unit may wake an idle actor
+            if other != name and st.get("idle") and queue:
+                st.pop("idle")
+                dispatch(other)
+    show.update({}, force=True)
+    infos = {}
+    for name, state in live.items():
+        with contextlib.suppress(Exception):
+            infos[name] = ray.get(state["handle"].info.remote(), timeout=30)
+        with contextlib.suppress(Exception):
+            ray.get(state["handle"].close.remote(), timeout=120)
+        with contextlib.suppress(Exception):
+            ray.kill(state["handle"])
+        lifetime = time.time() - state["born"]
+        per = stats.actors.setdefault(
+            name,
+            {"units": 0, "rows": 0, "prompt_tokens": 0, "generated_tokens": 0, "gen_seconds": 0.0},
+        )
+        per.update(infos.get(name, {}))
+        per["lifetime_seconds"] = lifetime
+        per["gpu_seconds" if resources["num_gpus"] else "cpu_seconds"] = lifetime * (
+            resources["num_gpus"] or resources["num_cpus"]
+        )
+    stats.wall_seconds = time.time() - started
+    stats.startup_seconds = max(
+        (a.get("startup_seconds", 0.0) for a in stats.actors.values()), default=0.0
+    )
+    return stats
+
+
+def _summary(
+    spec: SweepSpec,
+    store: RunStore,
+    stats: dict[str, ModelStats],
+    manifest: dict[str, Any],
+    failed: dict[str, str],
+    seconds: float,
+) -> dict[str, Any]:
+    models = {}
+    for name, s in stats.items():
+        busy = max(s.wall_seconds - s.startup_seconds, 1e-9)
+        models[name] = {
+            "units": s.units,
+            "rows": s.rows,
+            "error_rows": s.error_rows,
+            "prompt_tokens": s.prompt_tokens,
+            "generated_tokens": s.generated_tokens,
+            "wall_seconds": s.wall_seconds,
+            "startup_seconds": s.startup_seconds,
+            "prompt_tokens_per_second": s.prompt_tokens / busy,
+            "generated_tokens_per_second": s.generated_tokens / busy,
+            "generate_seconds": s.gen_seconds,
+            "write_seconds": s.write_seconds,
+            "actor_restarts": s.restarts,
+            "cpu_seconds": sum(a.get("cpu_seconds", 0.0) for a in s.actors.values()),
+            "gpu_seconds": sum(a.get("gpu_seconds", 0.0) for a in s.actors.values()),
+            "actors": {
+                actor: {
+                    **a,
+                    "generated_tokens_per_second": a["generated_tokens"] / a["gen_seconds"]
+                    if a["gen_seconds"]
+                    else 0.0,
+                    "prompt_tokens_per_second": a["prompt_tokens"] / a["gen_seconds"]
+                    if a["gen_seconds"]
+                    else 0.0,
+                }
+                for actor, a in s.actors.items()
+            },
+        }
+    return {
+        "run_id": spec.run_id,
+        "config_hash": spec.hash,
+        "location": store.location,
+        "seconds": seconds,
+        "units_planned": manifest["units_planned"],
+        "units_finished": manifest["units_finished"],
+        "rows": manifest["rows"],
+        "failed_units": failed,
+        "settings": {
+            "stop_strings": STOP_STRING_MODE if spec.sampling.stop else "none",
+            "detokenize": "batch_decode after generation",
+            "logprobs": spec.sampling.logprobs,
+        },
+        "models": models,
+    }
