@@ -8,7 +8,8 @@ Answer types and what counts as correct:
 - ``free``: ``exact`` or ``contains`` (the default for free-form tasks).
 - ``mc``: the option letter the response commits to ("C", "(B)", "Answer: D", "the answer is C") equals
   the gold letter; a gold given as option text is turned into its letter with ``choices``; with no
-  letter found, a response containing exactly one option's text picks that option.
+  letter found, a response containing exactly one option's text (as whole words, ignoring options
+  contained in a longer matched option) picks that option.
 - ``yesno``: the response's verdict (yes / no, true / false) equals the gold's; "answer is X" wins, then a
   leading word, then the first verdict word anywhere.
 - ``number``: the response's final number ("answer is 42", else the last number; commas, "$" and "%"
@@ -97,6 +98,19 @@ def _gold_letters(gold_answers: Sequence[str], choices: Sequence[str] | None) ->
     return letters
 
 
+def _light(text: str) -> str:
+    # no article stripping here: option texts like "vitamin A" must keep their letter
+    return " ".join(text.lower().translate(_PUNCT).split())
+
+
+def _choice_by_text(response: str, choices: Sequence[str]) -> str | None:
+    resp = f" {_light(response)} "
+    hits = {i: _light(c) for i, c in enumerate(choices) if _light(c) and f" {_light(c)} " in resp}
+    # "vitamin d" hides inside no other hit; drop hits contained in a longer hit
+    kept = [i for i, h in hits.items() if not any(h != o and h in o for o in hits.values())]
+    return LETTERS[kept[0]] if len(kept) == 1 else None
+
+
 _YES = {"yes": True, "true": True, "correct": True, "no": False, "false": False, "incorrect": False}
 _VERDICT = r"(yes|no|true|false)"
 _ANSWER_VERDICT = re.compile(r"\banswer\s*(?:is|:)\s*\**\s*" + _VERDICT + r"\b", re.I)
@@ -183,8 +197,7 @@ def is_correct(
         wanted = _gold_letters(golds, choices)
         letter = extract_choice(response_text)
         if letter is None and choices:
-            hits = [i for i, c in enumerate(choices) if contains_match(response_text, [c])]
-            letter = LETTERS[hits[0]] if len(hits) == 1 else None
+            letter = _choice_by_text(response_text, choices)
         return letter is not None and letter in wanted
     if answer_type == "yesno":
         verdict = extract_yesno(response_text)

@@ -7,7 +7,8 @@ Local files come in two shapes:
 
 - *plain*: one row per item with an id, a question, gold answers and optionally a split and choices
   (the bundled sample format ``{"id", "question", "answers": [...], "split", "choices"}``); other
-  column names are mapped with `ColumnMap`;
+  column names are mapped with `ColumnMap`; choices are appended to the question as lettered
+  options unless the question already lists them;
 - *hub export*: rows with a registry task's raw hub fields (e.g. a SciQ or ARC-Challenge export);
   pass ``task=`` and the task's builder makes the items exactly as from the hub.
 
@@ -498,6 +499,8 @@ def load_local_task(
             item_role = str(row_split) if row_split else (split or assign_role(item_id, seed))
             choices = _as_list(row.get(cols.choices)) if has_choices else []
             question = str(row[cols.question])
+            if choices and "\nA. " not in question:
+                question = format_mc(question, choices)
             answers = _as_list(row[cols.answers])
             if not answers:
                 raise UserError(

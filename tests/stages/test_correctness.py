@@ -65,6 +65,11 @@ def test_multiple_choice() -> None:
     assert is_correct("It is Paris, the French capital.", ["A"], "mc", choices=choices)
     assert not is_correct("Either Paris or Rome.", ["A"], "mc", choices=choices)  # ambiguous
     assert not is_correct("I don't know.", ["A"], "mc", choices=choices)
+    vitamins = ["vitamin C", "vitamin D", "vitamin A", "vitamin K"]
+    assert is_correct("vitamin D", ["B"], "mc", choices=vitamins)
+    assert is_correct("Probably vitamin A.", ["C"], "mc", choices=vitamins)
+    longer = ["New York", "York", "Boston"]
+    assert is_correct("It is New York.", ["A"], "mc", choices=longer)
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,7 @@ def test_plain_jsonl(tmp_path: Path) -> None:
     assert {it.task for it in train} == {"capitals"}
     q4 = next(it for it in train if it.item_id == "q4")
     assert q4.choices == ("Mars", "Jupiter") and q4.answers == ("B",)
+    assert q4.question == "Largest planet?\nA. Mars\nB. Jupiter"
     (test,) = load_local_task(path, role="test")
     assert (test.item_id, test.answers, test.choices) == ("q3", ("N'Djamena",), None)
 
