@@ -21,6 +21,7 @@ Rules:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -194,3 +195,22 @@ def sentence_markers(sentence: str) -> list[str]:
     """
     found = [m.text for m in extract_markers(sentence)]
     return found or [NO_HEDGE]
+
+
+def markers_for_sentences(
+    sentences: Iterable[str], *, keep_no_hedge: bool = True
+) -> list[list[str]]:
+    """Raw markers of each sentence of a response (see `sentence_markers`).
+
+    Args:
+        sentences: Sentence texts of one or more responses.
+        keep_no_hedge: Give a sentence without markers the `<no_hedge>` pseudo-marker (default);
+            False gives it an empty list, so it yields no sentence-marker row.
+
+    Returns:
+        One list of raw markers per sentence.
+    """
+    out = [sentence_markers(s) for s in sentences]
+    if not keep_no_hedge:
+        out = [[] if m == [NO_HEDGE] else m for m in out]
+    return out

@@ -55,7 +55,7 @@ class Sentence:
 
 
 @lru_cache(maxsize=1)
-def _segmenter():  # noqa: ANN202 - pysbd has no type stubs
+def _segmenter():  # pysbd has no type stubs
     try:
         import pysbd
     except ImportError as exc:  # pragma: no cover - pysbd is a core dependency

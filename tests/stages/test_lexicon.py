@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from engine.contract import NO_HEDGE
-from engine.stages.extract import extract_markers, sentence_markers, tokenize
+from engine.stages.extract import (
+    extract_markers,
+    markers_for_sentences,
+    sentence_markers,
+    tokenize,
+)
 from engine.stages.lexicon import HAND_ENTRIES, lexicon
 
 LABELED = Path(__file__).parent / "data" / "lexicon_labeled.jsonl"
@@ -117,3 +122,13 @@ def test_deterministic() -> None:
     rows = _load()
     first = [sentence_markers(r["sentence"]) for r in rows]
     assert first == [sentence_markers(r["sentence"]) for r in rows]
+
+
+def test_markers_for_sentences_and_no_hedge_flag() -> None:
+    sents = ["It is probably Rome.", "Rome is in Italy.", "I think so, without a doubt."]
+    assert markers_for_sentences(sents) == [
+        ["probably"],
+        [NO_HEDGE],
+        ["I think", "without a doubt"],
+    ]
+    assert markers_for_sentences(sents, keep_no_hedge=False)[1] == []
