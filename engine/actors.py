@@ -38,8 +38,15 @@ def vllm_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
 
 
 def fake_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
-    """Build a `FakeBackend` (tests); `engine_args.fake_seconds` sets its per-unit sleep."""
-    return FakeBackend(seconds_per_unit=float(model.engine_args.get("fake_seconds", 0.0)))
+    """Build a `FakeBackend` (tests) from `engine_args` keys `fake_seconds`, `fake_log`,
+    `fake_crash_once` and `fake_max_prompt_chars` (see `FakeBackend`)."""
+    args = model.engine_args
+    return FakeBackend(
+        seconds_per_unit=float(args.get("fake_seconds", 0.0)),
+        max_prompt_chars=int(args.get("fake_max_prompt_chars", 10_000)),
+        log_path=args.get("fake_log"),
+        crash_once_marker=args.get("fake_crash_once"),
+    )
 
 
 class GenerationActor:

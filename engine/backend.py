@@ -477,18 +477,39 @@ class FakeBackend:
         vocab_size: Token ids are drawn from [3, vocab_size).
         seconds_per_unit: Sleep this long in `generate` (to make scheduling observable).
         max_prompt_chars: Prompts longer than this become error rows (like max_model_len).
+        log_path: Append "<unit id> <pid>" to this file for every unit generated.
+        crash_once_marker: If this file does not exist, create it and kill the process in the
+            middle of the next unit (simulates an actor dying once).
     """
 
     def __init__(
-        self, vocab_size: int = 512, seconds_per_unit: float = 0.0, max_prompt_chars: int = 10_000
+        self,
+        vocab_size: int = 512,
+        seconds_per_unit: float = 0.0,
+        max_prompt_chars: int = 10_000,
+        log_path: str | None = None,
+        crash_once_marker: str | None = None,
     ) -> None:
         self.vocab_size = vocab_size
         self.seconds_per_unit = seconds_per_unit
         self.max_prompt_chars = max_prompt_chars
+        self.log_path = log_path
+        self.crash_once_marker = crash_once_marker
 
     def generate(self, unit: WorkUnit) -> RawUnit:
         """Draw fake completions from each item's seed."""
         started = time.perf_counter()
+        if self.log_path:
+            with open(self.log_path, "a") as fh:
+                fh.write(f"{unit.unit_id} {os.getpid()}\n")
+        if self.crash_once_marker:
+            try:
+                fd = os.open(self.crash_once_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.close(fd)
+                os._exit(1)
         prompts = render_prompts(unit, None, False)
         s = unit.sampling
         k = int(s["logprobs"])

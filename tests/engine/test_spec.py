@@ -1,0 +1,108 @@
+"""Sweep spec validation, overrides, canonical hashing and unit planning (fast, no engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from engine_helpers import make_raw_spec, write_toml
+
+from engine.errors import UserError
+from engine.items import builtin_task_names, load_items
+from engine.spec import apply_overrides, load_spec, validate
+from engine.units import plan_units
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_tiny_config_validates_and_plans() -> None:
+    spec = load_spec(REPO / "configs" / "tiny.toml")
+    assert spec.sampling.n == 4 and spec.sampling.logprobs == 5
+    assert [t.name for t in spec.tasks] == ["arithmetic", "yesno"]
+    units = plan_units(spec)
+    assert sum(len(u.item_ids) for u in units) >= 200
+    assert len({u.unit_id for u in units}) == len(units)
+
+
+def test_builtin_tasks_have_the_documented_rows() -> None:
+    names = builtin_task_names()
+    assert {"arithmetic", "yesno"} <= set(names)
+    spec = validate(make_raw_spec())
+    total = 0
+    for name in names:
+        task = spec.tasks[0].__class__(name=name, source=f"builtin:{name}")
+        by_split = load_items(task)
+        total += sum(len(v) for v in by_split.values())
+        assert by_split["train"] and by_split["test"]
+        for item in by_split["train"]:
+            assert item.id and item.question and item.answers
+    assert total >= 200
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"sampling": {"n": "four"}}, "sampling.n"),
+        ({"sampling": {"n": 0}}, "sampling.n"),
+        ({"sampling": {"max_tokens": -5}}, "sampling.max_tokens"),
+        ({"sampling": {"temperature": -1.0}}, "sampling.temperature"),
+        ({"sampling": {"top_p": 1.5}}, "sampling.top_p"),
+        ({"sampling": {"logprobs": True}}, "sampling.logprobs"),
+        ({"sampling": {"nn": 3}}, "sampling.nn"),
+        ({"run": {"chunk_size": 0}}, "run.chunk_size"),
+        ({"run": {"device": "tpu"}}, "run.device"),
+        ({"models": [{"name": "m", "path": "/does/not/exist"}]}, "models.0.path"),
+        ({"models": [{"name": "m"}]}, "models.0.path"),
+        ({"models": [{"name": "m", "path": "builtin:huge"}]}, "models.0.path"),
+        ({"models": [{"name": "m", "path": "builtin:tiny", "replicas": -1}]}, "models.0.replicas"),
+        ({"tasks": [{"name": "t", "source": "missing.jsonl"}]}, "tasks.0.source"),
+        ({"tasks": [{"name": "t", "source": "builtin:nope"}]}, "tasks.0.source"),
+        ({"prompts": [{"id": "p", "template": "no placeholder"}]}, "prompts.0.template"),
+        ({"prompts": []}, "prompts"),
+    ],
+)
+def test_bad_spec_names_the_key_and_the_file(
+    tmp_path: Path, change: dict[str, object], key: str
+) -> None:
+    path = write_toml(tmp_path / "bad.toml", make_raw_spec(**change))
+    with pytest.raises(UserError) as info:
+        load_spec(path)
+    assert key in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_yaml_spec_and_overrides(tmp_path: Path) -> None:
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(make_raw_spec()))
+    spec = load_spec(path, ["sampling.n=21", "models.tiny.replicas=3", "run.name=other"])
+    assert spec.sampling.n == 21
+    assert spec.models[0].replicas == 3
+    assert spec.run.name == "other"
+    with pytest.raises(UserError, match="sampling.n"):
+        load_spec(path, ["sampling.n=-2"])
+    with pytest.raises(UserError, match="models.nope"):
+        load_spec(path, ["models.nope.replicas=2"])
+    with pytest.raises(UserError, match="key=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_hash_ignores_execution_fields_only() -> None:
+    base = validate(make_raw_spec())
+    more_actors = validate(apply_overrides(make_raw_spec(), ["models.0.replicas=4"]))
+    other_seed = validate(apply_overrides(make_raw_spec(), ["sampling.seed=8"]))
+    assert base.hash == more_actors.hash
+    assert base.hash != other_seed.hash
+    assert [u.unit_id for u in plan_units(base)] == [u.unit_id for u in plan_units(more_actors)]
+
+
+def test_units_and_seeds_do_not_depend_on_chunking() -> None:
+    small = plan_units(validate(apply_overrides(make_raw_spec(), ["run.chunk_size=7"])))
+    large = plan_units(validate(apply_overrides(make_raw_spec(), ["run.chunk_size=50"])))
+    seeds_small = {i: s for u in small for i, s in zip(u.item_ids, u.seeds)}
+    seeds_large = {i: s for u in large for i, s in zip(u.item_ids, u.seeds)}
+    assert seeds_small == seeds_large
+    assert sum(len(u.item_ids) for u in small) == sum(len(u.item_ids) for u in large) == 60
+    assert len(small) == 9 and len(large) == 2
