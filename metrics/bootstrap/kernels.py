@@ -157,99 +157,130 @@ def _store_block(out: np.ndarray, acc: np.ndarray, b0: int) -> None:
                 out[b0 + t, g, j] = acc[g, j, t]
 
 
-@numba.njit(parallel=True, cache=True)
-def _poisson_group_sums(
-    item_ptr: np.ndarray,
-    streams: np.ndarray,
-    rep_keys: np.ndarray,
-    row_group: np.ndarray,
-    row_values: np.ndarray,
-    n_boot: int,
-    n_groups: int,
-) -> np.ndarray:
-    k = row_values.shape[1]
-    out = np.zeros((n_boot, n_groups, k))
-    n_blocks = (n_boot + BLOCK - 1) // BLOCK
-    for blk in numba.prange(n_blocks):
-        b0 = blk * BLOCK
-        ws = np.empty(BLOCK)
-        acc = np.zeros((n_groups, k, BLOCK))
-        for i in range(streams.shape[0]):
-            _fill_poisson(streams[i], rep_keys, b0, ws)
-            _add_item_rows(acc, ws, item_ptr[i], item_ptr[i + 1], row_group, row_values)
-        _store_block(out, acc, b0)
-    return out
+@numba.njit(inline="always", cache=True)
+def _poisson_block(blk, item_ptr, streams, rep_keys, row_group, row_values, out):
+    b0 = blk * BLOCK
+    ws = np.empty(BLOCK)
+    acc = np.zeros((out.shape[1], out.shape[2], BLOCK))
+    for i in range(streams.shape[0]):
+        _fill_poisson(streams[i], rep_keys, b0, ws)
+        _add_item_rows(acc, ws, item_ptr[i], item_ptr[i + 1], row_group, row_values)
+    _store_block(out, acc, b0)
 
 
-@numba.njit(parallel=True, cache=True)
-def _multinomial_group_sums(
-    item_ptr: np.ndarray,
-    sorted_items: np.ndarray,
-    strat_ptr: np.ndarray,
-    draw_keys: np.ndarray,
-    rep_keys: np.ndarray,
-    row_group: np.ndarray,
-    row_values: np.ndarray,
-    n_boot: int,
-    n_groups: int,
-) -> np.ndarray:
-    k = row_values.shape[1]
+@numba.njit(inline="always", cache=True)
+def _multinomial_block(
+    blk, item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, row_group, row_values, out
+):
+    b0 = blk * BLOCK
     n_items = item_ptr.shape[0] - 1
-    out = np.zeros((n_boot, n_groups, k))
-    n_blocks = (n_boot + BLOCK - 1) // BLOCK
-    for blk in numba.prange(n_blocks):
-        b0 = blk * BLOCK
-        counts = np.zeros((n_items, BLOCK), dtype=np.int32)
-        _fill_multinomial_counts(sorted_items, strat_ptr, draw_keys, rep_keys, b0, counts)
-        ws = np.empty(BLOCK)
-        acc = np.zeros((n_groups, k, BLOCK))
-        for i in range(n_items):
-            for t in range(BLOCK):
-                ws[t] = np.float64(counts[i, t])
-            _add_item_rows(acc, ws, item_ptr[i], item_ptr[i + 1], row_group, row_values)
-        _store_block(out, acc, b0)
-    return out
+    counts = np.zeros((n_items, BLOCK), dtype=np.int32)
+    _fill_multinomial_counts(sorted_items, strat_ptr, draw_keys, rep_keys, b0, counts)
+    ws = np.empty(BLOCK)
+    acc = np.zeros((out.shape[1], out.shape[2], BLOCK))
+    for i in range(n_items):
+        for t in range(BLOCK):
+            ws[t] = np.float64(counts[i, t])
+        _add_item_rows(acc, ws, item_ptr[i], item_ptr[i + 1], row_group, row_values)
+    _store_block(out, acc, b0)
 
 
-@numba.njit(parallel=True, cache=True)
-def _poisson_weight_totals(streams: np.ndarray, rep_keys: np.ndarray, n_boot: int) -> np.ndarray:
-    out = np.zeros(n_boot)
-    n_blocks = (n_boot + BLOCK - 1) // BLOCK
-    for blk in numba.prange(n_blocks):
-        b0 = blk * BLOCK
-        ws = np.empty(BLOCK)
-        acc = np.zeros(BLOCK)
-        for i in range(streams.shape[0]):
-            _fill_poisson(streams[i], rep_keys, b0, ws)
-            for t in range(BLOCK):
-                acc[t] += ws[t]
-        for t in range(min(BLOCK, n_boot - b0)):
-            out[b0 + t] = acc[t]
-    return out
+@numba.njit(inline="always", cache=True)
+def _poisson_totals_block(blk, streams, rep_keys, out):
+    b0 = blk * BLOCK
+    ws = np.empty(BLOCK)
+    acc = np.zeros(BLOCK)
+    for i in range(streams.shape[0]):
+        _fill_poisson(streams[i], rep_keys, b0, ws)
+        for t in range(BLOCK):
+            acc[t] += ws[t]
+    for t in range(min(BLOCK, out.shape[0] - b0)):
+        out[b0 + t] = acc[t]
 
 
-@numba.njit(parallel=True, cache=True)
-def _multinomial_weight_totals(
-    sorted_items: np.ndarray,
-    strat_ptr: np.ndarray,
-    draw_keys: np.ndarray,
-    rep_keys: np.ndarray,
-    n_boot: int,
-) -> np.ndarray:
-    out = np.zeros(n_boot)
+@numba.njit(inline="always", cache=True)
+def _multinomial_totals_block(blk, sorted_items, strat_ptr, draw_keys, rep_keys, out):
+    b0 = blk * BLOCK
     n_items = sorted_items.shape[0]
-    n_blocks = (n_boot + BLOCK - 1) // BLOCK
-    for blk in numba.prange(n_blocks):
-        b0 = blk * BLOCK
-        counts = np.zeros((n_items, BLOCK), dtype=np.int32)
-        _fill_multinomial_counts(sorted_items, strat_ptr, draw_keys, rep_keys, b0, counts)
-        acc = np.zeros(BLOCK)
-        for i in range(n_items):
-            for t in range(BLOCK):
-                acc[t] += np.float64(counts[i, t])
-        for t in range(min(BLOCK, n_boot - b0)):
-            out[b0 + t] = acc[t]
-    return out
+    counts = np.zeros((n_items, BLOCK), dtype=np.int32)
+    _fill_multinomial_counts(sorted_items, strat_ptr, draw_keys, rep_keys, b0, counts)
+    acc = np.zeros(BLOCK)
+    for i in range(n_items):
+        for t in range(BLOCK):
+            acc[t] += np.float64(counts[i, t])
+    for t in range(min(BLOCK, out.shape[0] - b0)):
+        out[b0 + t] = acc[t]
+
+
+# Each kernel comes twice, over threads (prange) and serial. Both run the same block function on
+# the same blocks, so they return identical arrays; the serial one avoids the thread pool for small
+# jobs (see PARALLEL_MIN_WORK).
+
+
+@numba.njit(parallel=True, cache=True)
+def _poisson_group_sums_par(item_ptr, streams, rep_keys, row_group, row_values, out):
+    for blk in numba.prange((out.shape[0] + BLOCK - 1) // BLOCK):
+        _poisson_block(blk, item_ptr, streams, rep_keys, row_group, row_values, out)
+
+
+@numba.njit(cache=True)
+def _poisson_group_sums_ser(item_ptr, streams, rep_keys, row_group, row_values, out):
+    for blk in range((out.shape[0] + BLOCK - 1) // BLOCK):
+        _poisson_block(blk, item_ptr, streams, rep_keys, row_group, row_values, out)
+
+
+@numba.njit(parallel=True, cache=True)
+def _multinomial_group_sums_par(
+    item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, row_group, row_values, out
+):
+    for blk in numba.prange((out.shape[0] + BLOCK - 1) // BLOCK):
+        _multinomial_block(
+            blk, item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, row_group, row_values, out
+        )
+
+
+@numba.njit(cache=True)
+def _multinomial_group_sums_ser(
+    item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, row_group, row_values, out
+):
+    for blk in range((out.shape[0] + BLOCK - 1) // BLOCK):
+        _multinomial_block(
+            blk, item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, row_group, row_values, out
+        )
+
+
+@numba.njit(parallel=True, cache=True)
+def _poisson_totals_par(streams, rep_keys, out):
+    for blk in numba.prange((out.shape[0] + BLOCK - 1) // BLOCK):
+        _poisson_totals_block(blk, streams, rep_keys, out)
+
+
+@numba.njit(cache=True)
+def _poisson_totals_ser(streams, rep_keys, out):
+    for blk in range((out.shape[0] + BLOCK - 1) // BLOCK):
+        _poisson_totals_block(blk, streams, rep_keys, out)
+
+
+@numba.njit(parallel=True, cache=True)
+def _multinomial_totals_par(sorted_items, strat_ptr, draw_keys, rep_keys, out):
+    for blk in numba.prange((out.shape[0] + BLOCK - 1) // BLOCK):
+        _multinomial_totals_block(blk, sorted_items, strat_ptr, draw_keys, rep_keys, out)
+
+
+@numba.njit(cache=True)
+def _multinomial_totals_ser(sorted_items, strat_ptr, draw_keys, rep_keys, out):
+    for blk in range((out.shape[0] + BLOCK - 1) // BLOCK):
+        _multinomial_totals_block(blk, sorted_items, strat_ptr, draw_keys, rep_keys, out)
+
+
+#: Below this many weight-times-value operations (``n_boot * (n_items + n_rows * k)``) a kernel
+#: runs serially: starting the thread pool costs more than it saves, and on a loaded machine a
+#: parallel region waits until every thread is scheduled.
+PARALLEL_MIN_WORK = 4_000_000
+
+
+def _use_threads(n_boot: int, n_items: int, n_cells: int) -> bool:
+    return n_boot > BLOCK and n_boot * (n_items + n_cells) >= PARALLEL_MIN_WORK
 
 
 # ----------------------------------------------------------------------------- input handling
@@ -424,15 +455,19 @@ def weighted_group_sums(
     p = _prepare(
         item_ptr, item_keys, item_strata, row_group, row_values, seed, n_boot, scheme, n_groups
     )
+    values = p["row_values"]
+    out = np.zeros((p["n_boot"], p["n_groups"], values.shape[1]))
+    threads = _use_threads(p["n_boot"], p["n_items"], values.size)
     if p["scheme"] == "poisson":
-        return _poisson_group_sums(
-            p["item_ptr"], p["streams"], p["rep_keys"], p["row_group"], p["row_values"],
-            p["n_boot"], p["n_groups"],
+        kernel = _poisson_group_sums_par if threads else _poisson_group_sums_ser
+        kernel(p["item_ptr"], p["streams"], p["rep_keys"], p["row_group"], values, out)
+    else:
+        kernel = _multinomial_group_sums_par if threads else _multinomial_group_sums_ser
+        kernel(
+            p["item_ptr"], p["sorted_items"], p["strat_ptr"], p["draw_keys"], p["rep_keys"],
+            p["row_group"], values, out,
         )  # fmt: skip
-    return _multinomial_group_sums(
-        p["item_ptr"], p["sorted_items"], p["strat_ptr"], p["draw_keys"], p["rep_keys"],
-        p["row_group"], p["row_values"], p["n_boot"], p["n_groups"],
-    )  # fmt: skip
+    return out
 
 
 def replicate_weight_totals(
@@ -458,11 +493,14 @@ def replicate_weight_totals(
         float64 array ``[n_boot]``.
     """
     p = _prepare(None, item_keys, item_strata, None, None, seed, n_boot, scheme, None)
+    out = np.zeros(p["n_boot"])
+    threads = _use_threads(p["n_boot"], p["n_items"], 0)
     if p["scheme"] == "poisson":
-        return _poisson_weight_totals(p["streams"], p["rep_keys"], p["n_boot"])
-    return _multinomial_weight_totals(
-        p["sorted_items"], p["strat_ptr"], p["draw_keys"], p["rep_keys"], p["n_boot"]
-    )
+        (_poisson_totals_par if threads else _poisson_totals_ser)(p["streams"], p["rep_keys"], out)
+    else:
+        kernel = _multinomial_totals_par if threads else _multinomial_totals_ser
+        kernel(p["sorted_items"], p["strat_ptr"], p["draw_keys"], p["rep_keys"], out)
+    return out
 
 
 # ----------------------------------------------------------------------------- numpy references
