@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from metrics import kernels
 from metrics.encode import FAITHFUL_CUTOFF, Encoded
 
 MAE_MODES = (1, 2, 3, 4)
@@ -55,6 +56,7 @@ def compute_tables(
     threshold: int = 10,
     parity: bool = False,
     valid: np.ndarray | None = None,
+    reference: bool = False,
 ) -> tuple[Tables, np.ndarray]:
     """Compute the summary tables.
 
@@ -65,6 +67,8 @@ def compute_tables(
         parity: reproduce the seed's conventions (cMFG quirks, `<no_hedge>` left out of MAE).
         valid: [G,T,M] validity to use instead of the count rule (a bootstrap keeps the
             point estimate's marker sets fixed).
+        reference: use the plain numpy implementation (np.bincount) instead of the numba
+            kernels; the tests compare the two.
 
     Returns:
         (tables, valid): the tables and the [G,T,M] validity mask they used.
@@ -73,7 +77,57 @@ def compute_tables(
     R = len(enc.r_g)
     w = np.ones(R) if weights is None else np.asarray(weights, dtype=np.float64)
 
-    # ---- MIC and variants over reference rows ------------------------------------------------
+    if reference:
+        count, n_present, mic, variants, unweighted = _mic_numpy(enc, w)
+    else:
+        k = kernels.mic_sums(
+            enc.s_r, enc.s_m, enc.s_conf, enc.s_dec, enc.r_g, enc.r_t, enc.r_ref,
+            enc.r_correct, enc.r_f, w, G, T, M, FAITHFUL_CUTOFF,
+        )  # fmt: skip
+        count, n_present = k[kernels.COUNT], k[kernels.N_PRESENT]
+        mic = _ratio(k[kernels.S_CONF], n_present)
+        variants = {
+            "mic_c": _ratio(k[kernels.S_C], k[kernels.N_C]),
+            "mic_i": _ratio(k[kernels.S_I], k[kernels.N_I]),
+            "mic_f": _ratio(k[kernels.S_F], k[kernels.N_F]),
+            "mic_uf": _ratio(k[kernels.S_UF], k[kernels.N_UF]),
+            "mf": _ratio(k[kernels.S_MF], k[kernels.N_MF]),
+        }
+        unweighted = count if weights is None else None
+    if valid is None:
+        if unweighted is None:
+            unweighted = kernels.mic_sums(
+                enc.s_r, enc.s_m, enc.s_conf, enc.s_dec, enc.r_g, enc.r_t, enc.r_ref,
+                enc.r_correct, enc.r_f, np.ones(R), G, T, M, FAITHFUL_CUTOFF,
+            )[kernels.COUNT]  # fmt: skip
+        valid = unweighted >= threshold
+
+    # ---- per task: accuracy, cMFG, MFG over reference responses -------------------------------
+    gt = enc.r_g.astype(np.int64) * T + enc.r_t
+    ref = enc.r_ref
+    wt = np.bincount(gt[ref], weights=w[ref], minlength=G * T)
+    accuracy = _ratio(np.bincount(gt[ref], weights=(w * enc.r_correct)[ref], minlength=G * T), wt)
+    n_items = np.bincount(gt[ref], minlength=G * T)
+    cmfg, mfg = _cmfg(enc, w, gt, G * T, parity)
+
+    mae = (_mae_numpy if reference else _mae_kernel)(enc, w, mic, valid, parity)
+    tables = Tables(
+        count=count,
+        n_present=n_present,
+        mic=mic,
+        variants=variants,
+        accuracy=accuracy.reshape(G, T),
+        n_items=n_items.reshape(G, T),
+        cmfg=cmfg.reshape(G, T),
+        mfg=mfg.reshape(G, T),
+        mae=mae,
+    )
+    return tables, valid
+
+
+def _mic_numpy(enc: Encoded, w: np.ndarray):
+    """MIC sums with np.bincount: the reference of `kernels.mic_sums`."""
+    G, T, M = enc.n_groups, enc.n_tasks, enc.n_markers
     ref_row = enc.r_ref[enc.s_r]
     r = enc.s_r[ref_row]
     wr = w[r]
@@ -102,32 +156,8 @@ def compute_tables(
     both = present & ~np.isnan(dec)
     gap = np.where(both, np.abs(dec - np.where(present, conf, 0.0)), 0.0)
     variants["mf"] = _ratio(*sums(both, gap)[::-1])
-
-    if valid is None:
-        unweighted = np.bincount(cell, minlength=size).reshape(G, T, M)
-        valid = unweighted >= threshold
-
-    # ---- per task: accuracy, cMFG, MFG over reference responses -------------------------------
-    gt = enc.r_g.astype(np.int64) * T + enc.r_t
-    ref = enc.r_ref
-    wt = np.bincount(gt[ref], weights=w[ref], minlength=G * T)
-    accuracy = _ratio(np.bincount(gt[ref], weights=(w * enc.r_correct)[ref], minlength=G * T), wt)
-    n_items = np.bincount(gt[ref], minlength=G * T)
-    cmfg, mfg = _cmfg(enc, w, gt, G * T, parity)
-
-    mae = _mae_cells(enc, w, mic, valid, parity)
-    tables = Tables(
-        count=count,
-        n_present=n_present,
-        mic=mic,
-        variants=variants,
-        accuracy=accuracy.reshape(G, T),
-        n_items=n_items.reshape(G, T),
-        cmfg=cmfg.reshape(G, T),
-        mfg=mfg.reshape(G, T),
-        mae=mae,
-    )
-    return tables, valid
+    unweighted = np.bincount(cell, minlength=size).reshape(G, T, M)
+    return count, n_present, mic, variants, unweighted
 
 
 def _cmfg(
@@ -136,7 +166,8 @@ def _cmfg(
     """cMFG and MFG per (group, task) (SPEC.md section 2).
 
     Bins: edges linspace(0, 1, 11), bin k holds edge_k <= c < edge_k+1 (numpy.digitize).
-    Default: c = 1.0 joins the last bin, only non-empty bins are averaged, MFG = mean f over the
+    Default: ties at an edge go up (to 1e-9, so the floating-point rounding of c cannot move a
+    response down a bin), c = 1.0 joins the last bin, only non-empty bins are averaged, MFG = mean f over the
     same responses. Parity (the seed): responses with f = 0 or c = 0 are dropped, c = 1.0 falls
     outside every bin, an empty bin counts as 0 in the mean of 10; MFG = mean f over the responses
     left after the f = 0 / c = 0 drop.
@@ -149,12 +180,15 @@ def _cmfg(
         np.bincount(idx, weights=ww * f, minlength=size),
         np.bincount(idx, weights=ww, minlength=size),
     )
-    edges = np.linspace(0, 1, N_BINS + 1)
-    b = np.digitize(c, edges) - 1  # 0..10; c = 1.0 -> 10
     if parity:
+        # Exactly the seed's numpy.digitize on linspace edges (c = 1.0 -> index 10, dropped).
+        b = np.digitize(c, np.linspace(0, 1, N_BINS + 1)) - 1
         inside = b < N_BINS
     else:
-        b = np.minimum(b, N_BINS - 1)
+        # Ties at an edge go up whatever the rounding of c: a mean that is mathematically 0.7 may
+        # be stored as 0.69999... and np.digitize would put it one bin lower, depending on the
+        # order its terms were summed in.
+        b = np.minimum(np.floor(c * N_BINS + 1e-9).astype(np.int64), N_BINS - 1)
         inside = np.ones(len(b), dtype=bool)
     cell = idx[inside] * N_BINS + b[inside]
     wn = np.bincount(cell, weights=ww[inside], minlength=size * N_BINS).reshape(size, N_BINS)
@@ -170,10 +204,42 @@ def _cmfg(
     return cmfg, mfg
 
 
-def _mae_cells(
+def _mae_finish(cell, resp, marker, mic):
+    """Means, stds and counts of the four MAE modes from the sums of `kernels.mae_sums`."""
+    G, T, M = mic.shape
+    result: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    mean1, std1 = _mean_std(*cell)
+    result[1] = (mean1, std1, cell[0])
+    mean2, std2 = _mean_std(*resp)
+    result[2] = (mean2, std2, resp[0])
+    n_mc = marker[0]
+    has_m = n_mc > 0
+    per_marker_err = _ratio(marker[1], n_mc)
+    mean_conf_b = _ratio(marker[2], n_mc)
+    mic_a = np.broadcast_to(mic[:, :, None, :], (G, T, T, M))  # MIC(m, A) along axis 1
+    per_marker_gap = np.abs(mic_a - mean_conf_b)
+    k = has_m.sum(axis=-1).astype(np.float64)
+    for mode, vals in ((3, per_marker_err), (4, per_marker_gap)):
+        x = np.where(has_m, vals, 0.0)
+        mean, std = _mean_std(k, x.sum(axis=-1), (x * x).sum(axis=-1))
+        result[mode] = (mean, std, k)
+    return result
+
+
+def _mae_kernel(enc: Encoded, w: np.ndarray, mic: np.ndarray, valid: np.ndarray, parity: bool):
+    """MAE cells through `kernels.mae_sums` (one pass over the evaluation rows)."""
+    usable = valid & ~np.isnan(mic)
+    skip = enc.no_hedge if parity else -1
+    cell, resp, marker = kernels.mae_sums(
+        enc.ptr, enc.order, enc.s_m, enc.s_conf, enc.r_g, enc.r_t, enc.r_eval, w, mic, usable, skip
+    )
+    return _mae_finish(cell, resp, marker, mic)
+
+
+def _mae_numpy(
     enc: Encoded, w: np.ndarray, mic: np.ndarray, valid: np.ndarray, parity: bool
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """MAE(A, B) in modes 1-4 for every (group, A, B) (SPEC.md section 4).
+    """MAE(A, B) in modes 1-4 for every (group, A, B) (SPEC.md section 4); numpy reference.
 
     Rows scored: evaluation rows of B with confidence present whose marker is valid in A with a
     defined MIC (parity mode also leaves `<no_hedge>` out, as the seed loses it in a CSV round-trip).
@@ -222,21 +288,9 @@ def _mae_cells(
         marker_cells[0] += np.bincount(mcell, weights=ww, minlength=size)
         marker_cells[1] += np.bincount(mcell, weights=ww * err, minlength=size)
         marker_cells[2] += np.bincount(mcell, weights=ww * conf[ok], minlength=size)
-    result: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    s = out_sums[1]
-    mean1, std1 = _mean_std(s[0], s[1], s[2])
-    result[1] = (mean1.reshape(G, T, T), std1.reshape(G, T, T), s[0].reshape(G, T, T))
-    mean2, std2 = _mean_std(*resp_sum)
-    result[2] = (mean2.reshape(G, T, T), std2.reshape(G, T, T), resp_sum[0].reshape(G, T, T))
-    n_mc = marker_cells[0].reshape(G, T, T, M)
-    has_m = n_mc > 0
-    per_marker_err = _ratio(marker_cells[1].reshape(G, T, T, M), n_mc)
-    mean_conf_b = _ratio(marker_cells[2].reshape(G, T, T, M), n_mc)
-    mic_a = np.broadcast_to(mic[:, :, None, :], (G, T, T, M))  # MIC(m, A) along axis 1
-    per_marker_gap = np.abs(mic_a - mean_conf_b)
-    for mode, vals in ((3, per_marker_err), (4, per_marker_gap)):
-        k = has_m.sum(axis=-1).astype(np.float64)
-        x = np.where(has_m, vals, 0.0)
-        mean, std = _mean_std(k, x.sum(axis=-1), (x * x).sum(axis=-1))
-        result[mode] = (mean, std, k)
-    return result
+    return _mae_finish(
+        out_sums[1].reshape(3, G, T, T),
+        resp_sum.reshape(3, G, T, T),
+        marker_cells[:3].reshape(3, G, T, T, M),
+        mic,
+    )

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from engine.contract import NO_HEDGE
+from metrics import kernels
 from metrics.io import ScoredRun
 
 FAITHFUL_CUTOFF = 0.75
@@ -39,7 +40,6 @@ class Encoded:
     markers: list[str]
     r_g: np.ndarray
     r_t: np.ndarray
-    r_item: np.ndarray  # item id strings (object array), for keys and splits
     r_correct: np.ndarray
     r_nsent: np.ndarray
     r_ref: np.ndarray
@@ -50,6 +50,8 @@ class Encoded:
     s_m: np.ndarray
     s_conf: np.ndarray
     s_dec: np.ndarray
+    ptr: np.ndarray  # CSR by response: rows of r are order[ptr[r]:ptr[r+1]]
+    order: np.ndarray
     no_hedge: int  # marker code of <no_hedge>, -1 if absent
     auto_split: dict[str, list[str]] = field(
         default_factory=dict
@@ -78,7 +80,8 @@ def stable_item_hash(seed: int, tasks: np.ndarray, items: np.ndarray) -> np.ndar
 
 
 def _codes(col: pl.Series, names: list[str]) -> np.ndarray:
-    return col.replace_strict(names, list(range(len(names))), return_dtype=pl.Int32).to_numpy()
+    """Position of each value in the sorted `names` (an Enum cast: the fastest polars path)."""
+    return col.cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int32)
 
 
 def encode(
@@ -103,7 +106,7 @@ def encode(
     Returns:
         The `Encoded` arrays.
     """
-    resp = run.responses.sort(["model", "prompt", "task", "split", "item_id"])
+    resp = run.responses
     groups = resp.select("model", "prompt").unique().sort(["model", "prompt"]).rows()
     tasks = sorted(resp.get_column("task").unique().to_list())
     sent = run.sentences
@@ -111,12 +114,10 @@ def encode(
         sent = sent.filter(pl.col("marker") != NO_HEDGE)
     markers = sorted(sent.get_column("marker").unique().to_list())
 
-    gkey = resp.select(pl.concat_str(["model", "prompt"], separator="\x1f")).to_series()
     gnames = ["\x1f".join(g) for g in groups]
+    gkey = resp.select(pl.concat_str(["model", "prompt"], separator="\x1f")).to_series()
     r_g = _codes(gkey, gnames)
     r_t = _codes(resp.get_column("task"), tasks)
-    r_item = resp.get_column("item_id").to_numpy().astype(object)
-    r_split = resp.get_column("split").to_numpy().astype(object)
     n = resp.height
 
     auto: dict[str, list[str]] = {}
@@ -124,8 +125,9 @@ def encode(
         r_ref = np.ones(n, dtype=bool)
         r_eval = np.ones(n, dtype=bool)
     else:
-        r_ref = r_split == ref_split
-        r_eval = r_split == eval_split
+        split = resp.get_column("split")
+        r_ref = (split == ref_split).to_numpy()
+        r_eval = (split == eval_split).to_numpy()
         gt = r_g.astype(np.int64) * len(tasks) + r_t
         has_ref = np.bincount(gt[r_ref], minlength=len(groups) * len(tasks)) > 0
         has_eval = np.bincount(gt[r_eval], minlength=len(groups) * len(tasks)) > 0
@@ -133,7 +135,8 @@ def encode(
         resp_need = need[gt]
         if resp_need.any():
             idx = np.flatnonzero(resp_need)
-            h = stable_item_hash(seed, np.asarray(tasks, dtype=object)[r_t[idx]], r_item[idx])
+            items = resp.get_column("item_id").gather(idx).to_numpy().astype(object)
+            h = stable_item_hash(seed, np.asarray(tasks, dtype=object)[r_t[idx]], items)
             # Within each (group, task): the half of the items with the smallest hash is reference.
             order = np.lexsort((h, gt[idx]))
             sorted_gt = gt[idx][order]
@@ -148,24 +151,33 @@ def encode(
                 g, t = divmod(int(code), len(tasks))
                 auto.setdefault("/".join(groups[g]), []).append(tasks[t])
 
-    # Attach each sentence row to its response index.
-    keyed = resp.select(["model", "prompt", "task", "split", "item_id"]).with_row_index("_r")
-    joined = sent.join(keyed, on=["model", "prompt", "task", "split", "item_id"], how="inner")
-    s_r = joined.get_column("_r").to_numpy().astype(np.int64)
-    s_m = _codes(joined.get_column("marker"), markers)
-    s_conf = joined.get_column("confidence").fill_null(np.nan).to_numpy().astype(np.float64)
-    s_dec = joined.get_column("decisiveness").fill_null(np.nan).to_numpy().astype(np.float64)
+    s_r = sent.get_column("_r").to_numpy().astype(np.int64)
+    s_m = _codes(sent.get_column("marker"), markers)
+    s_conf = sent.get_column("confidence").fill_null(np.nan).to_numpy().astype(np.float64)
+    s_dec = sent.get_column("decisiveness").fill_null(np.nan).to_numpy().astype(np.float64)
+    ptr, order = kernels.by_response(s_r, n)
+    n_sentences = resp.get_column("n_sentences").to_numpy().astype(np.int64)
 
-    r_f, r_c = _faithfulness(run.sentences, keyed, resp.get_column("n_sentences").to_numpy(), n)
+    # Faithfulness is a property of sentences, not markers: computed from all rows, whatever
+    # `ignore_no_hedge` says.
+    all_r = run.sentences.get_column("_r").to_numpy().astype(np.int64)
+    all_ptr, all_order = (ptr, order) if sent is run.sentences else kernels.by_response(all_r, n)
+    r_f, r_c = kernels.faithfulness(
+        all_ptr,
+        all_order,
+        run.sentences.get_column("sentence_idx").to_numpy().astype(np.int64),
+        run.sentences.get_column("confidence").fill_null(np.nan).to_numpy().astype(np.float64),
+        run.sentences.get_column("decisiveness").fill_null(np.nan).to_numpy().astype(np.float64),
+        n_sentences,
+    )
     return Encoded(
         groups=[tuple(g) for g in groups],
         tasks=tasks,
         markers=markers,
         r_g=r_g,
         r_t=r_t,
-        r_item=r_item,
         r_correct=resp.get_column("correct").to_numpy().astype(bool),
-        r_nsent=resp.get_column("n_sentences").to_numpy().astype(np.int64),
+        r_nsent=n_sentences,
         r_ref=r_ref,
         r_eval=r_eval,
         r_f=r_f,
@@ -174,15 +186,17 @@ def encode(
         s_m=s_m,
         s_conf=s_conf,
         s_dec=s_dec,
+        ptr=ptr,
+        order=order,
         no_hedge=markers.index(NO_HEDGE) if NO_HEDGE in markers else -1,
         auto_split=auto,
     )
 
 
-def _faithfulness(
-    sentences: pl.DataFrame, keyed: pl.DataFrame, n_sentences: np.ndarray, n: int
+def faithfulness_reference(
+    sentences: pl.DataFrame, n_sentences: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """f(r) and c(r) of SPEC.md section 2, from sentence-level (not marker-level) values.
+    """f(r) and c(r) of SPEC.md section 2 in polars: the reference of `kernels.faithfulness`.
 
     f(r) = 1 - (1/|S(r)|) * sum over valid sentences of |decisiveness - confidence|, where valid
     means both are present and |S(r)| = n_sentences counts every sentence. Undefined (NaN) when no
@@ -191,14 +205,13 @@ def _faithfulness(
     """
     f = np.full(n, np.nan)
     c = np.full(n, np.nan)
-    valid = sentences.filter(
+    valid = sentences.select("_r", "sentence_idx", "confidence", "decisiveness").filter(
         pl.col("confidence").is_not_null() & pl.col("decisiveness").is_not_null()
     )
     if valid.height == 0:
         return f, c
     per_sentence = (
-        valid.join(keyed, on=["model", "prompt", "task", "split", "item_id"], how="inner")
-        .group_by("_r", "sentence_idx")
+        valid.group_by("_r", "sentence_idx")
         .agg(pl.col("confidence").first(), pl.col("decisiveness").first())
         # Sum in sentence order (as the seed does): c(r) is binned for cMFG, so its last bit must
         # not depend on row order or file split.

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from engine.contract import NO_HEDGE
@@ -255,9 +256,7 @@ def read_scored(paths: list[str | Path] | str | Path) -> ScoredRun:
                 sentences.append(s)
     resp = pl.concat(responses, how="vertical")
     sent = pl.concat(sentences, how="vertical")
-    run = ScoredRun(resp, sent, tuple(files))
-    validate(run)
-    return run
+    return validate(ScoredRun(resp, sent, tuple(files)))
 
 
 def _where(run: ScoredRun, df: pl.DataFrame) -> str:
@@ -265,70 +264,117 @@ def _where(run: ScoredRun, df: pl.DataFrame) -> str:
     return ", ".join(run.files[s] for s in sources[:2])
 
 
-def validate(run: ScoredRun) -> None:
-    """Check values and cross-table consistency; raise `UserError` on the first problem."""
+def validate(run: ScoredRun) -> ScoredRun:
+    """Check values and cross-table consistency; raise `UserError` on the first problem.
+
+    Returns the run with its sentences linked to their responses: column `_r` is the row index
+    of the sentence's response (the join is done once here, on 64-bit key hashes, and verified
+    against the key columns, so later stages never join on strings again).
+    """
     r, s = run.responses, run.sentences
     for table, df, cols in (
         ("responses", r, ["model", "task", "item_id", "correct", "n_sentences"]),
         ("sentences", s, ["model", "task", "item_id", "sentence_idx", "marker"]),
     ):
-        for c in cols:
-            nulls = df.filter(pl.col(c).is_null())
-            if nulls.height:
+        counts = df.select(pl.col(cols).null_count()).row(0)
+        for c, k in zip(cols, counts):
+            if k:
+                nulls = df.filter(pl.col(c).is_null())
                 raise UserError(
-                    f"{_where(run, nulls)}: column {c!r} has {nulls.height} empty value(s) in the {table} table",
+                    f"{_where(run, nulls)}: column {c!r} has {k} empty value(s) in the {table} table",
                     "every row needs a value there (missing confidences go in 'confidence' as null)",
                 )
     for c in ("confidence", "decisiveness"):
-        bad = s.filter(
-            pl.col(c).is_nan() | pl.col(c).is_infinite() | (pl.col(c) < 0) | (pl.col(c) > 1)
-        )
-        if bad.height:
+        bad_expr = pl.col(c).is_nan() | pl.col(c).is_infinite() | (pl.col(c) < 0) | (pl.col(c) > 1)
+        if s.select(bad_expr.any()).item():
+            bad = s.filter(bad_expr)
             v = bad.get_column(c)[0]
             raise UserError(
                 f"{_where(run, bad)}: column {c!r} has {bad.height} value(s) outside [0, 1] or NaN (first: {v})",
                 "use numbers in [0, 1]; write a missing value as null (empty in CSV), not NaN",
             )
-    neg = r.filter(pl.col("n_sentences") < 0)
-    if neg.height:
+    if r.select((pl.col("n_sentences") < 0).any()).item():
+        neg = r.filter(pl.col("n_sentences") < 0)
         raise UserError(
             f"{_where(run, neg)}: column 'n_sentences' has negative values",
             "use the response's sentence count",
         )
-    empty_marker = s.filter(pl.col("marker").str.len_chars() == 0)
-    if empty_marker.height:
+    if s.select((pl.col("marker").str.len_bytes() == 0).any()).item():
+        empty_marker = s.filter(pl.col("marker").str.len_bytes() == 0)
         raise UserError(
             f"{_where(run, empty_marker)}: column 'marker' has {empty_marker.height} empty string(s)",
             f"write {NO_HEDGE!r} for a sentence with no hedge",
         )
-    _check_unique(run, r, KEY, "response")
-    _check_unique(run, s, [*KEY, "sentence_idx", "marker"], "(item, sentence, marker)")
-    # Every sentence row belongs to a response, inside its sentence count.
-    joined = s.select([*KEY, "sentence_idx", SOURCE]).join(
-        r.select([*KEY, "n_sentences"]), on=KEY, how="left", nulls_equal=True
-    )
-    orphan = joined.filter(pl.col("n_sentences").is_null())
-    if orphan.height:
+
+    # Responses: unique keys. Hash first (cheap), confirm candidates exactly: no false positives.
+    rh = r.select(pl.struct(KEY).hash(seed=7)).to_series()
+    collision = False
+    if rh.n_unique() != r.height:
+        dup_r = _duplicated(rh.to_numpy())
+        dup = r.filter(pl.Series(dup_r)).filter(pl.struct(KEY).is_duplicated())
+        if dup.height:
+            _raise_duplicate(run, dup, KEY, "response")
+        collision = True  # two distinct keys share a hash: link by the key columns instead
+    if collision:
+        rr = r.select(KEY).with_row_index("_r")
+        linked = s.join(rr, on=KEY, how="left", nulls_equal=True, maintain_order="left")
+    else:
+        rr = pl.DataFrame({"_h": rh, "_r": pl.int_range(r.height, dtype=pl.UInt32, eager=True)})
+        sh = s.select(pl.struct(KEY).hash(seed=7).alias("_h"))
+        linked = (
+            pl.concat([s, sh], how="horizontal")
+            .join(rr, on="_h", how="left", maintain_order="left")
+            .drop("_h")
+        )
+    r_idx = linked.get_column("_r")
+    if r_idx.null_count():
+        orphan = linked.filter(pl.col("_r").is_null())
         row = orphan.row(0, named=True)
         raise UserError(
             f"{_where(run, orphan)}: {orphan.height} sentence row(s) have no response row "
             f"(first: model={row['model']!r} task={row['task']!r} split={row['split']!r} item_id={row['item_id']!r})",
             "responses and sentences must come from the same scoring run",
         )
-    over = joined.filter(
-        (pl.col("sentence_idx") < 0) | (pl.col("sentence_idx") >= pl.col("n_sentences"))
-    )
-    if over.height:
-        row = over.row(0, named=True)
+    if not collision:
+        # Verify the hash join with a second, independent 64-bit hash of the key: a sentence whose
+        # key merely collided with a response's would differ there (odds ~2^-128 otherwise).
+        check_r = r.select(pl.struct(KEY).hash(seed=1_000_003)).to_series().to_numpy()
+        check_s = linked.select(pl.struct(KEY).hash(seed=1_000_003)).to_series().to_numpy()
+        if not np.array_equal(check_r[r_idx.to_numpy()], check_s):
+            rr = r.select(KEY).with_row_index("_r")
+            linked = s.join(rr, on=KEY, how="left", nulls_equal=True, maintain_order="left")
+            r_idx = linked.get_column("_r")
+    r_np = r_idx.to_numpy().astype(np.int64)
+    nsent = r.get_column("n_sentences").to_numpy()[r_np]
+    sidx = linked.get_column("sentence_idx").to_numpy()
+    over = (sidx < 0) | (sidx >= nsent)
+    if over.any():
+        k = int(np.flatnonzero(over)[0])
+        row = linked.row(k, named=True)
         raise UserError(
-            f"{_where(run, over)}: column 'sentence_idx' is {row['sentence_idx']} for item {row['item_id']!r} "
-            f"whose n_sentences is {row['n_sentences']}",
+            f"{_where(run, linked.filter(pl.Series(over)))}: column 'sentence_idx' is {row['sentence_idx']} for item "
+            f"{row['item_id']!r} whose n_sentences is {nsent[k]}",
             "sentence_idx counts from 0 and must be below the response's n_sentences",
         )
+    # (response, sentence, marker) rows: unique. Integer key, then confirm candidates exactly.
+    marker_code = (
+        linked.get_column("marker").cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    )
+    combo = (r_np * (int(nsent.max(initial=0)) + 1) + sidx) * (
+        int(marker_code.max(initial=0)) + 1
+    ) + marker_code
+    if pl.Series(combo).n_unique() != len(combo):
+        dup = linked.filter(pl.Series(_duplicated(combo)))
+        _raise_duplicate(run, dup, [*KEY, "sentence_idx", "marker"], "(item, sentence, marker)")
     # A task with responses but not a single sentence row cannot give any MIC.
-    tasks_r = r.select("model", "prompt", "task").unique()
-    tasks_s = s.select("model", "prompt", "task").unique()
-    empty = tasks_r.join(tasks_s, on=["model", "prompt", "task"], how="anti")
+    has_rows = np.zeros(r.height, dtype=bool)
+    has_rows[r_np] = True
+    per_task = (
+        r.with_columns(pl.Series("_has", has_rows))
+        .group_by("model", "prompt", "task")
+        .agg(pl.col("_has").any())
+    )
+    empty = per_task.filter(~pl.col("_has"))
     if empty.height:
         row = empty.row(0, named=True)
         raise UserError(
@@ -336,19 +382,26 @@ def validate(run: ScoredRun) -> None:
             f"(model {row['model']!r}) has responses but no sentence rows",
             "re-run the scoring stage for that task, or drop its responses",
         )
+    return ScoredRun(r, linked.with_columns(pl.Series("_r", r_np)), run.files)
 
 
-def _check_unique(run: ScoredRun, df: pl.DataFrame, key: list[str], what: str) -> None:
-    # Hash first (cheap on 1e7 rows), then confirm candidates exactly: no false positives.
-    h = df.select(pl.struct(key).hash(seed=7).alias("h")).get_column("h")
-    cand = df.filter(h.is_duplicated())
-    if cand.height == 0:
-        return
-    dup = cand.filter(pl.struct(key).is_duplicated())
-    if dup.height:
-        row = dup.row(0, named=True)
-        desc = " ".join(f"{k}={row[k]!r}" for k in key)
-        raise UserError(
-            f"{_where(run, dup)}: duplicate {what} rows ({dup.height} rows; first: {desc})",
-            "each key must appear once; drop the duplicates or give repeated runs different model/prompt names",
-        )
+def _duplicated(values: np.ndarray) -> np.ndarray:
+    """Mask of entries whose value occurs more than once (sort-based; numpy beats a hash here)."""
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    same = v[1:] == v[:-1]
+    mask_sorted = np.zeros(len(v), dtype=bool)
+    mask_sorted[1:] |= same
+    mask_sorted[:-1] |= same
+    mask = np.empty(len(v), dtype=bool)
+    mask[order] = mask_sorted
+    return mask
+
+
+def _raise_duplicate(run: ScoredRun, dup: pl.DataFrame, key: list[str], what: str) -> None:
+    row = dup.row(0, named=True)
+    desc = " ".join(f"{k}={row[k]!r}" for k in key)
+    raise UserError(
+        f"{_where(run, dup)}: duplicate {what} rows ({dup.height} rows; first: {desc})",
+        "each key must appear once; drop the duplicates or give repeated runs different model/prompt names",
+    )

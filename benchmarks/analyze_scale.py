@@ -1,0 +1,117 @@
+"""`mic analyze` at scale against a straightforward pandas implementation, in one run.
+
+    python benchmarks/analyze_scale.py [--models 20] [--tasks 10] [--items 23000]
+
+Generates a seeded synthetic scored run (20 models x 10 tasks x 23,000 items, 1-3 sentences per
+response, ~1.1 markers per sentence: about 1e7 sentence rows), writes it as Parquet, then runs
+`mic analyze` (no bootstrap) and the pandas baseline (benchmarks/pandas_baseline.py), each in its
+own child process so that each peak memory (ru_maxrss of that process) is its own. Prints the
+table, the ratio, and the largest difference between the two implementations' headline metrics.
+Targets (issue 2): >= 10x the pandas baseline, <= 15 s wall, peak memory <= 3 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HEADLINE = ["I-AvgMAE (Mode 1)", "C-AvgMAE (Mode 1)", "I-AvgMAE (Mode 2)", "I-AvgMAE (Mode 3)",
+            "I-AvgMAE (Mode 4)", "C-AvgMAE (Mode 4)", "MRC", "MAC", "MAC-P-all", "MCC",
+            "I-AvgCV", "I-AvgCV (shared)", "C-AvgCV"]  # fmt: skip
+
+
+def child(which: str, data: str, out: str) -> None:
+    t0 = time.perf_counter()
+    if which == "ours":
+        from engine.cli import main
+
+        code = main(["analyze", data, "--out", out])
+        assert code == 0
+        doc = json.loads((Path(out) / "metrics.json").read_text())
+        values = {
+            m: {k: doc["models"][m]["default"]["metrics"][k]["value"] for k in HEADLINE}
+            for m in doc["models"]
+        }
+    else:
+        import pandas as pd
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from pandas_baseline import analyze_pandas
+
+        resp = pd.read_parquet(Path(data) / "responses.parquet")
+        sent = pd.read_parquet(Path(data) / "sentences.parquet")
+        values = analyze_pandas(resp, sent)
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print("RESULT " + json.dumps({"wall": wall, "peak": peak, "values": values}))
+
+
+def run_child(which: str, data: Path, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", which, str(data), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{which} failed:\n{proc.stderr[-3000:]}")
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--models", type=int, default=20)
+    p.add_argument("--tasks", type=int, default=10)
+    p.add_argument("--items", type=int, default=23000)
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--child", nargs=3, metavar=("WHICH", "DATA", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
+    from metrics.synthetic import make_scored_run
+
+    with tempfile.TemporaryDirectory(prefix="mic-bench-") as tmp:
+        data = Path(tmp) / "run"
+        data.mkdir()
+        t0 = time.perf_counter()
+        resp, sent = make_scored_run(
+            n_models=args.models, n_tasks=args.tasks, n_items=args.items, n_markers=40, seed=1,
+            tasks_without_test=0, test_fraction=0.5,
+        )  # fmt: skip
+        resp.write_parquet(data / "responses.parquet")
+        sent.write_parquet(data / "sentences.parquet")
+        print(f"data: {resp.height:,} responses, {sent.height:,} sentence rows "
+              f"(generated in {time.perf_counter() - t0:.1f} s)")  # fmt: skip
+        del resp, sent
+        ours = run_child("ours", data, Path(tmp) / "out")
+        rows = [("mic analyze", ours)]
+        if not args.skip_baseline:
+            base = run_child("pandas", data, Path(tmp) / "out-pd")
+            rows.append(("pandas baseline", base))
+    print(f"\n{'implementation':<18}{'wall s':>10}{'peak GB':>10}{'ratio':>8}")
+    for name, r in rows:
+        ratio = rows[-1][1]["wall"] / r["wall"]
+        print(f"{name:<18}{r['wall']:>10.2f}{r['peak'] / 1e9:>10.2f}{ratio:>8.1f}x")
+    if not args.skip_baseline:
+        worst, where = 0.0, ""
+        for m, vals in ours["values"].items():
+            for k in HEADLINE:
+                a, b = vals[k], base["values"][m][k]
+                if a is None or b is None or b != b:
+                    continue
+                if abs(a - b) > worst:
+                    worst, where = abs(a - b), f"{m} {k}"
+        print(f"\nlargest |ours - pandas| over headline metrics: {worst:.2e} ({where or 'none'})")
+    print("targets: ratio >= 10x, mic analyze <= 15 s, peak <= 3 GB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Numba kernels of the analysis: one pass over rows instead of many numpy passes.
+
+Each kernel has a plain numpy reference in `metrics.core` / `metrics.encode` or in the tests that
+it is compared against. Rows are grouped by response through a CSR index (`by_response`), built
+once by a counting sort (O(rows)).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+# Accumulator slots of `mic_sums` (first axis of its output).
+COUNT, N_PRESENT, S_CONF, N_C, S_C, N_I, S_I, N_F, S_F, N_UF, S_UF, N_MF, S_MF = range(13)
+N_MIC_SLOTS = 13
+
+
+@nb.njit(cache=True)
+def by_response(s_r: np.ndarray, n_responses: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR grouping of rows by response: rows of r are order[ptr[r]:ptr[r+1]] (stable)."""
+    ptr = np.zeros(n_responses + 1, dtype=np.int64)
+    for i in range(len(s_r)):
+        ptr[s_r[i] + 1] += 1
+    for r in range(n_responses):
+        ptr[r + 1] += ptr[r]
+    fill = ptr[:-1].copy()
+    order = np.empty(len(s_r), dtype=np.int64)
+    for i in range(len(s_r)):
+        r = s_r[i]
+        order[fill[r]] = i
+        fill[r] += 1
+    return ptr, order
+
+
+@nb.njit(cache=True)
+def faithfulness(ptr, order, s_sidx, s_conf, s_dec, n_sentences):
+    """f(r) and c(r) per response from sentence-level values (SPEC.md section 2).
+
+    A sentence's marker rows repeat its confidence and decisiveness: each sentence counts once.
+    Sums run in sentence order, so the result does not depend on row order.
+    """
+    n = len(ptr) - 1
+    f = np.full(n, np.nan)
+    c = np.full(n, np.nan)
+    for r in range(n):
+        a, b = ptr[r], ptr[r + 1]
+        k = b - a
+        if k == 0:
+            continue
+        idx = np.empty(k, dtype=np.int64)
+        m = 0
+        for j in range(a, b):
+            i = order[j]
+            if not (np.isnan(s_conf[i]) or np.isnan(s_dec[i])):
+                # insertion by sentence index
+                p = m
+                while p > 0 and s_sidx[idx[p - 1]] > s_sidx[i]:
+                    idx[p] = idx[p - 1]
+                    p -= 1
+                idx[p] = i
+                m += 1
+        if m == 0:
+            continue
+        gap = 0.0
+        conf = 0.0
+        nv = 0
+        last = -1
+        for q in range(m):
+            i = idx[q]
+            if s_sidx[i] == last:
+                continue
+            last = s_sidx[i]
+            gap += abs(s_dec[i] - s_conf[i])
+            conf += s_conf[i]
+            nv += 1
+        f[r] = 1.0 - gap / n_sentences[r]
+        c[r] = conf / nv
+    return f, c
+
+
+@nb.njit(cache=True)
+def mic_sums(s_r, s_m, s_conf, s_dec, r_g, r_t, r_ref, r_correct, r_f, w, G, T, M, faithful_cutoff):
+    """Weighted sums per (group, task, marker) over reference rows, all MIC variants at once."""
+    out = np.zeros((N_MIC_SLOTS, G, T, M))
+    for i in range(len(s_r)):
+        r = s_r[i]
+        if not r_ref[r]:
+            continue
+        g, t, m, wr = r_g[r], r_t[r], s_m[i], w[r]
+        out[COUNT, g, t, m] += wr
+        x = s_conf[i]
+        if np.isnan(x):
+            continue
+        out[N_PRESENT, g, t, m] += wr
+        out[S_CONF, g, t, m] += wr * x
+        if r_correct[r]:
+            out[N_C, g, t, m] += wr
+            out[S_C, g, t, m] += wr * x
+        else:
+            out[N_I, g, t, m] += wr
+            out[S_I, g, t, m] += wr * x
+        fr = r_f[r]
+        if fr >= faithful_cutoff:
+            out[N_F, g, t, m] += wr
+            out[S_F, g, t, m] += wr * x
+        elif fr < faithful_cutoff:  # NaN (undefined f) is neither
+            out[N_UF, g, t, m] += wr
+            out[S_UF, g, t, m] += wr * x
+        d = s_dec[i]
+        if not np.isnan(d):
+            out[N_MF, g, t, m] += wr
+            out[S_MF, g, t, m] += wr * abs(d - x)
+    return out
+
+
+@nb.njit(cache=True)
+def mae_sums(ptr, order, s_m, s_conf, r_g, r_t, r_eval, w, mic, usable, skip_marker):
+    """Sums behind MAE(A, B) in modes 1-4 for every (group, A, B), one pass over evaluation rows.
+
+    Returns:
+        cell: [3, G, T, T] mode 1 Σw, Σw·err, Σw·err² (rows).
+        resp: [3, G, T, T] mode 2 Σw, Σw·e_r, Σw·e_r² (e_r = a response's mean error).
+        marker: [3, G, T, T, M] Σw, Σw·err, Σw·conf per marker (modes 3 and 4).
+    """
+    G, T, M = mic.shape
+    cell = np.zeros((3, G, T, T))
+    resp = np.zeros((3, G, T, T))
+    marker = np.zeros((3, G, T, T, M))
+    e_sum = np.zeros(T)
+    e_n = np.zeros(T)
+    for r in range(len(ptr) - 1):
+        if not r_eval[r]:
+            continue
+        a0, a1 = ptr[r], ptr[r + 1]
+        if a0 == a1:
+            continue
+        g, b, wr = r_g[r], r_t[r], w[r]
+        e_sum[:] = 0.0
+        e_n[:] = 0.0
+        for j in range(a0, a1):
+            i = order[j]
+            x = s_conf[i]
+            m = s_m[i]
+            if np.isnan(x) or m == skip_marker:
+                continue
+            for a in range(T):
+                if not usable[g, a, m]:
+                    continue
+                err = abs(mic[g, a, m] - x)
+                cell[0, g, a, b] += wr
+                cell[1, g, a, b] += wr * err
+                cell[2, g, a, b] += wr * err * err
+                marker[0, g, a, b, m] += wr
+                marker[1, g, a, b, m] += wr * err
+                marker[2, g, a, b, m] += wr * x
+                e_sum[a] += err
+                e_n[a] += 1.0
+        for a in range(T):
+            if e_n[a] > 0:
+                e = e_sum[a] / e_n[a]
+                resp[0, g, a, b] += wr
+                resp[1, g, a, b] += wr * e
+                resp[2, g, a, b] += wr * e * e
+    return cell, resp, marker
