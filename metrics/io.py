@@ -18,6 +18,7 @@ import polars as pl
 
 from engine.contract import NO_HEDGE
 from engine.errors import UserError
+from metrics import kernels
 
 FORMATS = {
     ".parquet": "parquet",
@@ -306,45 +307,31 @@ def validate(run: ScoredRun) -> ScoredRun:
             f"write {NO_HEDGE!r} for a sentence with no hedge",
         )
 
-    # Responses: unique keys. Hash first (cheap), confirm candidates exactly: no false positives.
-    rh = r.select(pl.struct(KEY).hash(seed=7)).to_series()
-    collision = False
-    if rh.n_unique() != r.height:
-        dup_r = _duplicated(rh.to_numpy())
-        dup = r.filter(pl.Series(dup_r)).filter(pl.struct(KEY).is_duplicated())
+    # Link each sentence row to its response by a 64-bit hash of the key (one hash table, no
+    # string join). Responses are unique iff their hashes are (a collision falls back to an exact
+    # join on the key columns). A valid row's own response is always found; a wrong link would
+    # need a row with no response whose hash collides with another response's (odds ~ R/2^64 per
+    # orphan row, and only on data that is invalid anyway).
+    rh = r.select(pl.struct(KEY).hash(seed=7)).to_series().to_numpy()
+    sh = s.select(pl.struct(KEY).hash(seed=7)).to_series().to_numpy()
+    r_np, unique = kernels.hash_link(rh, sh)
+    if not unique:
+        dup = r.filter(pl.Series(_duplicated(rh))).filter(pl.struct(KEY).is_duplicated())
         if dup.height:
             _raise_duplicate(run, dup, KEY, "response")
-        collision = True  # two distinct keys share a hash: link by the key columns instead
-    if collision:
         rr = r.select(KEY).with_row_index("_r")
-        linked = s.join(rr, on=KEY, how="left", nulls_equal=True, maintain_order="left")
-    else:
-        rr = pl.DataFrame({"_h": rh, "_r": pl.int_range(r.height, dtype=pl.UInt32, eager=True)})
-        sh = s.select(pl.struct(KEY).hash(seed=7).alias("_h"))
-        linked = (
-            pl.concat([s, sh], how="horizontal")
-            .join(rr, on="_h", how="left", maintain_order="left")
-            .drop("_h")
-        )
-    r_idx = linked.get_column("_r")
-    if r_idx.null_count():
-        orphan = linked.filter(pl.col("_r").is_null())
+        joined = s.select(KEY).join(rr, on=KEY, how="left", nulls_equal=True, maintain_order="left")
+        r_np = joined.get_column("_r").fill_null(-1).to_numpy().astype(np.int64)
+    missing = r_np < 0
+    if missing.any():
+        orphan = s.filter(pl.Series(missing))
         row = orphan.row(0, named=True)
         raise UserError(
             f"{_where(run, orphan)}: {orphan.height} sentence row(s) have no response row "
             f"(first: model={row['model']!r} task={row['task']!r} split={row['split']!r} item_id={row['item_id']!r})",
             "responses and sentences must come from the same scoring run",
         )
-    if not collision:
-        # Verify the hash join with a second, independent 64-bit hash of the key: a sentence whose
-        # key merely collided with a response's would differ there (odds ~2^-128 otherwise).
-        check_r = r.select(pl.struct(KEY).hash(seed=1_000_003)).to_series().to_numpy()
-        check_s = linked.select(pl.struct(KEY).hash(seed=1_000_003)).to_series().to_numpy()
-        if not np.array_equal(check_r[r_idx.to_numpy()], check_s):
-            rr = r.select(KEY).with_row_index("_r")
-            linked = s.join(rr, on=KEY, how="left", nulls_equal=True, maintain_order="left")
-            r_idx = linked.get_column("_r")
-    r_np = r_idx.to_numpy().astype(np.int64)
+    linked = s  # row order kept: `_r` is added as a column at the end
     nsent = r.get_column("n_sentences").to_numpy()[r_np]
     sidx = linked.get_column("sentence_idx").to_numpy()
     over = (sidx < 0) | (sidx >= nsent)

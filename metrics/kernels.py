@@ -162,3 +162,36 @@ def mae_sums(ptr, order, s_m, s_conf, r_g, r_t, r_eval, w, mic, usable, skip_mar
                 resp[1, g, a, b] += wr * e
                 resp[2, g, a, b] += wr * e * e
     return cell, resp, marker
+
+
+@nb.njit(cache=True)
+def hash_link(response_keys: np.ndarray, row_keys: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Index of each row's response by 64-bit key hash (-1: none), with an open-addressing table.
+
+    Returns (index, unique): `unique` is False when two responses share a hash, in which case
+    the caller must link by the key columns instead (the index is then meaningless).
+    """
+    n = len(response_keys)
+    size = 1
+    while size < 2 * n + 1:
+        size *= 2
+    mask = np.uint64(size - 1)
+    slots = np.full(size, -1, dtype=np.int64)
+    for i in range(n):
+        k = response_keys[i]
+        h = (k ^ (k >> np.uint64(29))) & mask
+        while slots[h] != -1:
+            if response_keys[slots[h]] == k:
+                return np.empty(0, dtype=np.int64), False
+            h = (h + np.uint64(1)) & mask
+        slots[h] = i
+    out = np.full(len(row_keys), -1, dtype=np.int64)
+    for j in range(len(row_keys)):
+        k = row_keys[j]
+        h = (k ^ (k >> np.uint64(29))) & mask
+        while slots[h] != -1:
+            if response_keys[slots[h]] == k:
+                out[j] = slots[h]
+                break
+            h = (h + np.uint64(1)) & mask
+    return out, True

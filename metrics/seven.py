@@ -56,8 +56,10 @@ def correlate(x: np.ndarray, y: np.ndarray, method: str) -> tuple[np.ndarray, np
     degrees of freedom (equal to scipy's exact Pearson p-value). Constant input gives NaN.
     """
     if method == "spearman":
-        x = stats.rankdata(x, axis=-1)
-        y = stats.rankdata(y, axis=-1)
+        # Values that tie mathematically may differ in the last bits, depending on the order
+        # their sums ran in: rank on values rounded to 12 decimals (all inputs lie in [0, 1]).
+        x = stats.rankdata(np.round(x, 12), axis=-1)
+        y = stats.rankdata(np.round(y, 12), axis=-1)
     n = x.shape[-1]
     xc = x - x.mean(axis=-1, keepdims=True)
     yc = y - y.mean(axis=-1, keepdims=True)
