@@ -147,6 +147,7 @@ def init_ray(
         ray.init(address=ray_address, log_to_driver=True)
     else:
         kwargs: dict[str, Any] = {
+            "address": "local",  # never join a cluster found in RAY_ADDRESS or /tmp/ray by accident
             "num_cpus": num_cpus or os.cpu_count() or 1,
             "include_dashboard": False,
             "object_store_memory": 200 << 20,
