@@ -224,12 +224,14 @@ def analyze(
     views = group_views(enc, tables, valid)
 
     models: dict[str, dict] = {}
+    if preset == "marcon":
+        from metrics.marcon import marcon_metrics, marcon_tables
+
+        mt = marcon_tables(enc, threshold)
     for view in views:
         model, prompt = enc.groups[view.g]
         if preset == "marcon":
-            from metrics.marcon import marcon_metrics
-
-            metrics = marcon_metrics(enc, view, threshold=threshold)
+            metrics = marcon_metrics(enc, mt, view.g, view.tasks)
         else:
             metrics = group_metrics(view, [tables], parity)
         n_eval = np.bincount(enc.r_t[enc.r_eval & (enc.r_g == view.g)], minlength=enc.n_tasks)

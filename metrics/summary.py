@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 HEADLINE = ("I-AvgMAE", "C-AvgMAE", "MRC", "MAC", "MCC", "I-AvgCV", "C-AvgCV")
-MARCON = ("I-AvgECE", "C-AvgECE", "MAC-P", "MRC-S-plain", "I-AvgCV", "C-AvgCV")
+MARCON = (
+    "I-AvgECE",
+    "C-AvgECE",
+    "I-AvgECE (10 bins)",
+    "C-AvgECE (10 bins)",
+    "MAC",
+    "MRC",
+    "I-AvgCV",
+    "C-AvgCV",
+)
 
 
 def _fmt(entry: dict | None) -> str:
