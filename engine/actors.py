@@ -75,6 +75,7 @@ class GenerationActor:
         self.store = store
         self.backend = (backend_factory or vllm_backend_factory)(model, max_logprobs)
         self.startup_seconds = time.perf_counter() - started
+        self.ready_at = time.time()
         self.writer = (
             ThreadPoolExecutor(1, thread_name_prefix="shard-writer") if overlap_writes else None
         )
@@ -92,6 +93,7 @@ class GenerationActor:
             "node_id": ctx.get_node_id(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "startup_seconds": self.startup_seconds,
+            "ready_at": self.ready_at,
         }
 
     def run_unit(self, unit: WorkUnit) -> list[dict[str, Any]]:

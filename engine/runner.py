@@ -36,6 +36,7 @@ class ModelStats:
     gen_seconds: float = 0.0
     write_seconds: float = 0.0
     wall_seconds: float = 0.0
+    busy_seconds: float = 0.0
     startup_seconds: float = 0.0
     restarts: int = 0
     actors: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -447,6 +448,7 @@ def _run_model(
                 st.pop("idle")
                 dispatch(other)
     show.update({}, force=True)
+    finished_at = time.time()
     infos = {}
     for name, state in live.items():
         with contextlib.suppress(Exception):
@@ -466,6 +468,9 @@ def _run_model(
             resources["num_gpus"] or resources["num_cpus"]
         )
     stats.wall_seconds = time.time() - started
+    ready = [a["ready_at"] for a in stats.actors.values() if "ready_at" in a]
+    # Busy time: first actor ready -> last unit committed (Ray, writes and drain included).
+    stats.busy_seconds = finished_at - min(ready) if ready else stats.wall_seconds
     stats.startup_seconds = max(
         (a.get("startup_seconds", 0.0) for a in stats.actors.values()), default=0.0
     )
@@ -482,7 +487,7 @@ def _summary(
 ) -> dict[str, Any]:
     models = {}
     for name, s in stats.items():
-        busy = max(s.wall_seconds - s.startup_seconds, 1e-9)
+        busy = max(s.busy_seconds, 1e-9)
         models[name] = {
             "units": s.units,
             "rows": s.rows,
@@ -490,6 +495,7 @@ def _summary(
             "prompt_tokens": s.prompt_tokens,
             "generated_tokens": s.generated_tokens,
             "wall_seconds": s.wall_seconds,
+            "busy_seconds": s.busy_seconds,
             "startup_seconds": s.startup_seconds,
             "prompt_tokens_per_second": s.prompt_tokens / busy,
             "generated_tokens_per_second": s.generated_tokens / busy,
