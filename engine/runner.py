@@ -118,13 +118,13 @@ def format_plan(report: dict[str, Any], max_units: int = 20) -> str:
     rate = report["assumed_tokens_per_second_per_replica"]
     for name, m in report["models"].items():
         lines.append(
-            f"{name}: {m['prompts']} prompts, {m['samples']} samples, <= {m['max_generated_tokens']:,} "
+            f"{name}: {m['prompts']:,} prompts, {m['samples']:,} samples, <= {m['max_generated_tokens']:,} "
             f"generated tokens; {m['replicas']} replica(s) x {m['gpus_per_replica']} GPU: "
             f"~{m['wall_hours_estimate']:.3f} h wall, ~{m['gpu_hours_estimate']:.3f} GPU-h"
         )
     t = report["totals"]
     lines.append(
-        f"total: {t['prompts']} prompts, {t['samples']} samples, <= {t['max_generated_tokens']:,} tokens, "
+        f"total: {t['prompts']:,} prompts, {t['samples']:,} samples, <= {t['max_generated_tokens']:,} tokens, "
         f"~{t['gpu_hours_estimate']:.3f} GPU-h at {rate:,.0f} generated tokens/s per replica "
         "(an assumption: measure yours with `mic bench`)"
     )
