@@ -1,0 +1,85 @@
+"""Helpers of the study tests: an in-process fake run (no Ray, no vLLM) and a fake judge."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.backend import FakeBackend
+from engine.spec import validate
+from engine.store import RunStore
+from engine.units import plan_units
+
+SAMPLES = Path(__file__).resolve().parents[2] / "engine" / "data" / "samples"
+
+
+def fake_run(
+    out: Path, n: int = 3, tasks: Sequence[str] = ("sample_yesno", "sample_facts")
+) -> Path:
+    """Write a finished run of the FakeBackend over sample tasks into `out` (no Ray)."""
+    raw = {
+        "run": {"name": "fake", "chunk_size": 16},
+        "models": [{"name": "m", "path": "builtin:tiny"}],
+        "tasks": [
+            {"name": t, "source": str(SAMPLES / f"{t}.jsonl"), "splits": ["train", "test"]}
+            for t in tasks
+        ],
+        "prompts": [{"id": "plain", "template": "Q: {question}\nA:"}],
+        "sampling": {"n": n, "max_tokens": 12, "logprobs": 2, "seed": 3},
+    }
+    spec = validate(raw, source="<test>")
+    store = RunStore(str(out))
+    store.check_run(spec)
+    backend = FakeBackend(vocab_size=60)
+    units = plan_units(spec)
+    for unit in units:
+        store.commit_unit(unit.unit_id, backend.to_table(unit, backend.generate(unit)))
+    order = [u.unit_id for u in units]
+    store.write_manifest(spec, order, store.finished(order))
+    return out
+
+
+class FakeJudge:
+    """A deterministic judge: next-token logprobs drawn from a hash of the prompt.
+
+    Token 1 reads "yes", 2 "no", 10..20 read "0".."10"; every third prompt has neither yes nor no
+    in its top-k, and prompts containing "TOO LONG" fail.
+    """
+
+    vocab = {1: "yes", 2: "no", **{10 + k: str(k) for k in range(11)}}
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def _u(self, prompt: str, salt: int) -> float:
+        digest = hashlib.sha256(f"{salt}:{prompt}".encode()).digest()
+        return int.from_bytes(digest[:4], "little") / 2**32
+
+    def next_token_logprobs(self, prompts: Sequence[str]) -> list[dict[int, float] | str]:
+        self.calls.append(list(prompts))
+        out: list[dict[int, float] | str] = []
+        for p in prompts:
+            if "TOO LONG" in p:
+                out.append("judge prompt too long")
+                continue
+            top = {t: math.log(0.01 + self._u(p, t)) for t in range(10, 21)}
+            if self._u(p, 0) > 1 / 3:
+                top[1] = math.log(0.01 + self._u(p, 1))
+                top[2] = math.log(0.01 + self._u(p, 2))
+            out.append(top)
+        return out
+
+    def generate_texts(
+        self, prompts: Sequence[str], max_tokens: int, temperature: float, seeds: Sequence[int]
+    ) -> list[Any]:
+        words = ["yes", "no", "n/a", "maybe"]
+        return [words[int(self._u(p, s) * 4)] for p, s in zip(prompts, seeds)]
+
+    def token_ids_for(self, words: Iterable[str]) -> dict[str, set[int]]:
+        return {w: {t for t, text in self.vocab.items() if text == w} for w in words}
+
+    def close(self) -> None:
+        pass
