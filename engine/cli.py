@@ -83,6 +83,75 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
 _COMMANDS.append(_add_engine_commands)
 
 
+def _add_study_commands(sub: argparse._SubParsersAction) -> None:
+    """Study subcommands (score, study, demo), defined in `engine.study`."""
+    from engine.study import add_subcommands
+
+    add_subcommands(sub)
+
+
+_COMMANDS.append(_add_study_commands)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page of an analysis: metrics, MIC plots, throughput",
+        description=(
+            "Write one self-contained HTML file (images embedded, no network needed) from an "
+            "analysis directory (`mic analyze --out DIR`) or a study directory holding "
+            "analysis/metrics.json: the seven metrics with intervals, MIC heatmap, forest plot, "
+            "densities, rank and frequency charts, comparisons, throughput and provenance."
+        ),
+        epilog=_example("mic report results/example --out results/example/report.html"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="analysis or study directory")
+    p.add_argument("--out", default=None, help="HTML file to write (default RUN_DIR/report.html)")
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from metrics.report import build_report
+
+    print(f"wrote {build_report(args.run_dir, out=args.out)}")
+    return 0
+
+
+_COMMANDS.append(_add_report)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="a run's tables (generations, scores, MICs) as JSONL or Parquet for other tools",
+        description=(
+            "Convert every Arrow / Parquet table of a run directory (generation shards, scoring "
+            "stages, the scored run, mic.parquet) to JSONL or Parquet under --out, with "
+            "export.json listing tables, rows and metadata."
+        ),
+        epilog=_example("mic export runs/tiny --to jsonl --out runs/tiny-jsonl"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run, study or analysis directory")
+    p.add_argument("--to", choices=["jsonl", "parquet"], required=True, help="output format")
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/export)")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from metrics.export import export_run
+
+    result = export_run(args.run_dir, to=args.to, out=args.out)
+    for name, t in result.tables.items():
+        print(f"{t['rows']:>10,} rows  {result.out_dir / t['path']}  ({name})")
+    print(f"wrote {len(result.tables)} tables; index in {result.out_dir / 'export.json'}")
+    return 0
+
+
+_COMMANDS.append(_add_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mic",

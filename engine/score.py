@@ -214,7 +214,12 @@ class Stage:
 
     def error(self, row: Mapping[str, Any], message: str) -> None:
         """Record a per-item failure in the ledger."""
-        self.errors.append({**{k: row.get(k) for k in SENTENCE_COLS if k in row}, "error": message})
+        self.errors.append(
+            {
+                **{k: row.get(k) for k in (*SENTENCE_COLS, "sample_idx") if k in row},
+                "error": message,
+            }
+        )
 
     def finish(self, outputs: Mapping[str, pl.DataFrame], info: Mapping[str, Any] = ()) -> None:
         """Write the outputs, the ledger and the done marker (the commit point)."""

@@ -1,0 +1,505 @@
+"""`mic score`, `mic study` and `mic demo`: a sweep spec to generations, a scored run and MICs.
+
+A *study spec* is a sweep spec (engine.spec) whose tasks may also name a bundled sample task
+(`source = "sample:sample_facts"`) or a registry task of the two studies
+(`source = "registry:popqa"`, loaded from the Hugging Face hub). `mic study` prepares those tasks
+as plain JSONL files in `DIR/tasks/` (question with the task's instruction and lettered options,
+gold answers, split) and then runs, resuming each stage that is already done:
+
+    DIR/tasks/*.jsonl       prepared task files (kept; a hub task is loaded once)
+    DIR/run.json, shards/   generation (`engine.runner.run_sweep`, resumable by unit)
+    DIR/stages/*            scoring stages (`engine.score.score_run`, resumable by stage)
+    DIR/scored/             the scored run (SPEC.md section 6)
+    DIR/analysis/           `metrics.analyze` output (metrics.json, mic.parquet)
+    DIR/report.html         `metrics.report.build_report`, when that module is installed
+
+The `[judges]` and `[analysis]` tables do not change generation, so they are kept out of the
+generation run's identity (in `DIR/study.json`): changing a judge re-scores without re-generating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+
+SAMPLE_PREFIX = "sample:"
+REGISTRY_PREFIX = "registry:"
+STUDY_TASK_KEYS = ("answer_type",)  # task keys of a study spec that the engine spec does not know
+ANALYSIS_KEYS = {
+    "threshold": int,
+    "mode": str,
+    "ignore_no_hedge": bool,
+    "preset": str,
+    "seed": int,
+    "ref_split": str,
+    "eval_split": str,
+}
+DEMO_SPEC = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- study specs ---------------------------------------------------------------------------------
+
+
+def _task_items(entry: dict[str, Any], where: str) -> tuple[dict[str, list[Any]], str, str]:
+    """Items by split, answer type and instruction of a `sample:` or `registry:` task entry."""
+    source = str(entry["source"])
+    splits = entry.get("splits", ["train", "test"])
+    limit = entry.get("limit") or None
+    if source.startswith(SAMPLE_PREFIX):
+        from engine.tasks.samples import SAMPLE_TASKS, load_sample_task
+
+        name = source[len(SAMPLE_PREFIX) :]
+        if name not in SAMPLE_TASKS:
+            raise UserError(
+                f"{where}.source names unknown sample task {name!r}",
+                f"use one of {['sample:' + n for n in SAMPLE_TASKS]}",
+            )
+        task = SAMPLE_TASKS[name]
+        items = {s: load_sample_task(name, s, limit=limit) for s in splits}
+        return items, task.answer_type, task.instruction
+    from engine.tasks.loaders import DEFAULT_LIMIT, load_task
+    from engine.tasks.registry import get_task
+
+    spec = get_task(source[len(REGISTRY_PREFIX) :])
+    path = entry.get("path")  # a local export of the hub dataset; None loads from the hub
+    items = {s: load_task(spec, s, path=path, limit=limit or DEFAULT_LIMIT) for s in splits}
+    return items, spec.answer_type, spec.instruction
+
+
+def prepare_study(
+    raw: dict[str, Any], out_dir: Path, source: str = "<spec>"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Turn a study spec into an engine spec document plus the study's judge / analysis settings.
+
+    `sample:` and `registry:` tasks are written to `out_dir/tasks/<name>.jsonl` once (a sidecar
+    records the entry they came from, so a resumed study does not reload the hub).
+
+    Args:
+        raw: The parsed study spec (overrides applied).
+        out_dir: The study directory.
+        source: The spec file, for error messages.
+
+    Returns:
+        (engine spec document, study settings {"judges": ..., "analysis": ...}).
+
+    Raises:
+        UserError: Unknown sample or registry task, a split without items, bad analysis settings.
+    """
+    engine_raw = copy.deepcopy(raw)
+    judges = dict(engine_raw.pop("judges", {}) or {})
+    analysis = dict(engine_raw.pop("analysis", {}) or {})
+    answer_types = dict(judges.get("answer_types", {}))
+    for i, entry in enumerate(engine_raw.get("tasks") or []):
+        if not isinstance(entry, dict) or "source" not in entry:
+            continue
+        where = f"{source}: tasks.{i}"
+        declared = entry.pop("answer_type", None)
+        src = str(entry["source"])
+        if not src.startswith((SAMPLE_PREFIX, REGISTRY_PREFIX)):
+            if declared:
+                answer_types.setdefault(entry.get("name", ""), declared)
+            continue
+        name = entry.get("name") or src.split(":", 1)[1]
+        target = out_dir / "tasks" / f"{name}.jsonl"
+        sidecar = target.with_suffix(".source.json")
+        wanted = {k: v for k, v in entry.items() if k != "path"} | {"path": entry.get("path")}
+        record = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+        if record is None or record.get("entry") != wanted or not target.is_file():
+            _log(f"study: preparing task {name} from {src}")
+            items, answer_type, instruction = _task_items(entry, where)
+            lines = []
+            for split, split_items in items.items():
+                if not split_items:
+                    raise UserError(f"{where} ({src}) has no items in split {split!r}")
+                for item in split_items:
+                    row = {
+                        "id": item.item_id,
+                        "question": f"{instruction}\n{item.question}",
+                        "answers": list(item.answers),
+                        "split": split,
+                    }
+                    lines.append(json.dumps(row, ensure_ascii=False))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            record = {"entry": wanted, "answer_type": answer_type}
+            sidecar.write_text(json.dumps(record, indent=2))
+        entry.pop("path", None)
+        entry["source"] = str(target)
+        answer_types.setdefault(name, declared or record["answer_type"])
+    if answer_types:
+        judges["answer_types"] = answer_types
+    return engine_raw, {"judges": judges, "analysis": check_analysis(analysis, source)}
+
+
+def check_analysis(analysis: dict[str, Any], source: str = "<spec>") -> dict[str, Any]:
+    """Validate the `[analysis]` table (keys and types of `metrics.analyze`'s options)."""
+    for key, value in analysis.items():
+        if key not in ANALYSIS_KEYS:
+            raise UserError(
+                f"{source}: unknown key 'analysis.{key}'", f"allowed keys: {sorted(ANALYSIS_KEYS)}"
+            )
+        kind = ANALYSIS_KEYS[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UserError(
+                f"{source}: 'analysis.{key}' is {value!r}", f"expected a {kind.__name__}"
+            )
+    if analysis.get("mode", "heldout") not in ("heldout", "parity"):
+        raise UserError(
+            f"{source}: 'analysis.mode' is {analysis['mode']!r}", "use heldout or parity"
+        )
+    if analysis.get("threshold", 10) < 1:
+        raise UserError(f"{source}: 'analysis.threshold' is {analysis['threshold']}", "use >= 1")
+    return analysis
+
+
+def check_study_spec(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Validate a study spec without loading any task data (works offline for hub tasks).
+
+    Registry and sample task names are checked against their registries; every other part goes
+    through the engine's validation with placeholder task files.
+
+    Args:
+        path: The study spec.
+        overrides: `--set` overrides.
+
+    Returns:
+        A short description: run id of the placeholder spec, models, tasks, judges, analysis.
+
+    Raises:
+        UserError: Any problem, naming the key.
+    """
+    from engine.score import settings_from
+    from engine.spec import apply_overrides, read_raw, validate
+    from engine.tasks.registry import get_task
+    from engine.tasks.samples import SAMPLE_TASKS
+
+    path = Path(path)
+    raw = apply_overrides(read_raw(path), overrides or [], str(path))
+    doc = copy.deepcopy(raw)
+    judges, analysis = doc.pop("judges", {}) or {}, doc.pop("analysis", {}) or {}
+    tasks = []
+    for i, entry in enumerate(doc.get("tasks") or []):
+        if not isinstance(entry, dict):
+            continue
+        entry.pop("answer_type", None)
+        src = str(entry.get("source", ""))
+        if src.startswith(REGISTRY_PREFIX):
+            get_task(src[len(REGISTRY_PREFIX) :])
+            entry.pop("path", None)
+            entry["source"] = "builtin:arithmetic"
+        elif src.startswith(SAMPLE_PREFIX):
+            if src[len(SAMPLE_PREFIX) :] not in SAMPLE_TASKS:
+                raise UserError(
+                    f"{path}: tasks.{i}.source names unknown sample task {src!r}",
+                    f"use one of {['sample:' + n for n in SAMPLE_TASKS]}",
+                )
+            entry["source"] = "builtin:arithmetic"
+        tasks.append(f"{entry.get('name')} ({src})")
+    spec = validate(doc, source=str(path), base_dir=path.resolve().parent)
+    settings = settings_from(judges, source=str(path))
+    check_analysis(analysis, str(path))
+    return {
+        "spec": str(path),
+        "models": [m.name for m in spec.models],
+        "tasks": tasks,
+        "sampling": spec.to_dict()["sampling"],
+        "judges": {k: v for k, v in settings.__dict__.items() if k != "answer_types"},
+        "analysis": analysis,
+    }
+
+
+# ---- the study --------------------------------------------------------------------------------
+
+
+def run_study(
+    spec_path: str | Path,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    judges: dict[str, Any] | None = None,
+    *,
+    ray_address: str | None = None,
+    new_run: bool = False,
+    report: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate -> score -> analyze -> report, skipping every stage already done.
+
+    Args:
+        spec_path: The study spec (TOML or YAML).
+        out: The study directory (local path).
+        overrides: `--set` overrides of the spec.
+        judges: Judge settings laid over the spec's `[judges]` (e.g. from the command line).
+        ray_address: Join this Ray cluster for generation.
+        new_run: Replace a generation run of a different spec in `out`.
+        report: Build the HTML report when `metrics.report` is available.
+        progress: Print progress lines.
+
+    Returns:
+        Paths and timings: run, scored, analysis, report (or None), seconds per stage.
+    """
+    from engine.runner import run_sweep
+    from engine.score import score_run, settings_from
+    from engine.spec import apply_overrides, read_raw, validate
+
+    spec_path = Path(spec_path)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = apply_overrides(read_raw(spec_path), overrides or [], str(spec_path))
+    engine_raw, study = prepare_study(raw, out_dir, str(spec_path))
+    spec = validate(engine_raw, source=str(spec_path), base_dir=spec_path.resolve().parent)
+    settings = settings_from(study["judges"], judges, source=str(spec_path))
+    study_record = {
+        "spec": str(spec_path),
+        "judges": settings.__dict__,
+        **{"analysis": study["analysis"]},
+    }
+    (out_dir / "study.json").write_text(json.dumps(study_record, indent=2, default=str))
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    summary = run_sweep(
+        spec, str(out_dir), ray_address=ray_address, new_run=new_run, progress=progress
+    )
+    _shutdown_ray()
+    timings["generate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scored = score_run(out_dir, settings, log=progress)
+    timings["score"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    analysis_dir = run_analysis(out_dir, scored.key, study["analysis"], progress)
+    timings["analyze"] = time.perf_counter() - t0
+
+    report_path = None
+    if report:
+        t0 = time.perf_counter()
+        report_path = build_study_report(out_dir)
+        timings["report"] = time.perf_counter() - t0
+    return {
+        "run": str(out_dir),
+        "rows": summary.get("rows"),
+        "scored": str(scored.scored_dir),
+        "ledger_rows": scored.errors,
+        "analysis": str(analysis_dir),
+        "report": str(report_path) if report_path else None,
+        "seconds": timings,
+    }
+
+
+def _shutdown_ray() -> None:
+    """Stop the local Ray of the generation step so the judge engine gets the cores."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def run_analysis(
+    study_dir: Path, scored_key: str, analysis: dict[str, Any], log: bool = True
+) -> Path:
+    """`metrics.analyze(DIR/scored, out=DIR/analysis)`, skipped when done for this scored run."""
+    from metrics.analyze import analyze
+
+    out = study_dir / "analysis"
+    accepted = set(inspect.signature(analyze).parameters)
+    options = {k: v for k, v in analysis.items() if k in accepted}
+    key = _hash([scored_key, options])
+    marker = out / ".study-done.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+        if (out / "metrics.json").is_file():
+            if log:
+                _log("study: analysis already done (skipped)")
+            return out
+    analyze(str(study_dir / "scored"), out=str(out), **options)
+    marker.write_text(json.dumps({"key": key, "options": options}))
+    if log:
+        _log(f"study: analysis written to {out}")
+    return out
+
+
+def build_study_report(study_dir: Path) -> Path | None:
+    """Build the HTML report with `metrics.report.build_report` if that module exists."""
+    try:
+        from metrics.report import build_report
+    except ImportError:
+        _log("study: metrics.report is not installed; skipping the HTML report")
+        return None
+    return Path(build_report(study_dir))
+
+
+DEMO_NOTE = """\
+NOTE: the demo model is a 2-layer network with random weights ("builtin:tiny"). Its text is
+gibberish, so every number above (MICs, the seven metrics) is meaningless: the demo only shows the
+pipeline working end to end. For a real model, on a GPU node:
+  mic study configs/seed_study.toml --out runs/seed --set models.0.path=meta-llama/Llama-3.1-8B-Instruct
+or on this machine with a small local model directory:
+  mic study configs/demo.toml --out runs/mine --set models.0.path=/path/to/model"""
+
+
+def run_demo(out: str | Path = "mic-demo", progress: bool = True) -> dict[str, Any]:
+    """The offline demo: `configs/demo.toml` (tiny model, bundled samples) through `run_study`."""
+    if not DEMO_SPEC.is_file():
+        raise UserError(
+            f"the demo spec {DEMO_SPEC} is missing", "reinstall the project from its repo"
+        )
+    return run_study(DEMO_SPEC, out, progress=progress)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+
+def _judge_flags(p: argparse.ArgumentParser) -> None:
+    from engine.score import CONFIDENCE_MODES, CORRECTNESS_MODES, DECISIVENESS_MODES, EXTRACT_MODES
+
+    p.add_argument("--extract", choices=EXTRACT_MODES, default=None, help="marker extraction")
+    p.add_argument(
+        "--confidence", choices=CONFIDENCE_MODES, default=None, help="intrinsic confidence"
+    )
+    p.add_argument("--correctness", choices=CORRECTNESS_MODES, default=None)
+    p.add_argument("--decisiveness", choices=DECISIVENESS_MODES, default=None)
+    p.add_argument(
+        "--judge", default=None, metavar="MODEL", help="judge model (default builtin:tiny)"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="judge prompts per resumable batch")
+
+
+def _judges_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "extract": args.extract,
+        "confidence": args.confidence,
+        "correctness": args.correctness,
+        "decisiveness": args.decisiveness,
+        "model": args.judge,
+        "batch_size": args.batch_size,
+    }
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Add `score`, `study` and `demo` to the `mic` parser."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "score",
+        help="score a generation run: sentences, markers, confidence, correctness, decisiveness",
+        description=(
+            "Turn a run's generations into a scored run (RUN_DIR/scored/responses.parquet and "
+            "sentences.parquet). Each stage is resumable and skipped when done; per-item failures "
+            "go to RUN_DIR/stages/<stage>/errors.jsonl."
+        ),
+        epilog="example:\n  mic score runs/tiny --confidence consistency-logprob --decisiveness llm",
+        formatter_class=fmt,
+    )
+    p.add_argument("run_dir", help="a directory written by mic run / mic study")
+    _judge_flags(p)
+    p.set_defaults(handler=_score)
+
+    p = sub.add_parser(
+        "study",
+        help="generate -> score -> analyze -> report, resumable at every stage",
+        description=(
+            "Run a study spec end to end into DIR. Tasks may be sample:NAME (bundled) or "
+            "registry:NAME (Hugging Face hub). Re-running the same command resumes."
+        ),
+        epilog=(
+            "examples:\n  mic study configs/demo.toml --out runs/demo\n"
+            "  mic study configs/seed_study.toml --check"
+        ),
+        formatter_class=fmt,
+    )
+    p.add_argument("spec", help="study spec (.toml or .yaml)")
+    p.add_argument("--out", default=None, help="study directory (required unless --check)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--check", action="store_true", help="validate the spec offline; run nothing")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster for generation")
+    p.add_argument("--new-run", action="store_true", help="replace a run of a different spec")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _judge_flags(p)
+    p.set_defaults(handler=_study)
+
+    p = sub.add_parser(
+        "demo",
+        help="the offline demo: tiny random model x bundled sample tasks, about 3 minutes on CPU",
+        description=(
+            "Run configs/demo.toml (the built-in tiny model over the bundled sample set) through "
+            "generate -> score -> analyze -> report, fully offline, and print the report's path."
+        ),
+        epilog="example:\n  mic demo --out mic-demo",
+        formatter_class=fmt,
+    )
+    p.add_argument("--out", default="mic-demo", help="output directory (default mic-demo)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=_demo)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from engine.score import score_run
+
+    result = score_run(args.run_dir, _judges_of(args))
+    ledger = sum(result.errors.values())
+    print(
+        f"scored {result.responses} responses, {result.sentence_rows} sentence-marker rows in "
+        f"{result.seconds:.1f} s -> {result.scored_dir} ({ledger} ledger rows in "
+        f"{args.run_dir}/stages/*/errors.jsonl)"
+    )
+    return 0
+
+
+def _print_study(result: dict[str, Any]) -> None:
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in result["seconds"].items())
+    print(f"study done ({times})")
+    print(f"  scored run: {result['scored']}")
+    print(f"  analysis:   {result['analysis']}/metrics.json, mic.parquet")
+    if result["report"]:
+        print(f"  report:     {result['report']}")
+
+
+def _study(args: argparse.Namespace) -> int:
+    if args.check:
+        print(json.dumps(check_study_spec(args.spec, args.overrides), indent=2))
+        return 0
+    if not args.out:
+        raise UserError(
+            "mic study needs --out DIR", "e.g. mic study configs/demo.toml --out runs/demo"
+        )
+    result = run_study(
+        args.spec,
+        args.out,
+        args.overrides,
+        _judges_of(args),
+        ray_address=args.ray_address,
+        new_run=args.new_run,
+        report=not args.no_report,
+        progress=not args.quiet,
+    )
+    _print_study(result)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    result = run_demo(args.out, progress=not args.quiet)
+    _print_study(result)
+    print(f"  wall time:  {time.perf_counter() - started:.0f} s\n")
+    print(DEMO_NOTE)
+    final = result["report"] or f"{result['analysis']}/metrics.json"
+    print(f"\n{final}")
+    return 0
