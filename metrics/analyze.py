@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,18 @@ import numpy as np
 import polars as pl
 
 from engine.errors import UserError
+from metrics.bootstrap import bca_interval, mean_acceleration, percentile_interval
+from metrics.bootstrap._validate import check_level, check_method, check_n_boot, check_scheme
 from metrics.core import Tables, compute_tables
 from metrics.encode import Encoded, encode
 from metrics.io import read_scored
+from metrics.resample import (
+    GroupReplicates,
+    group_replicates,
+    local_group_sums,
+    mic_acceleration,
+    response_keys,
+)
 from metrics.seven import Metric, seven_metrics
 
 MODES = ("heldout", "parity")
@@ -35,6 +45,7 @@ class AnalysisResult:
     metrics_json: dict
     mic_table: pl.DataFrame
     out_dir: Path | None
+    comparisons: pl.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -69,16 +80,24 @@ def group_views(enc: Encoded, tables: Tables, valid: np.ndarray) -> list[GroupVi
     return views
 
 
-def group_metrics(view: GroupView, tables: list[Tables], parity: bool) -> dict[str, Metric]:
-    """The seven metrics of one group, vectorized over the tables of several replicates."""
+def group_metrics(
+    view: GroupView, tables: Tables, parity: bool, reps: GroupReplicates | None = None
+) -> dict[str, Metric]:
+    """The seven metrics of one group: values[0] is the point estimate, values[1:] replicates."""
     g, t = view.g, view.tasks
-    mic = np.stack([tb.mic[g][t] for tb in tables])
-    acc = np.stack([tb.accuracy[g][t] for tb in tables])
-    cmfg = np.stack([tb.cmfg[g][t] for tb in tables])
-    mae = {
-        mode: tuple(np.stack([tb.mae[mode][k][g][np.ix_(t, t)] for tb in tables]) for k in range(3))
-        for mode in tables[0].mae
-    }
+    ix = np.ix_(t, t)
+    mic = tables.mic[g][t][None]
+    acc = tables.accuracy[g][t][None]
+    cmfg = tables.cmfg[g][t][None]
+    mae = {mode: tuple(x[g][ix][None] for x in tables.mae[mode]) for mode in tables.mae}
+    if reps is not None:
+        mic = np.concatenate([mic, reps.mic[:, t]])
+        acc = np.concatenate([acc, reps.accuracy[:, t]])
+        cmfg = np.concatenate([cmfg, reps.cmfg[:, t]])
+        mae = {
+            mode: (np.concatenate([mean, reps.mae[mode][:, t][:, :, t]]), std, n)
+            for mode, (mean, std, n) in mae.items()
+        }
     return seven_metrics(mic, view.usable, view.shared, acc, cmfg, mae, parity)
 
 
@@ -89,8 +108,13 @@ def _num(x) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
-def metric_entry(metric: Metric) -> dict:
-    """A metric as `metrics.json` shapes it: value, ci, n (+ extras), or null with a reason."""
+def metric_entry(metric: Metric, level: float = 0.95) -> dict:
+    """A metric as `metrics.json` shapes it: value, ci, n (+ extras), or null with a reason.
+
+    With bootstrap replicates (values[1:]), the interval is the percentile interval of the
+    replicate metric values (a metric is a nonlinear function of the whole MIC tensor: no
+    closed-form acceleration, so no BCa).
+    """
     extra = {
         k: (_num(v) if isinstance(v, float | np.floating) else v) for k, v in metric.extra.items()
     }
@@ -99,11 +123,26 @@ def metric_entry(metric: Metric) -> dict:
     value = _num(metric.values[0])
     if value is None:
         return {"value": None, "ci": None, "reason": "undefined for these data (NaN)", **extra}
-    return {"value": value, "ci": None, "n": metric.n, **extra}
+    entry = {"value": value, "ci": None, "n": metric.n, **extra}
+    reps = metric.values[1:]
+    if len(reps):
+        if np.isnan(reps).all():
+            entry["ci_reason"] = (
+                "not resampled (per-response errors would need every row per replicate)"
+            )
+        else:
+            iv = percentile_interval(reps, level, theta_hat=np.float64(metric.values[0]))
+            entry["ci"] = [_num(iv.low), _num(iv.high)]
+            entry["ci_method"] = "percentile"
+            if bool(iv.degenerate):
+                entry["ci_degenerate"] = True
+            if int(iv.n_dropped):
+                entry["ci_undefined_replicates"] = int(iv.n_dropped)
+    return entry
 
 
 def _mic_table(
-    enc: Encoded, tables: Tables, views: list[GroupView], valid: np.ndarray
+    enc: Encoded, tables: Tables, views: list[GroupView], valid: np.ndarray, ci: np.ndarray
 ) -> pl.DataFrame:
     cols: dict[str, list] = {
         k: []
@@ -140,8 +179,8 @@ def _mic_table(
                 tables.n_present[view.g, t, present].round().astype(np.int64).tolist()
             )
             cols["mic"] += tables.mic[view.g, t, present].tolist()
-            cols["ci_lo"] += [None] * k
-            cols["ci_hi"] += [None] * k
+            cols["ci_lo"] += ci[0, view.g, t, present].tolist()
+            cols["ci_hi"] += ci[1, view.g, t, present].tolist()
             cols["valid"] += valid[view.g, t, present].tolist()
             cols["shared"] += view.shared[present].tolist()
             for name in ("mic_c", "mic_i", "mic_f", "mic_uf", "mf"):
@@ -193,6 +232,12 @@ def analyze(
     seed: int = 0,
     ref_split: str = "train",
     eval_split: str = "test",
+    bootstrap: int = 0,
+    ci_method: str = "bca",
+    level: float = 0.95,
+    scheme: str = "poisson",
+    compare: bool = False,
+    group_sums: Callable | None = None,
 ) -> AnalysisResult:
     """Compute MIC tables and the seven metrics of one or more scored runs.
 
@@ -203,13 +248,29 @@ def analyze(
         threshold: marker count threshold tau.
         ignore_no_hedge: drop `<no_hedge>` rows everywhere.
         preset: "mic" (the seven metrics) or "marcon" (MarCon's metrics).
-        seed: seed of the 50/50 item split for tasks lacking a reference or evaluation split.
+        seed: seed of the 50/50 item split and of the bootstrap's counter RNG.
         ref_split, eval_split: split names of the held-out protocol.
+        bootstrap: number of bootstrap replicates B (0: no intervals).
+        ci_method: "bca" or "percentile" for MICs and accuracies (metrics: percentile).
+        level: confidence level of the intervals.
+        scheme: "poisson" (additive across shards) or "multinomial" (exact per task).
+        compare: paired comparisons of every two (model, prompt) groups -> comparisons.parquet.
+        group_sums: replacement for the bootstrap's pass-A sums (e.g. Ray tasks over shards).
 
     Returns:
         The `AnalysisResult`.
     """
     _check_options(mode, threshold, preset)
+    n_boot = check_n_boot(bootstrap)
+    level = check_level(level)
+    ci_method = check_method(ci_method)
+    scheme = check_scheme(scheme)
+    if compare and n_boot == 0:
+        raise UserError("--compare needs bootstrap replicates", "add --bootstrap 1000 (or more)")
+    if n_boot and preset != "mic":
+        raise UserError(
+            "--bootstrap is implemented for --preset mic", "drop --bootstrap or use --preset mic"
+        )
     run = read_scored(scored)
     parity = mode == "parity"
     enc = encode(
@@ -222,32 +283,55 @@ def analyze(
     )
     tables, valid = compute_tables(enc, threshold=threshold, parity=parity)
     views = group_views(enc, tables, valid)
+    if n_boot:
+        keys, strata = response_keys(run.responses)
+    mic_ci = np.full((2, *tables.mic.shape), np.nan)
 
     models: dict[str, dict] = {}
+    group_values: dict[int, dict[str, Metric]] = {}
     if preset == "marcon":
         from metrics.marcon import marcon_metrics, marcon_tables
 
         mt = marcon_tables(enc, threshold)
     for view in views:
-        model, prompt = enc.groups[view.g]
+        g = view.g
+        model, prompt = enc.groups[g]
+        reps = None
+        if n_boot:
+            reps = group_replicates(
+                enc, g, keys, strata, seed=seed, n_boot=n_boot, scheme=scheme, parity=parity,
+                valid=valid, point=tables, group_sums=group_sums or local_group_sums,
+            )  # fmt: skip
+            mic_ci[:, g] = _mic_intervals(enc, g, tables.mic[g], reps.mic, ci_method, level)
         if preset == "marcon":
-            metrics = marcon_metrics(enc, mt, view.g, view.tasks)
+            metrics = marcon_metrics(enc, mt, g, view.tasks)
         else:
-            metrics = group_metrics(view, [tables], parity)
-        n_eval = np.bincount(enc.r_t[enc.r_eval & (enc.r_g == view.g)], minlength=enc.n_tasks)
-        task_block = {
-            enc.tasks[t]: {
-                "accuracy": _num(tables.accuracy[view.g, t]),
-                "cmfg": _num(tables.cmfg[view.g, t]),
-                "mfg": _num(tables.mfg[view.g, t]),
-                "n_items": int(tables.n_items[view.g, t]),
+            metrics = group_metrics(view, tables, parity, reps)
+        group_values[g] = metrics
+        n_eval = np.bincount(enc.r_t[enc.r_eval & (enc.r_g == g)], minlength=enc.n_tasks)
+        task_block = {}
+        for i, t in enumerate(view.tasks):
+            block = {
+                "accuracy": _num(tables.accuracy[g, t]),
+                "cmfg": _num(tables.cmfg[g, t]),
+                "mfg": _num(tables.mfg[g, t]),
+                "n_items": int(tables.n_items[g, t]),
                 "n_eval_items": int(n_eval[t]),
                 "n_valid_markers": int(view.usable[i].sum()),
             }
-            for i, t in enumerate(view.tasks)
-        }
+            if reps is not None:
+                block["accuracy_ci"] = _accuracy_interval(
+                    enc, g, t, tables.accuracy[g, t], reps.accuracy[:, t], ci_method, level
+                )
+                iv = percentile_interval(
+                    reps.cmfg[:, t], level, theta_hat=np.float64(tables.cmfg[g, t])
+                )
+                block["cmfg_ci"] = (
+                    [_num(iv.low), _num(iv.high)] if np.isfinite(tables.cmfg[g, t]) else None
+                )
+            task_block[enc.tasks[t]] = block
         models.setdefault(model, {})[prompt] = {
-            "metrics": {name: metric_entry(m) for name, m in sorted(metrics.items())},
+            "metrics": {name: metric_entry(m, level) for name, m in sorted(metrics.items())},
             "tasks": task_block,
             "shared_markers": [enc.markers[m] for m in np.flatnonzero(view.shared)],
         }
@@ -255,7 +339,7 @@ def analyze(
         "threshold": threshold,
         "mode": mode,
         "preset": preset,
-        "bootstrap": 0,
+        "bootstrap": n_boot,
         "seed": seed,
         "ignore_no_hedge": ignore_no_hedge,
         "ref_split": ref_split if not parity else None,
@@ -263,12 +347,58 @@ def analyze(
         "auto_split": {k: sorted(v) for k, v in enc.auto_split.items()},
         "inputs": list(run.files),
     }
+    if n_boot:
+        settings.update(
+            {
+                "level": level,
+                "scheme": scheme,
+                "resampling_unit": "item (response), counter RNG keyed by (seed, task, split/item_id, replicate)",
+                "ci_method": {
+                    "mic": ci_method,
+                    "accuracy": ci_method,
+                    "cmfg": "percentile",
+                    "metrics": "percentile",
+                },
+            }
+        )
     doc = {"version": JSON_VERSION, "settings": settings, "models": models}
-    mic_table = _mic_table(enc, tables, views, valid)
+    mic_table = _mic_table(enc, tables, views, valid, mic_ci)
+    comparisons = None
+    if compare:
+        from metrics.compare import compare_groups
+
+        comparisons = compare_groups(run, enc, views, group_values, level)
+        settings["comparisons"] = comparisons.height
     out_dir = None
     if out is not None:
         out_dir = Path(out)
         text = json.dumps(doc, indent=2, allow_nan=False)
         _write_atomic(out_dir / "metrics.json", lambda p: Path(p).write_text(text))
         _write_atomic(out_dir / "mic.parquet", lambda p: mic_table.write_parquet(p))
-    return AnalysisResult(doc, mic_table, out_dir)
+        if comparisons is not None:
+            _write_atomic(out_dir / "comparisons.parquet", lambda p: comparisons.write_parquet(p))
+    return AnalysisResult(doc, mic_table, out_dir, comparisons)
+
+
+def _mic_intervals(
+    enc: Encoded, g: int, theta: np.ndarray, reps: np.ndarray, method: str, level: float
+) -> np.ndarray:
+    """[2, T, M] interval endpoints of every MIC of group g."""
+    if method == "bca":
+        iv = bca_interval(theta, reps, mic_acceleration(enc, g), level)
+    else:
+        iv = percentile_interval(reps, level, theta_hat=theta)
+    return np.stack([iv.low, iv.high])
+
+
+def _accuracy_interval(
+    enc: Encoded, g: int, t: int, theta: float, reps: np.ndarray, method: str, level: float
+):
+    if method == "bca":
+        x = enc.r_correct[enc.r_ref & (enc.r_g == g) & (enc.r_t == t)].astype(np.float64)
+        k = x.sum()
+        a = mean_acceleration(len(x), k, k, k)
+        iv = bca_interval(np.float64(theta), reps, a, level)
+    else:
+        iv = percentile_interval(reps, level, theta_hat=np.float64(theta))
+    return [_num(iv.low), _num(iv.high)]

@@ -48,7 +48,6 @@ SENTENCE_COLUMNS = {
     "item_id": pl.String,
     "sentence_idx": pl.Int32,
     "marker": pl.String,
-    "raw_marker": pl.String,
     "confidence": pl.Float64,
     "decisiveness": pl.Float64,
 }
@@ -56,7 +55,6 @@ SENTENCE_COLUMNS = {
 OPTIONAL_DEFAULTS = {
     "prompt": "default",
     "split": "all",
-    "raw_marker": None,  # copied from `marker`
     "decisiveness": None,  # all missing: faithfulness undefined
 }
 KEY = ["model", "prompt", "task", "split", "item_id"]
@@ -88,13 +86,19 @@ def _format_of(path: Path) -> str:
     return fmt
 
 
+# Columns the analysis reads (`raw_marker` is part of the contract but the analysis does not use
+# it); anything else in a file (extra annotations) is
+# not loaded from Parquet / Arrow, which keeps a 1e7-row run within a few GB.
+NEEDED = set(RESPONSE_COLUMNS) | set(SENTENCE_COLUMNS)
+
+
 def _read(path: Path) -> pl.DataFrame:
     fmt = _format_of(path)
     try:
-        if fmt == "parquet":
-            return pl.read_parquet(path)
-        if fmt == "ipc":
-            return pl.read_ipc(path)
+        if fmt in ("parquet", "ipc"):
+            lazy = pl.scan_parquet(path) if fmt == "parquet" else pl.scan_ipc(path)
+            names = lazy.collect_schema().names()
+            return lazy.select([c for c in names if c in NEEDED]).collect()
         if fmt == "csv":
             return pl.read_csv(
                 path, infer_schema_length=10000, schema_overrides={"item_id": pl.String}
@@ -165,10 +169,7 @@ def _conform(
     for name, dtype in columns.items():
         if name not in df.columns:
             default = OPTIONAL_DEFAULTS[name]
-            if name == "raw_marker":
-                exprs.append(pl.col("marker").cast(pl.String).alias(name))
-            else:
-                exprs.append(pl.lit(default, dtype=dtype).alias(name))
+            exprs.append(pl.lit(default, dtype=dtype).alias(name))
             continue
         have = df.schema[name]
         if name == "item_id" and have != pl.String:
@@ -255,8 +256,13 @@ def read_scored(paths: list[str | Path] | str | Path) -> ScoredRun:
                 r, s = _split_long(df, f, source)
                 responses.append(r)
                 sentences.append(s)
-    resp = pl.concat(responses, how="vertical")
-    sent = pl.concat(sentences, how="vertical")
+    resp = (
+        responses[0] if len(responses) == 1 else pl.concat(responses, how="vertical", rechunk=False)
+    )
+    sent = (
+        sentences[0] if len(sentences) == 1 else pl.concat(sentences, how="vertical", rechunk=False)
+    )
+    del responses, sentences
     return validate(ScoredRun(resp, sent, tuple(files)))
 
 
@@ -369,7 +375,9 @@ def validate(run: ScoredRun) -> ScoredRun:
             f"(model {row['model']!r}) has responses but no sentence rows",
             "re-run the scoring stage for that task, or drop its responses",
         )
-    return ScoredRun(r, linked.with_columns(pl.Series("_r", r_np)), run.files)
+    # Later stages need only these sentence columns: let the string keys go.
+    slim = s.select("sentence_idx", "marker", "confidence", "decisiveness", SOURCE)
+    return ScoredRun(r, slim.with_columns(pl.Series("_r", r_np)), run.files)
 
 
 def _duplicated(values: np.ndarray) -> np.ndarray:

@@ -1,0 +1,126 @@
+"""Paired comparisons of (model, prompt) groups from the same bootstrap replicates.
+
+Two groups evaluated on the same items draw the same weights (the counter RNG is keyed by the
+item, not by the model), so the replicate difference of a metric is a paired bootstrap
+distribution: its percentile interval, and a two-sided p-value
+p = min(1, 2 min((1 + #{d* <= 0}) / (B + 1), (1 + #{d* >= 0}) / (B + 1))).
+Holm and Benjamini-Hochberg adjust across the whole family (every pair and metric). Accuracy per
+task also gets McNemar's exact test on the items both groups answered.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import polars as pl
+from scipy import stats
+
+from engine.errors import UserError
+from metrics.bootstrap import percentile_interval
+from metrics.encode import Encoded
+from metrics.io import ScoredRun
+from metrics.seven import Metric
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN left out and kept NaN)."""
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adj = np.maximum.accumulate((m - np.arange(m)) * p[order]) if m else np.zeros(0)
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (step-up; NaN left out and kept NaN)."""
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    if m:
+        adj = p[order] * m / np.arange(1, m + 1)
+        adj = np.minimum.accumulate(adj[::-1])[::-1]
+        out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def bootstrap_p(diff: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of a paired difference's replicates (NaN replicates dropped)."""
+    d = diff[np.isfinite(diff)]
+    if len(d) == 0:
+        return float("nan")
+    lo = (1 + np.sum(d <= 0)) / (len(d) + 1)
+    hi = (1 + np.sum(d >= 0)) / (len(d) + 1)
+    return float(min(1.0, 2 * min(lo, hi)))
+
+
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
+    """McNemar's exact test on paired booleans: (a right b wrong, a wrong b right, p)."""
+    n01 = int(np.sum(a & ~b))
+    n10 = int(np.sum(~a & b))
+    n = n01 + n10
+    p = 1.0 if n == 0 else float(min(1.0, 2 * stats.binom.cdf(min(n01, n10), n, 0.5)))
+    return n01, n10, p
+
+
+def compare_groups(
+    run: ScoredRun, enc: Encoded, views, group_values: dict[int, dict[str, Metric]], level: float
+) -> pl.DataFrame:
+    """Every pair of groups x every metric defined in both, plus McNemar per task."""
+    resp = run.responses.select("task", "split", "item_id").with_columns(
+        pl.Series("_g", enc.r_g), pl.Series("_ref", enc.r_ref), pl.Series("_c", enc.r_correct)
+    )
+    rows: list[dict] = []
+    if len(views) < 2:
+        raise UserError(
+            "--compare needs at least two (model, prompt) groups",
+            "pass scored runs of two or more models or prompts",
+        )
+    for va, vb in itertools.combinations(views, 2):
+        ga, gb = va.g, vb.g
+        name_a, name_b = "/".join(enc.groups[ga]), "/".join(enc.groups[gb])
+        ia = resp.filter(pl.col("_g") == ga)
+        ib = resp.filter(pl.col("_g") == gb)
+        shared = ia.join(ib, on=["task", "split", "item_id"], how="inner", suffix="_b")
+        if shared.height == 0:
+            raise UserError(
+                f"cannot compare {name_a} with {name_b}: they share no items (task, split, item_id)",
+                "compare runs scored on the same tasks and items",
+            )
+        base = {
+            "model_a": enc.groups[ga][0], "prompt_a": enc.groups[ga][1],
+            "model_b": enc.groups[gb][0], "prompt_b": enc.groups[gb][1],
+            "n_shared_items": shared.height,
+            "n_items_a": ia.height, "n_items_b": ib.height,
+        }  # fmt: skip
+        ma, mb = group_values[ga], group_values[gb]
+        for metric in sorted(set(ma) & set(mb)):
+            xa, xb = ma[metric].values, mb[metric].values
+            if xa is None or xb is None or not (np.isfinite(xa[0]) and np.isfinite(xb[0])):
+                continue
+            d = xa[1:] - xb[1:]
+            if np.isnan(d).all():
+                continue
+            iv = percentile_interval(d, level, theta_hat=np.float64(xa[0] - xb[0]))
+            rows.append({**base, "metric": metric, "test": "paired bootstrap", "a": float(xa[0]), "b": float(xb[0]),
+                         "diff": float(xa[0] - xb[0]), "ci_lo": float(iv.low), "ci_hi": float(iv.high),
+                         "p_value": bootstrap_p(d)})  # fmt: skip
+        ref = shared.filter(pl.col("_ref") & pl.col("_ref_b"))
+        for task in sorted(ref.get_column("task").unique().to_list()):
+            part = ref.filter(pl.col("task") == task)
+            a = part.get_column("_c").to_numpy()
+            b = part.get_column("_c_b").to_numpy()
+            n01, n10, p = mcnemar_exact(a, b)
+            rows.append({**base, "metric": f"accuracy[{task}]", "test": "McNemar exact", "a": float(a.mean()),
+                         "b": float(b.mean()), "diff": float(a.mean() - b.mean()), "ci_lo": None, "ci_hi": None,
+                         "p_value": p, "n_shared_items": part.height})  # fmt: skip
+    table = pl.DataFrame(rows, infer_schema_length=None)
+    if table.height:
+        p = table.get_column("p_value").to_numpy().astype(float)
+        table = table.with_columns(
+            pl.Series("p_holm", holm(p)), pl.Series("p_bh", benjamini_hochberg(p))
+        )
+    return table

@@ -1,0 +1,317 @@
+"""The bootstrap of a whole analysis: replicate MIC tensors, task accuracy and cMFG, MAE cells.
+
+Resampling unit: the item (response). Weights come from the counter RNG of `metrics.bootstrap`
+keyed by (seed, task, item, replicate), so two models or prompts on the same items get the same
+draws and every comparison is paired for free.
+
+Per (model, prompt) group, two passes, neither of which materializes a replicates x rows matrix:
+
+A. reference responses -> per replicate, weighted sums per (task, marker) of present confidences,
+   per task of correctness, per (task, cMFG bin) of faithfulness: one call of
+   `weighted_group_sums` over a CSR table of rows (sentence rows plus one pseudo-row per response
+   and statistic). Replicate MICs, accuracies and cMFGs follow as ratios.
+B. evaluation rows -> MAE cells. |MIC_b(m, A) - c| summed over the rows of (task B, marker m)
+   needs, per replicate, only the weighted prefix sums of the rows sorted by c and a binary search
+   for MIC_b(m, A): S(mu) = mu W(<=mu) - C(<=mu) + (C - C(<=mu)) - mu (W - W(<=mu)). One pass over
+   the evaluation rows per block of replicates gives modes 1, 3 and 4. Mode 2 (per-response means)
+   would need every row for every reference task and replicate; it gets no interval.
+
+Every metric is then a function of these replicate tensors (metrics.seven), so all metric
+intervals come from the same replicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+import polars as pl
+
+from metrics import kernels as akernels
+from metrics.bootstrap import item_keys, stratum_keys
+from metrics.bootstrap.kernels import BLOCK, _fill_multinomial_counts, _fill_poisson, _prepare
+from metrics.bootstrap.kernels import weighted_group_sums as _weighted_group_sums
+from metrics.core import N_BINS, Tables
+from metrics.encode import Encoded
+
+EVAL_DOMAIN = np.uint64(0x6576616C2D73706C)  # "eval-spl": held-out test items draw on their own
+
+
+@dataclass(frozen=True)
+class GroupReplicates:
+    """Replicate tensors of one (model, prompt) group; first axis = replicate."""
+
+    mic: np.ndarray  # [B, T, M]
+    accuracy: np.ndarray  # [B, T]
+    cmfg: np.ndarray  # [B, T]
+    mae: dict[int, np.ndarray]  # mode -> [B, T, T] (mode 2: NaN)
+
+
+def response_keys(responses: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Stable item key (task, item_id) and stratum key (task) per response row."""
+    pairs = responses.select("task", "item_id")
+    uniq = pairs.unique()
+    keys = item_keys(uniq.get_column("task").to_numpy(), uniq.get_column("item_id").to_numpy())
+    uniq = uniq.with_columns(pl.Series("_k", keys, dtype=pl.UInt64))
+    joined = pairs.join(uniq, on=["task", "item_id"], how="left", maintain_order="left")
+    tasks = pairs.get_column("task").unique().sort()
+    tkeys = dict(zip(tasks.to_list(), stratum_keys(tasks.to_numpy()).tolist()))
+    strata = pairs.get_column("task").replace_strict(tkeys, return_dtype=pl.UInt64).to_numpy()
+    return joined.get_column("_k").to_numpy(), strata
+
+
+# ------------------------------------------------------------------------------------ pass A
+
+
+def _pass_a(enc: Encoded, g: int, keys, strata, seed, n_boot, scheme, parity, group_sums):
+    T, M = enc.n_tasks, enc.n_markers
+    resp = np.flatnonzero((enc.r_g == g) & enc.r_ref)
+    local = np.full(len(enc.r_g), -1, dtype=np.int64)
+    local[resp] = np.arange(len(resp))
+    # Sentence rows of these responses with a confidence.
+    rows = (local[enc.s_r] >= 0) & ~np.isnan(enc.s_conf)
+    s_item = local[enc.s_r[rows]]
+    s_group = enc.r_t[enc.s_r[rows]].astype(np.int64) * M + enc.s_m[rows]
+    s_val = enc.s_conf[rows]
+    # Pseudo-rows: accuracy, cMFG bin, MFG.
+    acc_off, bin_off = T * M, T * M + T
+    mfg_off = bin_off + T * N_BINS
+    t = enc.r_t[resp].astype(np.int64)
+    keep = ~np.isnan(enc.r_f[resp])
+    f = enc.r_f[resp]
+    c = enc.r_c[resp]
+    if parity:
+        keep &= (f != 0) & (c != 0)
+        b = np.digitize(c, np.linspace(0, 1, N_BINS + 1)) - 1
+        in_bin = keep & (b < N_BINS)
+    else:
+        b = np.minimum(np.floor(np.nan_to_num(c) * N_BINS + 1e-9).astype(np.int64), N_BINS - 1)
+        in_bin = keep
+    k_idx = np.flatnonzero(keep)
+    b_idx = np.flatnonzero(in_bin)
+    item = np.concatenate([s_item, np.arange(len(resp)), b_idx, k_idx])
+    group = np.concatenate(
+        [s_group, acc_off + t, bin_off + t[b_idx] * N_BINS + b[b_idx], mfg_off + t[k_idx]]
+    )
+    value = np.concatenate([s_val, enc.r_correct[resp].astype(np.float64), f[b_idx], f[k_idx]])
+    ptr, order = akernels.by_response(item, len(resp))
+    values = np.stack([np.ones(len(order)), value[order]], axis=1)
+    sums = group_sums(
+        ptr, keys[resp], strata[resp], group[order], values, seed, n_boot, scheme, mfg_off + T
+    )  # [B, n_groups, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = sums[:, :, 1] / sums[:, :, 0]
+    mic = ratio[:, : T * M].reshape(n_boot, T, M)
+    accuracy = ratio[:, acc_off:bin_off]
+    bin_n = sums[:, bin_off:mfg_off, 0].reshape(n_boot, T, N_BINS)
+    bin_mean = ratio[:, bin_off:mfg_off].reshape(n_boot, T, N_BINS)
+    has_any = sums[:, mfg_off:, 0] > 0
+    if parity:
+        cmfg = np.where(bin_n > 0, bin_mean, 0.0).sum(axis=2) / N_BINS
+    else:
+        with np.errstate(invalid="ignore"):
+            cmfg = np.nanmean(np.where(bin_n > 0, bin_mean, np.nan), axis=2)
+    cmfg = np.where(has_any, cmfg, np.nan)
+    return mic, accuracy, cmfg
+
+
+def local_group_sums(ptr, keys, strata, group, values, seed, n_boot, scheme, n_groups):
+    """Pass A's sums in this process (the default; `--ray` passes a sharded version)."""
+    return _weighted_group_sums(
+        ptr, keys, strata, group, values, seed, n_boot, scheme, n_groups=n_groups
+    )
+
+
+# ------------------------------------------------------------------------------------ pass B
+
+
+@nb.njit(parallel=True, cache=True)
+def _mae_blocks(
+    seg_ptr, seg_t, seg_m, row_item, row_conf, streams, rep_keys, use_counts, sorted_items,
+    strat_ptr, draw_keys, mic_reps, usable, n_boot,
+):  # fmt: skip
+    """MAE sums per replicate: out[b, k, A, B] for k = mode-1 (ΣS, ΣW), mode-3 (Σ, n), mode-4 (Σ, n)."""
+    T = usable.shape[0]
+    n_blocks = (n_boot + BLOCK - 1) // BLOCK
+    n_items = streams.shape[0]
+    out = np.zeros((n_boot, 6, T, T))
+    max_seg = 0
+    for s in range(seg_ptr.shape[0] - 1):
+        max_seg = max(max_seg, seg_ptr[s + 1] - seg_ptr[s])
+    for blk in nb.prange(n_blocks):
+        b0 = blk * BLOCK
+        nb_ = min(BLOCK, n_boot - b0)
+        w_items = np.empty((n_items, BLOCK))
+        ws = np.empty(BLOCK)
+        if use_counts:
+            counts = np.zeros((n_items, BLOCK), dtype=np.int32)
+            _fill_multinomial_counts(sorted_items, strat_ptr, draw_keys, rep_keys, b0, counts)
+            for i in range(n_items):
+                for t in range(BLOCK):
+                    w_items[i, t] = counts[i, t]
+        else:
+            for i in range(n_items):
+                _fill_poisson(streams[i], rep_keys, b0, ws)
+                for t in range(BLOCK):
+                    w_items[i, t] = ws[t]
+        cw = np.zeros((max_seg + 1, BLOCK))
+        cc = np.zeros((max_seg + 1, BLOCK))
+        for s in range(seg_ptr.shape[0] - 1):
+            lo, hi = seg_ptr[s], seg_ptr[s + 1]
+            n = hi - lo
+            tb, m = seg_t[s], seg_m[s]
+            for t in range(BLOCK):
+                cw[0, t] = 0.0
+                cc[0, t] = 0.0
+            for j in range(n):
+                i = row_item[lo + j]
+                x = row_conf[lo + j]
+                for t in range(BLOCK):
+                    w = w_items[i, t]
+                    cw[j + 1, t] = cw[j, t] + w
+                    cc[j + 1, t] = cc[j, t] + w * x
+            for a in range(T):
+                if not usable[a, m]:
+                    continue
+                for t in range(nb_):
+                    wt = cw[n, t]
+                    if wt <= 0:
+                        continue
+                    mu = mic_reps[b0 + t, a, m]
+                    if np.isnan(mu):
+                        continue
+                    # rows with conf <= mu: binary search on the sorted confidences
+                    left, right = 0, n
+                    while left < right:
+                        mid = (left + right) // 2
+                        if row_conf[lo + mid] <= mu:
+                            left = mid + 1
+                        else:
+                            right = mid
+                    w_le, c_le = cw[left, t], cc[left, t]
+                    ct = cc[n, t]
+                    total = mu * w_le - c_le + (ct - c_le) - mu * (wt - w_le)
+                    b = b0 + t
+                    out[b, 0, a, tb] += total
+                    out[b, 1, a, tb] += wt
+                    out[b, 2, a, tb] += total / wt
+                    out[b, 3, a, tb] += 1.0
+                    out[b, 4, a, tb] += abs(mu - ct / wt)
+                    out[b, 5, a, tb] += 1.0
+    return out
+
+
+def _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic_reps, usable):
+    T = enc.n_tasks
+    M = enc.n_markers
+    resp = np.flatnonzero((enc.r_g == g) & enc.r_eval)
+    local = np.full(len(enc.r_g), -1, dtype=np.int64)
+    local[resp] = np.arange(len(resp))
+    rows = (local[enc.s_r] >= 0) & ~np.isnan(enc.s_conf)
+    if parity and enc.no_hedge >= 0:
+        rows &= enc.s_m != enc.no_hedge
+    idx = np.flatnonzero(rows)
+    t = enc.r_t[enc.s_r[idx]].astype(np.int64)
+    m = enc.s_m[idx].astype(np.int64)
+    conf = enc.s_conf[idx]
+    order = np.lexsort((conf, m, t))
+    seg_key = (t * M + m)[order]
+    starts = (
+        np.flatnonzero(np.r_[True, seg_key[1:] != seg_key[:-1]])
+        if len(order)
+        else np.zeros(0, np.int64)
+    )
+    seg_ptr = np.r_[starts, len(order)].astype(np.int64)
+    seg_t = (seg_key[starts] // M).astype(np.int64)
+    seg_m = (seg_key[starts] % M).astype(np.int64)
+    row_item = local[enc.s_r[idx]][order]
+    row_conf = conf[order]
+    eval_strata = strata[resp] if parity else strata[resp] ^ EVAL_DOMAIN
+    p = _prepare(None, keys[resp], eval_strata, None, None, seed, n_boot, scheme, None)
+    multinomial = scheme == "multinomial"
+    n = len(resp)
+    out = _mae_blocks(
+        seg_ptr, seg_t, seg_m, row_item, row_conf,
+        np.zeros(n, dtype=np.uint64) if multinomial else p["streams"],
+        p["rep_keys"], multinomial,
+        p["sorted_items"] if multinomial else np.zeros(1, np.int64),
+        p["strat_ptr"] if multinomial else np.zeros(1, np.int64),
+        p["draw_keys"] if multinomial else np.zeros(1, np.uint64),
+        mic_reps, usable, n_boot,
+    )  # fmt: skip
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mae = {
+            1: out[:, 0] / out[:, 1],
+            2: np.full((n_boot, T, T), np.nan),
+            3: out[:, 2] / out[:, 3],
+            4: out[:, 4] / out[:, 5],
+        }
+    return mae
+
+
+def group_replicates(
+    enc: Encoded,
+    g: int,
+    keys: np.ndarray,
+    strata: np.ndarray,
+    *,
+    seed: int,
+    n_boot: int,
+    scheme: str,
+    parity: bool,
+    valid: np.ndarray,
+    point: Tables,
+    group_sums: Callable = local_group_sums,
+) -> GroupReplicates:
+    """All replicate tensors of group `g` (see the module docstring)."""
+    mic, accuracy, cmfg = _pass_a(enc, g, keys, strata, seed, n_boot, scheme, parity, group_sums)
+    usable = valid[g] & ~np.isnan(point.mic[g])
+    mae = _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic, usable)
+    return GroupReplicates(mic, accuracy, cmfg, mae)
+
+
+# ------------------------------------------------------------------------- BCa accelerations
+
+
+def mic_acceleration(enc: Encoded, g: int) -> np.ndarray:
+    """Jackknife acceleration of each MIC of group g, leaving out one reference item at a time.
+
+    MIC = S / N over the items of the task (s_i, n_i: an item's sum of present confidences and
+    their count for the marker). Leaving item i out gives (S - s_i) / (N - n_i); items without
+    the marker leave it unchanged. a = Σ U³ / (6 (Σ U²)^1.5), U_i = mean_j θ_(j) - θ_(i), over all
+    reference items of the task: O(rows), no leave-one-out loop.
+    """
+    T, M = enc.n_tasks, enc.n_markers
+    resp = np.flatnonzero((enc.r_g == g) & enc.r_ref)
+    local = np.full(len(enc.r_g), -1, dtype=np.int64)
+    local[resp] = np.arange(len(resp))
+    rows = (local[enc.s_r] >= 0) & ~np.isnan(enc.s_conf)
+    cell = enc.r_t[enc.s_r[rows]].astype(np.int64) * M + enc.s_m[rows]
+    pair = local[enc.s_r[rows]] * (T * M) + cell
+    uniq, inv = np.unique(pair, return_inverse=True)
+    n_i = np.bincount(inv).astype(np.float64)
+    s_i = np.bincount(inv, weights=enc.s_conf[rows])
+    pc = uniq % (T * M)
+    N = np.bincount(pc, weights=n_i, minlength=T * M)
+    S = np.bincount(pc, weights=s_i, minlength=T * M)
+    items_per_task = np.bincount(enc.r_t[resp], minlength=T).astype(np.float64)
+    n_t = np.repeat(items_per_task, M)  # items of the cell's task
+    theta = np.divide(S, N, out=np.full(T * M, np.nan), where=N > 0)
+    rest = N[pc] - n_i
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loo = np.where(rest > 0, (S[pc] - s_i) / rest, np.nan)
+    k = np.bincount(pc, minlength=T * M).astype(np.float64)  # items carrying the marker
+    # mean of leave-one-out values: carriers give loo, the other n_t - k items give theta.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dot = (
+            np.bincount(pc, weights=np.nan_to_num(loo), minlength=T * M) + (n_t - k) * theta
+        ) / n_t
+        u_c = dot[pc] - loo
+        u_o = dot - theta
+        m2 = np.bincount(pc, weights=u_c**2, minlength=T * M) + (n_t - k) * u_o**2
+        m3 = np.bincount(pc, weights=u_c**3, minlength=T * M) + (n_t - k) * u_o**3
+        a = m3 / (6.0 * m2**1.5)
+    bad = ~np.isfinite(a) | (N <= 0) | np.isnan(np.bincount(pc, weights=loo, minlength=T * M))
+    return np.where(bad, np.nan, a).reshape(T, M)
