@@ -1,0 +1,85 @@
+"""The logprob consistency judge on the real engine agrees with a transformers forward pass."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
+
+CONTEXTS = [
+    "I think the answer is probably yes.",
+    "It is almost certain that the value is correct.",
+    "Maybe the capital is a large city near the river.",
+    "The result of the sum is a small number.",
+]
+ASSERTIONS = [
+    "The answer is yes.",
+    "I am not sure, although it could be true.",
+    "Clearly the river flows into the sea.",
+    "Question: what is the answer? Answer: I think it is no.",
+]
+
+
+@pytest.fixture(scope="module")
+def judge(tiny_dir: Path):
+    """One in-process vLLM judge on the tiny model for this module."""
+    from engine.judges import VLLMJudge
+    from engine.score import TINY_JUDGE_ENGINE_ARGS
+
+    j = VLLMJudge(str(tiny_dir), TINY_JUDGE_ENGINE_ARGS)
+    yield j
+    j.close()
+
+
+def test_logprob_consistency_matches_transformers(judge, tiny_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.judges import NO, YES
+    from engine.score import consistency_logprob_values
+    from engine.stages.prompts import consistency_prompt
+
+    prompts = [consistency_prompt(c, a) for c in CONTEXTS for a in ASSERTIONS]
+    values = consistency_logprob_values(judge, prompts)
+    tops = judge.next_token_logprobs(prompts)
+    ids = judge.token_ids_for([YES, NO])
+    assert ids[YES] and ids[NO], "the tiny tokenizer has yes / no tokens"
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, torch_dtype=torch.float32).eval()
+    compared = 0
+    for prompt_ids, value, top in zip(judge.encode(prompts), values, tops):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids])).logits[0, -1]
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        present_yes = [t for t in top if t in ids[YES]]
+        present_no = [t for t in top if t in ids[NO]]
+        for t, lp in top.items():  # the top-k itself agrees with transformers
+            assert abs(lp - float(logp[t])) < 1e-4
+        if not present_yes and not present_no:
+            assert isinstance(value, str)  # missing, with a reason for the ledger
+            continue
+        p_yes = sum(math.exp(float(logp[t])) for t in present_yes)
+        p_no = sum(math.exp(float(logp[t])) for t in present_no)
+        assert value == pytest.approx(p_yes / (p_yes + p_no), abs=1e-4)
+        compared += 1
+    assert compared >= 1, "no prompt had yes or no in the top-20; pick other prompts"
+
+
+def test_decisiveness_and_sampled_readings(judge) -> None:
+    from engine.judges import RATING_WORDS, expected_rating
+    from engine.stages.prompts import consistency_prompt, decisiveness_prompt
+
+    ids = judge.token_ids_for(RATING_WORDS)
+    tops = judge.next_token_logprobs([decisiveness_prompt(s) for s in ASSERTIONS])
+    for top in tops:
+        value = expected_rating(top, ids)
+        assert value is None or 0.0 <= value <= 1.0
+    prompts = [consistency_prompt(CONTEXTS[0], a) for a in ASSERTIONS]
+    first = judge.generate_texts(prompts, 3, 1.0, [1, 2, 3, 4])
+    again = judge.generate_texts(prompts, 3, 1.0, [1, 2, 3, 4])
+    assert first == again  # seeded: a rerun reproduces the sampled verdicts
+    too_long = judge.next_token_logprobs(["word " * 2000])
+    assert isinstance(too_long[0], str) and "max_model_len" in too_long[0]
