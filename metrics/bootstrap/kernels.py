@@ -55,10 +55,10 @@ __all__ = [
 
 #: Replicates generated together per item (a compile-time constant: the inner loops over the
 #: block vectorize). Results do not depend on it.
-BLOCK = 16
+BLOCK = 64
 
-_T0, _T1, _T2, _T3, _T4, _T5 = (np.uint64(int(t)) for t in rng._THRESHOLDS_SHIFTED[:6])
-_THRESHOLDS_SHIFTED = rng._THRESHOLDS_SHIFTED
+# The first six Poisson(1) thresholds on the top 53 bits, as int64 (they are below 2**53).
+_I0, _I1, _I2, _I3, _I4, _I5 = (np.int64(int(t)) for t in rng.POISSON1_THRESHOLDS[:6])
 _TWO_POW_MINUS_53 = 2.0**-53
 _SHIFT11 = np.uint64(11)
 
@@ -90,22 +90,25 @@ def _fill_poisson(stream: np.uint64, rep_keys: np.ndarray, b0: int, ws: np.ndarr
     that vectorizes; the rare larger draws are finished by a second, scalar pass. Equal to
     ``rng.poisson1_from_bits`` for every input.
     """
+    # Compare the top 53 bits as signed int64 (AVX2 has a native signed 64-bit compare) and
+    # convert the count through int32 (AVX2 converts int32, not int64, to float64).
     tail = False
     for t in range(BLOCK):
-        x = rng.mix64(stream ^ rep_keys[b0 + t])
-        ws[t] = np.float64(
-            np.int64(x >= _T0)
-            + np.int64(x >= _T1)
-            + np.int64(x >= _T2)
-            + np.int64(x >= _T3)
-            + np.int64(x >= _T4)
-            + np.int64(x >= _T5)
+        v = np.int64(rng.mix64(stream ^ rep_keys[b0 + t]) >> _SHIFT11)
+        count = (
+            np.int64(v >= _I0)
+            + np.int64(v >= _I1)
+            + np.int64(v >= _I2)
+            + np.int64(v >= _I3)
+            + np.int64(v >= _I4)
+            + np.int64(v >= _I5)
         )
-        tail |= x >= _T5
+        ws[t] = np.float64(np.int32(count))
+        tail |= v >= _I5
     if tail:
         for t in range(BLOCK):
             x = rng.mix64(stream ^ rep_keys[b0 + t])
-            if x >= _T5:
+            if np.int64(x >> _SHIFT11) >= _I5:
                 ws[t] = np.float64(rng.poisson1_from_bits(x))
 
 
@@ -170,11 +173,20 @@ def _poisson_block(blk, item_ptr, streams, rep_keys, row_group, row_values, out)
 
 @numba.njit(inline="always", cache=True)
 def _multinomial_block(
-    blk, item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, row_group, row_values, out
+    blk,
+    item_ptr,
+    sorted_items,
+    strat_ptr,
+    draw_keys,
+    rep_keys,
+    count_proto,
+    row_group,
+    row_values,
+    out,
 ):
     b0 = blk * BLOCK
     n_items = item_ptr.shape[0] - 1
-    counts = np.zeros((n_items, BLOCK), dtype=np.int32)
+    counts = np.zeros((n_items, BLOCK), dtype=count_proto.dtype)
     _fill_multinomial_counts(sorted_items, strat_ptr, draw_keys, rep_keys, b0, counts)
     ws = np.empty(BLOCK)
     acc = np.zeros((out.shape[1], out.shape[2], BLOCK))
@@ -199,10 +211,10 @@ def _poisson_totals_block(blk, streams, rep_keys, out):
 
 
 @numba.njit(inline="always", cache=True)
-def _multinomial_totals_block(blk, sorted_items, strat_ptr, draw_keys, rep_keys, out):
+def _multinomial_totals_block(blk, sorted_items, strat_ptr, draw_keys, rep_keys, count_proto, out):
     b0 = blk * BLOCK
     n_items = sorted_items.shape[0]
-    counts = np.zeros((n_items, BLOCK), dtype=np.int32)
+    counts = np.zeros((n_items, BLOCK), dtype=count_proto.dtype)
     _fill_multinomial_counts(sorted_items, strat_ptr, draw_keys, rep_keys, b0, counts)
     acc = np.zeros(BLOCK)
     for i in range(n_items):
@@ -231,21 +243,39 @@ def _poisson_group_sums_ser(item_ptr, streams, rep_keys, row_group, row_values, 
 
 @numba.njit(parallel=True, cache=True)
 def _multinomial_group_sums_par(
-    item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, row_group, row_values, out
+    item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, count_proto, row_group, row_values, out
 ):
     for blk in numba.prange((out.shape[0] + BLOCK - 1) // BLOCK):
         _multinomial_block(
-            blk, item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, row_group, row_values, out
+            blk,
+            item_ptr,
+            sorted_items,
+            strat_ptr,
+            draw_keys,
+            rep_keys,
+            count_proto,
+            row_group,
+            row_values,
+            out,
         )
 
 
 @numba.njit(cache=True)
 def _multinomial_group_sums_ser(
-    item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, row_group, row_values, out
+    item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, count_proto, row_group, row_values, out
 ):
     for blk in range((out.shape[0] + BLOCK - 1) // BLOCK):
         _multinomial_block(
-            blk, item_ptr, sorted_items, strat_ptr, draw_keys, rep_keys, row_group, row_values, out
+            blk,
+            item_ptr,
+            sorted_items,
+            strat_ptr,
+            draw_keys,
+            rep_keys,
+            count_proto,
+            row_group,
+            row_values,
+            out,
         )
 
 
@@ -262,15 +292,19 @@ def _poisson_totals_ser(streams, rep_keys, out):
 
 
 @numba.njit(parallel=True, cache=True)
-def _multinomial_totals_par(sorted_items, strat_ptr, draw_keys, rep_keys, out):
+def _multinomial_totals_par(sorted_items, strat_ptr, draw_keys, rep_keys, count_proto, out):
     for blk in numba.prange((out.shape[0] + BLOCK - 1) // BLOCK):
-        _multinomial_totals_block(blk, sorted_items, strat_ptr, draw_keys, rep_keys, out)
+        _multinomial_totals_block(
+            blk, sorted_items, strat_ptr, draw_keys, rep_keys, count_proto, out
+        )
 
 
 @numba.njit(cache=True)
-def _multinomial_totals_ser(sorted_items, strat_ptr, draw_keys, rep_keys, out):
+def _multinomial_totals_ser(sorted_items, strat_ptr, draw_keys, rep_keys, count_proto, out):
     for blk in range((out.shape[0] + BLOCK - 1) // BLOCK):
-        _multinomial_totals_block(blk, sorted_items, strat_ptr, draw_keys, rep_keys, out)
+        _multinomial_totals_block(
+            blk, sorted_items, strat_ptr, draw_keys, rep_keys, count_proto, out
+        )
 
 
 #: Below this many weight-times-value operations (``n_boot * (n_items + n_rows * k)``) a kernel
@@ -409,6 +443,11 @@ def _prepare(
         prepared["sorted_items"] = order.astype(np.int64)
         prepared["strat_ptr"] = strat_ptr
         prepared["draw_keys"] = _stream_keys(seed_u, sorted_strata, positions)
+        # A count never exceeds its stratum size: the narrowest exact dtype keeps the per-thread
+        # count scratch (n_items x BLOCK) small.
+        largest = int(np.diff(strat_ptr).max()) if n_items else 0
+        count_dtype = np.uint8 if largest <= 255 else np.uint16 if largest <= 65535 else np.int32
+        prepared["count_proto"] = np.zeros(0, dtype=count_dtype)
     return prepared
 
 
@@ -465,7 +504,7 @@ def weighted_group_sums(
         kernel = _multinomial_group_sums_par if threads else _multinomial_group_sums_ser
         kernel(
             p["item_ptr"], p["sorted_items"], p["strat_ptr"], p["draw_keys"], p["rep_keys"],
-            p["row_group"], values, out,
+            p["count_proto"], p["row_group"], values, out,
         )  # fmt: skip
     return out
 
@@ -499,7 +538,9 @@ def replicate_weight_totals(
         (_poisson_totals_par if threads else _poisson_totals_ser)(p["streams"], p["rep_keys"], out)
     else:
         kernel = _multinomial_totals_par if threads else _multinomial_totals_ser
-        kernel(p["sorted_items"], p["strat_ptr"], p["draw_keys"], p["rep_keys"], out)
+        kernel(
+            p["sorted_items"], p["strat_ptr"], p["draw_keys"], p["rep_keys"], p["count_proto"], out
+        )
     return out
 
 
