@@ -41,15 +41,37 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref-split", default="train", help="split that builds MICs (heldout)")
     p.add_argument("--eval-split", default="test", help="split scored for MAE (heldout)")
     p.add_argument("--json", action="store_true", help="print metrics.json instead of a table")
+    _add_bootstrap_options(p)
+    p.add_argument(
+        "--compare", action="store_true", help="paired tests of every two models/prompts"
+    )
     p.set_defaults(handler=_run_analyze)
 
 
-def _run_analyze(args: argparse.Namespace) -> int:
-    from metrics.analyze import analyze
-    from metrics.summary import format_summary
+def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bootstrap", type=int, default=0, metavar="B", help="bootstrap replicates (0: none)"
+    )
+    p.add_argument("--ci-method", choices=["bca", "percentile"], default="bca")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level (0, 1)")
+    p.add_argument("--scheme", choices=["poisson", "multinomial"], default="poisson")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="bootstrap sums as Ray tasks over item shards (local Ray, or a cluster address)",
+    )
 
-    result = analyze(
-        args.scored,
+
+def _analysis_kwargs(args: argparse.Namespace) -> dict:
+    group_sums = None
+    if args.ray is not None:
+        from engine.distributed import ray_group_sums
+
+        group_sums = ray_group_sums(None if args.ray == "local" else args.ray)
+    return dict(
         out=args.out,
         mode=args.mode,
         threshold=args.threshold,
@@ -58,19 +80,71 @@ def _run_analyze(args: argparse.Namespace) -> int:
         seed=args.seed,
         ref_split=args.ref_split,
         eval_split=args.eval_split,
+        bootstrap=args.bootstrap,
+        ci_method=args.ci_method,
+        level=args.level,
+        scheme=args.scheme,
+        group_sums=group_sums,
     )
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from metrics.analyze import analyze
+    from metrics.summary import format_summary
+
+    result = analyze(args.scored, compare=args.compare, **_analysis_kwargs(args))
     if args.json:
         import json
 
         print(json.dumps(result.metrics_json, indent=2))
     else:
         print(format_summary(result.metrics_json))
+        if result.comparisons is not None:
+            from metrics.summary import format_comparisons
+
+            print("\n" + format_comparisons(result.comparisons))
         print(f"\nwrote {result.out_dir}/metrics.json and {result.out_dir}/mic.parquet")
     return 0
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="paired bootstrap comparisons of models / prompts on shared items",
+        description=(
+            "`mic analyze --compare` under its own name: for each pair of (model, prompt) and "
+            "each metric, the bootstrap distribution of the difference on shared items (the "
+            "same item draws for both), its interval, a two-sided p-value, Holm and "
+            "Benjamini-Hochberg adjusted p-values; McNemar's exact test for paired accuracy. "
+            "Writes DIR/comparisons.parquet beside metrics.json and mic.parquet."
+        ),
+        epilog=_example("mic compare runs/llama runs/qwen --out results/cmp --bootstrap 1000"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scored", nargs="+", help="scored-run directories or files")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--mode", choices=["heldout", "parity"], default="heldout")
+    p.add_argument("--threshold", type=int, default=10, help="marker count threshold tau")
+    p.add_argument("--ignore-no-hedge", action="store_true", help="drop <no_hedge> rows")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 50/50 split and bootstrap")
+    p.add_argument("--ref-split", default="train", help="split that builds MICs (heldout)")
+    p.add_argument("--eval-split", default="test", help="split scored for MAE (heldout)")
+    _add_bootstrap_options(p)
+    p.set_defaults(handler=_run_compare, preset="mic", bootstrap=1000)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from metrics.analyze import analyze
+    from metrics.summary import format_comparisons
+
+    result = analyze(args.scored, compare=True, **_analysis_kwargs(args))
+    print(format_comparisons(result.comparisons))
+    print(f"\nwrote {result.out_dir}/comparisons.parquet")
+    return 0
+
+
 # Each entry adds one subcommand; engine modules register theirs here.
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_analyze]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_analyze, _add_compare]
 
 
 def _add_engine_commands(sub: argparse._SubParsersAction) -> None:

@@ -8,6 +8,7 @@ scoring the evaluation rows of task B.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,7 +199,8 @@ def _cmfg(
     if parity:
         cmfg = np.where(wn > 0, bin_mean, 0.0).sum(axis=1) / N_BINS
     else:
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():  # a (group, task) without any bin is NaN, on purpose
+            warnings.simplefilter("ignore", RuntimeWarning)
             cmfg = np.nanmean(np.where(wn > 0, bin_mean, np.nan), axis=1) if size else np.zeros(0)
     cmfg = np.where(has_any, cmfg, np.nan)
     return cmfg, mfg

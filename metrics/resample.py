@@ -22,6 +22,7 @@ intervals come from the same replicates.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,7 +112,8 @@ def _pass_a(enc: Encoded, g: int, keys, strata, seed, n_boot, scheme, parity, gr
     if parity:
         cmfg = np.where(bin_n > 0, bin_mean, 0.0).sum(axis=2) / N_BINS
     else:
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():  # a task without any bin is NaN, on purpose
+            warnings.simplefilter("ignore", RuntimeWarning)
             cmfg = np.nanmean(np.where(bin_n > 0, bin_mean, np.nan), axis=2)
     cmfg = np.where(has_any, cmfg, np.nan)
     return mic, accuracy, cmfg

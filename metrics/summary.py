@@ -54,3 +54,24 @@ def format_summary(doc: dict) -> str:
                     f"  {task:<16} {acc:>6} {cm:>6} {t['n_items']:>6} {t['n_valid_markers']:>7}"
                 )
     return "\n".join(lines)
+
+
+def format_comparisons(table, limit: int = 40) -> str:
+    """The paired comparisons, most significant first (Holm-adjusted p-value)."""
+    if table is None or table.height == 0:
+        return "no comparisons"
+    rows = table.sort("p_holm", nulls_last=True).head(limit).to_dicts()
+    lines = [
+        f"{'A':<22} {'B':<22} {'metric':<22} {'diff':>8} {'interval':>20} {'p':>7} {'p_holm':>7} {'p_bh':>7}"
+    ]
+    for r in rows:
+        a = f"{r['model_a']}/{r['prompt_a']}"[:22]
+        b = f"{r['model_b']}/{r['prompt_b']}"[:22]
+        ci = "" if r["ci_lo"] is None else f"[{r['ci_lo']:.3f}, {r['ci_hi']:.3f}]"
+        lines.append(
+            f"{a:<22} {b:<22} {r['metric'][:22]:<22} {r['diff']:>8.3f} {ci:>20} "
+            f"{r['p_value']:>7.3f} {r['p_holm']:>7.3f} {r['p_bh']:>7.3f}"
+        )
+    if table.height > limit:
+        lines.append(f"... {table.height - limit} more rows in comparisons.parquet")
+    return "\n".join(lines)
