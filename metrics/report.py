@@ -68,6 +68,7 @@ figure{margin:1em 0}figcaption{color:#555;font-size:.9em}
 details{margin:.6em 0}summary{cursor:pointer;font-weight:600}
 pre{background:#f6f8fa;padding:.6em;overflow:auto;font-size:.8em;max-height:30em}
 code{background:#f3f3f5;padding:0 .2em}
+.mx{display:inline-block;vertical-align:top;margin:0 1.5em .8em 0}
 """
 
 
@@ -92,6 +93,7 @@ class ReportInputs:
         summary: summary.json of a generation run, or None.
         run: run.json of a generation run, or None.
         files: Every file read, for the provenance section.
+        study: study.json of `mic study` (judges and analysis settings), or None.
     """
 
     run_dir: Path
@@ -102,6 +104,7 @@ class ReportInputs:
     summary: dict | None
     run: dict | None
     files: list[Path] = field(default_factory=list)
+    study: dict | None = None
 
 
 def _looks_like_generation_run(d: Path) -> bool:
@@ -204,14 +207,21 @@ def load_inputs(run_dir: str | Path) -> ReportInputs:
     files += [p for p in (adir / "mic.parquet", adir / "comparisons.parquet") if p.is_file()]
     summary = run = None
     # A generation run sits beside its analysis: in RUN_DIR, or the parent of RUN_DIR/analysis.
-    for d in dict.fromkeys([run_dir, adir]):
+    # (`mic study` writes DIR/run.json, DIR/summary.json and DIR/analysis/.)
+    near = list(dict.fromkeys([run_dir, adir, adir.parent if adir.name == "analysis" else adir]))
+    for d in near:
         if summary is None and (d / "summary.json").is_file():
             summary = _read_json(d / "summary.json")
             files.append(d / "summary.json")
         if run is None and (d / "run.json").is_file():
             run = _read_json(d / "run.json")
             files.append(d / "run.json")
-    return ReportInputs(run_dir, adir, metrics, mic, comparisons, summary, run, files)
+    study = None
+    for d in near:
+        if study is None and (d / "study.json").is_file():
+            study = _read_json(d / "study.json")
+            files.append(d / "study.json")
+    return ReportInputs(run_dir, adir, metrics, mic, comparisons, summary, run, files, study)
 
 
 # ---- formatting helpers ----------------------------------------------------------------------
@@ -762,6 +772,7 @@ def section_figures(inputs: ReportInputs) -> str:
                         f"Each shared marker's MIC per task, {label}.{ci_note}",
                     )
                 )
+                parts.append(_mic_table(view, label))
                 if len(tasks) >= 2:
                     parts.append(
                         _figure(
@@ -801,6 +812,32 @@ def section_figures(inputs: ReportInputs) -> str:
     return "\n".join(out)
 
 
+def _mic_table(view: MicView, label: str) -> str:
+    """The numbers behind the heatmap and forest plot: MIC [interval] (count) per cell."""
+    head = "".join(f"<th>{_e(t)}</th>" for t in view.tasks)
+    rows = []
+    for i in _order_by_mean(view):
+        cells = []
+        for j in range(len(view.tasks)):
+            mic, n = view.mic[i, j], view.count[i, j]
+            if not np.isfinite(mic):
+                cells.append('<td class="muted">n/a</td>')
+                continue
+            ci = (
+                f' <span class="ci">[{view.lo[i, j]:.3f}, {view.hi[i, j]:.3f}]</span>'
+                if np.isfinite(view.lo[i, j]) and np.isfinite(view.hi[i, j])
+                else ""
+            )
+            count = f' <span class="muted">({int(n)})</span>' if np.isfinite(n) else ""
+            cells.append(f"<td>{mic:.3f}{ci}{count}</td>")
+        rows.append(f'<tr><th class="l">{_e(view.markers[i])}</th>{"".join(cells)}</tr>')
+    return (
+        f"<details><summary>MIC table of {_e(label)}: shared markers × tasks, MIC [interval] "
+        f'(count)</summary><table><tr><th class="l">marker</th>{head}</tr>{"".join(rows)}'
+        "</table></details>"
+    )
+
+
 def _pick_p(df: pl.DataFrame) -> str:
     for col in ("p_holm", "p_bh", "p_value"):
         if col in df.columns and df[col].drop_nulls().len():
@@ -835,7 +872,12 @@ def section_significance(comparisons: pl.DataFrame | None) -> str:
         f"{_e(pcol or 'p-value')} (shaded when below {ALPHA}). Adjusted p-values account for the "
         "family of comparisons.</p>"
     )
-    for metric in df["metric"].unique(maintain_order=True).to_list():
+    metrics_in = df["metric"].unique(maintain_order=True).to_list()
+    headline = set(HEADLINE) | set(MARCON)
+    first = [m for m in metrics_in if m in headline or m.startswith("accuracy")]
+    rest = [m for m in metrics_in if m not in first]
+    blocks: dict[str, str] = {}
+    for metric in metrics_in:
         sub = df.filter(pl.col("metric") == metric)
         labels: list[str] = []
         cells: dict[tuple[str, str], tuple[float | None, float | None, Any]] = {}
@@ -873,7 +915,19 @@ def section_significance(comparisons: pl.DataFrame | None) -> str:
                     f'<td class="{"sig" if sig else "nsig"}">{_e(_num(diff, 3))}{ci_txt}{p_txt}</td>'
                 )
             body.append(f'<tr><th class="l">{_e(a)}</th>{"".join(tds)}</tr>')
-        out.append(f"<h3>{_e(metric)}</h3><table><tr><th></th>{head}</tr>{''.join(body)}</table>")
+        tests = sub["test"].drop_nulls().unique().to_list() if "test" in sub.columns else []
+        test = f' <span class="muted">({_e(", ".join(map(str, tests)))})</span>' if tests else ""
+        blocks[metric] = (
+            f'<div class="mx"><h3>{_e(metric)}{test}</h3>'
+            f"<table><tr><th></th>{head}</tr>{''.join(body)}</table></div>"
+        )
+    out += [blocks[m] for m in first]
+    if rest:
+        out.append(
+            f"<details><summary>Other metrics ({len(rest)})</summary>"
+            + "".join(blocks[m] for m in rest)
+            + "</details>"
+        )
     out.append(
         "<details><summary>All comparisons</summary>"
         + _table(df.columns, [list(r) for r in df.iter_rows()], left=5)
@@ -967,6 +1021,12 @@ def section_provenance(inputs: ReportInputs, generated: str) -> str:
         "<h3>Dates and files</h3>"
         + _kv_table(dates + [("analysis directory", str(inputs.analysis_dir))])
     )
+    if inputs.study is not None:
+        out.append(
+            "<details><summary>Study settings (study.json)</summary><pre>"
+            + _e(json.dumps(inputs.study, indent=2, sort_keys=True, default=str))
+            + "</pre></details>"
+        )
     if inputs.run is not None:
         spec = inputs.run.get("spec", inputs.run)
         out.append(
