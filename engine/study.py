@@ -238,6 +238,7 @@ def run_study(
     new_run: bool = False,
     report: bool = True,
     progress: bool = True,
+    local: bool = False,
 ) -> dict[str, Any]:
     """Generate -> score -> analyze -> report, skipping every stage already done.
 
@@ -250,6 +251,8 @@ def run_study(
         new_run: Replace a generation run of a different spec in `out`.
         report: Build the HTML report when `metrics.report` is available.
         progress: Print progress lines.
+        local: Generate in this process without Ray; when the judge is the study's model, the
+            same engine then serves the judges (one engine start instead of two).
 
     Returns:
         Paths and timings: run, scored, analysis, report (or None), seconds per stage.
@@ -274,14 +277,29 @@ def run_study(
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    summary = run_sweep(
-        spec, str(out_dir), ray_address=ray_address, new_run=new_run, progress=progress
-    )
-    _shutdown_ray()
+    judge = None
+    if local:
+        same = [m.name for m in spec.models if m.path == settings.model]
+        summary, backend = run_local(
+            spec, out_dir, new_run=new_run, keep_model=same[0] if same else None, progress=progress
+        )
+        if backend is not None:
+            from engine.judges import VLLMJudge
+
+            judge = VLLMJudge(backend=backend, top_k=settings.top_k, chat=settings.chat)
+    else:
+        summary = run_sweep(
+            spec, str(out_dir), ray_address=ray_address, new_run=new_run, progress=progress
+        )
+        _shutdown_ray()
     timings["generate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scored = score_run(out_dir, settings, log=progress)
+    try:
+        scored = score_run(out_dir, settings, judge=judge, log=progress)
+    finally:
+        if judge is not None:
+            judge.backend.close()
     timings["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -302,6 +320,67 @@ def run_study(
         "report": str(report_path) if report_path else None,
         "seconds": timings,
     }
+
+
+def run_local(
+    spec: Any,
+    out: Path,
+    *,
+    new_run: bool = False,
+    keep_model: str | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Any | None]:
+    """Generate in this process, one model at a time, with no Ray (small machines, the demo).
+
+    Same units, shards, done-records and manifest as `engine.runner.run_sweep` (a run started one
+    way resumes the other way); per-request seeds make the rows identical.
+
+    Args:
+        spec: The validated sweep spec.
+        out: The run directory.
+        new_run: Replace a run of a different spec.
+        keep_model: Return this model's engine still running (a judge can reuse it).
+        progress: Print one line per unit.
+
+    Returns:
+        (a small summary, the kept `VLLMBackend` or None).
+    """
+    from engine.actors import vllm_backend_factory
+    from engine.store import RunStore
+    from engine.units import plan_units
+
+    units = plan_units(spec)
+    store = RunStore(str(out))
+    kept = None
+    with store.locked():
+        store.check_run(spec, new_run=new_run)
+        order = [u.unit_id for u in units]
+        records = store.finished(order)
+        store.collect_garbage({r.shard for r in records.values()})
+        todo = [u for u in units if u.unit_id not in records]
+        if progress:
+            _log(f"study: local run {spec.run_id}: {len(units)} units, {len(todo)} to run")
+        for model in spec.models:
+            mine = [u for u in todo if u.model.name == model.name]
+            if not mine:  # nothing to generate: a judge, if needed, starts lazily later
+                continue
+            backend = vllm_backend_factory(model, max(1, spec.sampling.logprobs))
+            for i, unit in enumerate(mine, start=1):
+                t0 = time.perf_counter()
+                raw = backend.generate(unit)
+                store.commit_unit(unit.unit_id, backend.to_table(unit, raw), actor="local")
+                if progress:
+                    _log(
+                        f"[{model.name}] {i}/{len(mine)} units, {raw.generated_tokens} tokens "
+                        f"in {time.perf_counter() - t0:.1f} s"
+                    )
+            if model.name == keep_model:
+                kept = backend
+            else:
+                backend.close()
+        records = store.finished(order)
+        manifest = store.write_manifest(spec, order, records)
+    return {"rows": manifest["rows"], "units": manifest["units_finished"]}, kept
 
 
 def _shutdown_ray() -> None:
@@ -361,7 +440,7 @@ def run_demo(out: str | Path = "mic-demo", progress: bool = True) -> dict[str, A
         raise UserError(
             f"the demo spec {DEMO_SPEC} is missing", "reinstall the project from its repo"
         )
-    return run_study(DEMO_SPEC, out, progress=progress)
+    return run_study(DEMO_SPEC, out, progress=progress, local=True)
 
 
 # ---- command line ---------------------------------------------------------------------------------
@@ -432,6 +511,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--new-run", action="store_true", help="replace a run of a different spec")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="generate in this process without Ray; a judge on the same model reuses its engine",
+    )
     _judge_flags(p)
     p.set_defaults(handler=_study)
 
@@ -489,6 +573,7 @@ def _study(args: argparse.Namespace) -> int:
         new_run=args.new_run,
         report=not args.no_report,
         progress=not args.quiet,
+        local=args.local,
     )
     _print_study(result)
     return 0
