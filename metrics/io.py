@@ -349,15 +349,16 @@ def validate(run: ScoredRun) -> ScoredRun:
             f"{row['item_id']!r} whose n_sentences is {nsent[k]}",
             "sentence_idx counts from 0 and must be below the response's n_sentences",
         )
-    # (response, sentence, marker) rows: unique. Integer key, then confirm candidates exactly.
-    marker_code = (
-        linked.get_column("marker").cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
-    )
-    combo = (r_np * (int(nsent.max(initial=0)) + 1) + sidx) * (
-        int(marker_code.max(initial=0)) + 1
-    ) + marker_code
-    if pl.Series(combo).n_unique() != len(combo):
-        dup = linked.filter(pl.Series(_duplicated(combo)))
+    # (response, sentence, marker) rows: unique (a scan within each response's rows).
+    marker_code = linked.get_column("marker").cast(pl.Categorical).to_physical().to_numpy()
+    ptr, order = kernels.by_response(r_np, r.height)
+    first = kernels.first_duplicate(ptr, order, sidx, marker_code)
+    if first >= 0:
+        row = linked.row(int(first), named=True)
+        dup = linked.filter(
+            (pl.col("sentence_idx") == row["sentence_idx"]) & (pl.col("marker") == row["marker"])
+            & pl.Series(r_np == r_np[first])
+        )  # fmt: skip
         _raise_duplicate(run, dup, [*KEY, "sentence_idx", "marker"], "(item, sentence, marker)")
     # A task with responses but not a single sentence row cannot give any MIC.
     has_rows = np.zeros(r.height, dtype=bool)

@@ -195,3 +195,21 @@ def hash_link(response_keys: np.ndarray, row_keys: np.ndarray) -> tuple[np.ndarr
                 break
             h = (h + np.uint64(1)) & mask
     return out, True
+
+
+@nb.njit(cache=True)
+def first_duplicate(ptr, order, sentence_idx, marker_code):
+    """Row index of the first (sentence_idx, marker) pair repeated within one response, or -1.
+
+    Rows of a response are few: a quadratic scan per response is cheaper than a global hash set
+    (which would cost hundreds of MB at 1e7 rows).
+    """
+    for r in range(len(ptr) - 1):
+        a, b = ptr[r], ptr[r + 1]
+        for j in range(a, b):
+            i = order[j]
+            for k in range(a, j):
+                q = order[k]
+                if sentence_idx[q] == sentence_idx[i] and marker_code[q] == marker_code[i]:
+                    return i
+    return -1
