@@ -27,8 +27,15 @@ the weights of one item for the block's replicates are generated together, then 
 is added into a per-block accumulator ``[n_groups, k, BLOCK]``. Each ``out[b]`` is therefore
 computed by one thread, summing items in a fixed order: bit-identical for any thread count. Each
 row is read once per block (not once per replicate), and no replicates x items or replicates x
-rows matrix is ever built; per-thread scratch is ``O(n_groups * k * BLOCK)`` (plus
-``O(n_items * BLOCK)`` counts for the multinomial scheme).
+rows matrix is ever built. Per-thread scratch is ``n_groups * k * BLOCK`` doubles (500 groups x 2
+columns: 0.5 MB), plus ``n_items * BLOCK`` counts for the multinomial scheme, stored in the
+narrowest integer type that holds the largest stratum size (uint8 up to 255 items per stratum).
+Small jobs (see ``PARALLEL_MIN_WORK``) run the same blocks serially: identical results, no thread
+pool start-up.
+
+Numerics: products are added as ``acc += w * v`` without fused multiply-add, in CSR row order,
+so a kernel equals its reference bit for bit; ``row_values`` must be finite (a zero weight times
+NaN would otherwise leak an undrawn row into a replicate).
 
 Each kernel has a plain numpy reference (``*_reference``) that loops over replicates in Python;
 the two agree exactly because they add the same products in the same order.
@@ -53,8 +60,10 @@ __all__ = [
     "weighted_group_sums_reference",
 ]
 
-#: Replicates generated together per item (a compile-time constant: the inner loops over the
-#: block vectorize). Results do not depend on it.
+#: Replicates generated together per item (a compile-time constant, so the inner loops over the
+#: block vectorize). 64 measured faster than 16 or 32 on 1e6 rows x 500 groups (each row is read
+#: once per block) and keeps the accumulator of 500 groups x 2 columns within L2. Results do not
+#: depend on it.
 BLOCK = 64
 
 # The first six Poisson(1) thresholds on the top 53 bits, as int64 (they are below 2**53).

@@ -162,6 +162,8 @@ def bootstrap_mean(
     low, high = float(interval.low), float(interval.high)
     if degenerate:
         low = high = theta_hat
+        if all_equal:
+            std_err = 0.0  # replicate means of equal values differ only by rounding
     return BootstrapMeanResult(
         theta_hat=theta_hat,
         low=low,
