@@ -225,6 +225,20 @@ def check_study_spec(path: str | Path, overrides: list[str] | None = None) -> di
     }
 
 
+def plan_study(
+    spec_path: str | Path, out: str | Path, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Prepare a study's tasks into `out/tasks` and return the engine's plan report (no run)."""
+    from engine.runner import plan_report
+    from engine.spec import apply_overrides, read_raw, validate
+
+    spec_path = Path(spec_path)
+    raw = apply_overrides(read_raw(spec_path), overrides or [], str(spec_path))
+    engine_raw, _ = prepare_study(raw, Path(out), str(spec_path))
+    spec = validate(engine_raw, source=str(spec_path), base_dir=spec_path.resolve().parent)
+    return plan_report(spec)
+
+
 # ---- the study --------------------------------------------------------------------------------
 
 
@@ -507,6 +521,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="study directory (required unless --check)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--check", action="store_true", help="validate the spec offline; run nothing")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="prepare the tasks into --out and print the generation plan (mic plan); run nothing",
+    )
     p.add_argument("--ray-address", default=None, help="join this Ray cluster for generation")
     p.add_argument("--new-run", action="store_true", help="replace a run of a different spec")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
@@ -564,6 +583,11 @@ def _study(args: argparse.Namespace) -> int:
         raise UserError(
             "mic study needs --out DIR", "e.g. mic study configs/demo.toml --out runs/demo"
         )
+    if args.plan:
+        from engine.runner import format_plan
+
+        print(format_plan(plan_study(args.spec, args.out, args.overrides)))
+        return 0
     result = run_study(
         args.spec,
         args.out,
