@@ -84,18 +84,22 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engine.runner import run_sweep
+    from engine.runner import RunIncomplete, run_sweep
     from engine.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
-    summary = run_sweep(
-        spec,
-        args.out,
-        ray_address=args.ray_address,
-        new_run=args.new_run,
-        actors=args.actors,
-        progress=not args.quiet,
-    )
+    try:
+        summary = run_sweep(
+            spec,
+            args.out,
+            ray_address=args.ray_address,
+            new_run=args.new_run,
+            actors=args.actors,
+            progress=not args.quiet,
+        )
+    except RunIncomplete as exc:
+        print(f"mic run: {exc}", file=sys.stderr)
+        return 1
     for name, m in summary["models"].items():
         print(
             f"{name}: {m['rows']} rows ({m['error_rows']} error rows), "

@@ -24,6 +24,10 @@ from engine.store import RunStore
 from engine.units import WorkUnit, plan_units
 
 
+class RunIncomplete(RuntimeError):
+    """Some units still failed after `run.max_attempts` tries; finished units are kept."""
+
+
 @dataclass
 class ModelStats:
     """Throughput accounting of one model (and of its actors)."""
@@ -250,7 +254,7 @@ def run_sweep(
 
     Raises:
         UserError: A bad option, a locked or mismatched output directory, impossible resources.
-        RuntimeError: Units still failed after `run.max_attempts` tries (finished units are kept).
+        RunIncomplete: Units still failed after `run.max_attempts` tries (finished units are kept).
     """
     if actors is not None and actors < 1:
         raise UserError(f"--actors is {actors}", "use 1 or more")
@@ -293,10 +297,13 @@ def run_sweep(
         store.collect_garbage({r.shard for r in records.values()})
         manifest = store.write_manifest(spec, order, records)
         summary = _summary(spec, store, stats, manifest, failed, time.time() - started)
+        previous = store.read_json("summary.json") or {}
+        if not stats and previous.get("config_hash") == spec.hash:
+            summary["models"] = previous.get("models", {})  # nothing ran: keep the measured figures
         store.write_json("summary.json", summary)
     if failed:
         first = next(iter(failed.items()))
-        raise RuntimeError(
+        raise RunIncomplete(
             f"{len(failed)} unit(s) failed after {spec.run.max_attempts} attempts (first: {first[0]}: {first[1]}); "
             f"{manifest['units_finished']} finished units are kept -- fix the cause and re-run to resume"
         )

@@ -188,8 +188,12 @@ class SweepSpec:
         return json.loads(json.dumps(data))
 
     def content_dict(self) -> dict[str, Any]:
-        """Return the spec without its execution fields (replicas, GPUs per replica, ...)."""
+        """Return what decides the generations: no execution fields (replicas, GPUs per
+        replica, ...) and no judge / analysis settings."""
         data = self.to_dict()
+        # Judge and analysis settings belong to later stages; they do not change generations.
+        data.pop("judges", None)
+        data.pop("analysis", None)
         for section, names in EXECUTION_FIELDS.items():
             entries = data[section] if isinstance(data[section], list) else [data[section]]
             for entry in entries:

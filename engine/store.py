@@ -294,6 +294,7 @@ class RunStore:
             self.write_json("run.json", record)
             return "new"
         if stored.get("hash") == spec.hash:
+            self.ensure_dirs()
             return "resume"
         if not new_run:
             diffs = diff_keys(stored.get("spec", {}), spec.content_dict())
