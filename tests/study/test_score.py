@@ -1,0 +1,153 @@
+"""`engine.score` on an in-process fake run with a fake judge: structure, resume, ledger, modes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from study_helpers import FakeJudge, fake_run
+
+from engine.contract import RESPONSES, SENTENCES
+from engine.errors import UserError
+from engine.judges import expected_rating, parse_markers, parse_verdict, yes_no_probability
+from engine.score import (
+    consistency_pairs,
+    infer_answer_type,
+    load_run,
+    score_run,
+    settings_from,
+)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fake_run(tmp_path_factory.mktemp("fake") / "run")
+
+
+@pytest.fixture()
+def fresh_run(tmp_path: Path) -> Path:
+    return fake_run(tmp_path / "run", tasks=("sample_yesno",))
+
+
+def test_scored_run_has_the_contract_schemas_and_validates(run_dir: Path) -> None:
+    from metrics.io import read_scored
+
+    result = score_run(run_dir, judge=FakeJudge(), log=False)
+    responses = pq.read_table(run_dir / "scored" / "responses.parquet")
+    sentences = pq.read_table(run_dir / "scored" / "sentences.parquet")
+    assert responses.schema.remove_metadata() == RESPONSES
+    assert sentences.schema.remove_metadata() == SENTENCES
+    meta = sentences.schema.metadata
+    assert meta[b"run_id"].decode() == json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert meta[b"config_hash"].decode() == result.key
+    assert result.responses == 80  # 2 sample tasks x 40 items
+    run = read_scored(run_dir / "scored")  # the analysis side's validation
+    assert run.responses.height == 80
+    maps = json.loads((run_dir / "scored" / "canonical_map.json").read_text())
+    assert set(maps) == {"m"}
+
+
+def test_confidence_is_the_mean_of_present_judgments(run_dir: Path) -> None:
+    score_run(run_dir, judge=FakeJudge(), log=False)
+    stage = run_dir / "stages" / "confidence"
+    judgments = pl.read_parquet(stage / "judgments.parquet")
+    conf = pl.read_parquet(stage / "output.parquet")
+    keys = ["model", "task", "split", "prompt", "item_id", "sentence_idx"]
+    expected = judgments.group_by(keys).agg(pl.col("judgment").mean().alias("want"))
+    joined = conf.join(expected, on=keys)
+    both = joined.filter(pl.col("want").is_not_null())
+    assert both.height > 0
+    assert (both["confidence"] - both["want"]).abs().max() < 1e-12
+    # a missing judgment (no yes / no in the top-k) is a ledger row naming the sample
+    ledger = [json.loads(line) for line in (stage / "errors.jsonl").read_text().splitlines()]
+    assert len(ledger) == judgments["judgment"].null_count() > 0
+    assert {"item_id", "sentence_idx", "sample_idx", "error"} <= set(ledger[0])
+
+
+def test_judge_prompts_sharing_a_context_run_together(run_dir: Path) -> None:
+    inputs = load_run(run_dir)
+    sents = pl.read_parquet(run_dir / "stages" / "sentences" / "sentences.parquet")
+    pairs = consistency_pairs(inputs.generations, sents)
+    contexts = pairs.select(["task", "split", "item_id", "sample_idx"]).rows()
+    seen, previous = set(), None
+    for ctx in contexts:
+        if ctx != previous:
+            assert ctx not in seen, "a context's prompts must be contiguous"
+            seen.add(ctx)
+        previous = ctx
+    assert set(pairs["sample_idx"].unique()) == {1, 2}  # K = n - 1 = 2 samples
+
+
+def test_stages_resume_and_rerun_only_what_changed(fresh_run: Path) -> None:
+    judge = FakeJudge()
+    score_run(fresh_run, {"batch_size": 16}, judge=judge, log=False)
+    first_calls = len(judge.calls)
+    done = {p: p.stat().st_mtime_ns for p in (fresh_run / "stages").glob("*/done.json")}
+    score_run(fresh_run, {"batch_size": 16}, judge=judge, log=False)
+    assert len(judge.calls) == first_calls  # everything skipped
+    assert done == {p: p.stat().st_mtime_ns for p in done}
+    # an interrupted confidence stage resumes at its missing batch
+    (fresh_run / "stages" / "confidence" / "done.json").unlink()
+    parts = sorted((fresh_run / "stages" / "confidence" / "parts").glob("*/part-*.parquet"))
+    parts[1].unlink()
+    score_run(fresh_run, {"batch_size": 16}, judge=judge, log=False)
+    assert len(judge.calls) == first_calls + 1
+    # a changed setting reruns its stage only
+    score_run(fresh_run, {"batch_size": 16, "decisiveness": "none"}, judge=judge, log=False)
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    changed = {p.parent.name for p in done if stamps[p] != done[p]}
+    assert changed == {"confidence", "decisiveness"}
+    dec = pl.read_parquet(fresh_run / "scored" / "sentences.parquet")["decisiveness"]
+    assert dec.null_count() == len(dec)
+
+
+def test_sampled_consistency_reads_the_seeds_verdicts(fresh_run: Path) -> None:
+    score_run(fresh_run, {"confidence": "consistency-sampled"}, judge=FakeJudge(), log=False)
+    judgments = pl.read_parquet(fresh_run / "stages" / "confidence" / "judgments.parquet")
+    assert set(judgments["judgment"].unique().to_list()) <= {0.0, 0.5, 1.0}
+    ledger = (fresh_run / "stages" / "confidence" / "errors.jsonl").read_text()
+    assert "unparseable verdict 'maybe'" in ledger
+
+
+def test_token_prob_confidence_is_a_probability(fresh_run: Path) -> None:
+    score_run(fresh_run, {"confidence": "token_prob"}, judge=FakeJudge(), log=False)
+    conf = pl.read_parquet(fresh_run / "scored" / "sentences.parquet")["confidence"].drop_nulls()
+    assert conf.len() > 0 and conf.min() > 0.0 and conf.max() <= 1.0
+
+
+def test_bad_settings_are_clear_errors(run_dir: Path) -> None:
+    with pytest.raises(UserError, match="judges.confidence"):
+        settings_from({"confidence": "vibes"})
+    with pytest.raises(UserError, match="unknown key 'judges.temperature'"):
+        settings_from({"temperature": 1.0})
+    with pytest.raises(UserError, match="judges.top_k"):
+        settings_from({"top_k": 50})
+    with pytest.raises(UserError, match="not a finished run directory"):
+        score_run(run_dir.parent / "nowhere", judge=FakeJudge(), log=False)
+
+
+def test_readers() -> None:
+    top = {1: math.log(0.3), 2: math.log(0.1), 5: math.log(0.5)}
+    assert yes_no_probability(top, {1}, {2}) == pytest.approx(0.75)
+    assert yes_no_probability({5: 0.0}, {1}, {2}) is None
+    ratings = {str(k): {10 + k} for k in range(11)}
+    assert expected_rating({10: math.log(0.2), 20: math.log(0.6)}, ratings) == pytest.approx(0.75)
+    assert expected_rating({5: 0.0}, ratings) is None
+    assert parse_verdict(" Yes, it is") == 1.0
+    assert parse_verdict("no.") == 0.0
+    assert parse_verdict("N/A") == 0.5
+    assert parse_verdict("perhaps") is None
+    assert parse_markers(" I think | probably", "I think it is probably Paris.") == [
+        "I think",
+        "probably",
+    ]
+    assert parse_markers("none", "It is Paris.") == []
+    assert parse_markers("gibberish words", "It is Paris.") is None
+    assert infer_answer_type([["A"], ["C"]]) == "mc"
+    assert infer_answer_type([["yes"], ["no"]]) == "yesno"
+    assert infer_answer_type([["42"], ["1,000"]]) == "number"
+    assert infer_answer_type([["Paris"]]) == "free"

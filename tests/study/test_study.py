@@ -1,0 +1,61 @@
+"""Study specs: task preparation, offline validation of the shipped specs, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.errors import UserError
+from engine.study import check_study_spec, prepare_study
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name", ["demo", "seed_study", "marcon"])
+def test_shipped_specs_validate_offline(name: str) -> None:
+    info = check_study_spec(CONFIGS / f"{name}.toml")
+    if name != "demo":
+        assert info["sampling"]["n"] == 21 and info["sampling"]["temperature"] == 1.0
+        assert info["analysis"]["threshold"] == 10
+        assert all("registry:" in t for t in info["tasks"])
+    expected = {"demo": 3, "seed_study": 11, "marcon": 7}[name]
+    assert len(info["tasks"]) == expected
+
+
+def test_sample_tasks_are_prepared_with_instructions_and_options(tmp_path: Path) -> None:
+    raw = {
+        "tasks": [
+            {"name": "mc", "source": "sample:sample_science_mc", "splits": ["train", "test"]},
+            {"name": "yn", "source": "sample:sample_yesno", "answer_type": "yesno"},
+        ],
+        "judges": {"confidence": "token_prob"},
+        "analysis": {"threshold": 2},
+    }
+    engine_raw, study = prepare_study(raw, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "tasks" / "mc.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and {r["split"] for r in rows} == {"train", "test"}
+    assert "\nA. " in rows[0]["question"] and rows[0]["question"].startswith("Answer the following")
+    assert engine_raw["tasks"][0]["source"] == str(tmp_path / "tasks" / "mc.jsonl")
+    assert "answer_type" not in engine_raw["tasks"][1]
+    assert "judges" not in engine_raw and "analysis" not in engine_raw  # not part of the run id
+    assert study["judges"]["answer_types"] == {"mc": "mc", "yn": "yesno"}
+    mtime = (tmp_path / "tasks" / "mc.jsonl").stat().st_mtime_ns
+    prepare_study(raw, tmp_path)  # prepared once
+    assert (tmp_path / "tasks" / "mc.jsonl").stat().st_mtime_ns == mtime
+
+
+def test_bad_study_input(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown sample task"):
+        prepare_study({"tasks": [{"name": "x", "source": "sample:nope"}]}, tmp_path)
+    with pytest.raises(UserError, match="analysis.colour"):
+        prepare_study({"tasks": [], "analysis": {"colour": 1}}, tmp_path)
+    spec = tmp_path / "bad.toml"
+    text = (CONFIGS / "seed_study.toml").read_text().replace("registry:popqa", "registry:nope")
+    spec.write_text(text)
+    with pytest.raises(UserError):
+        check_study_spec(spec)
+    spec.write_text((CONFIGS / "demo.toml").read_text().replace('"consistency-logprob"', '"x"'))
+    with pytest.raises(UserError, match="judges.confidence"):
+        check_study_spec(spec)
