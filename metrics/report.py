@@ -341,7 +341,8 @@ def _png(fig) -> str:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # missing glyphs for exotic marker strings
-        fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+        # Figures use the constrained layout, so no bbox_inches="tight" (a second full draw).
+        fig.savefig(buf, format="png", dpi=96)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -402,7 +403,7 @@ def fig_heatmap(view: MicView) -> str:
     order = _order_by_mean(view)
     mic, count = view.mic[order], view.count[order]
     nm, nt = mic.shape
-    fig, ax = plt.subplots(figsize=(2.6 + 1.05 * nt, 1.4 + 0.3 * nm))
+    fig, ax = plt.subplots(figsize=(2.6 + 1.05 * nt, 1.4 + 0.3 * nm), layout="constrained")
     vals = mic[np.isfinite(mic)]
     vmin, vmax = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
     if vmax - vmin < 0.05:
@@ -483,7 +484,7 @@ def fig_density(mic: pl.DataFrame, model: str, prompt: str, tasks: list[str]) ->
     sub = mic.filter((pl.col("model") == model) & (pl.col("prompt") == prompt))
     if "valid" in sub.columns:
         sub = sub.filter(pl.col("valid"))
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
     grid = np.linspace(0, 1, 301)
     rug = len(tasks) <= 6  # one tick row per task: beyond six they drown the curves
     colors = plt.get_cmap("tab10" if len(tasks) <= 10 else "tab20")
@@ -523,7 +524,7 @@ def fig_bump(view: MicView) -> str:
         col = view.mic[:, j]
         ok = np.flatnonzero(np.isfinite(col))
         ranks[ok[np.argsort(-col[ok], kind="stable")], j] = np.arange(1, ok.size + 1)
-    fig, ax = plt.subplots(figsize=(2.5 + 1.0 * nt, 1.4 + 0.24 * nm))
+    fig, ax = plt.subplots(figsize=(2.5 + 1.0 * nt, 1.4 + 0.24 * nm), layout="constrained")
     palette = plt.get_cmap("tab10")
     styles = ["-", "--", "-.", ":"]
 
@@ -581,7 +582,7 @@ def fig_frequency(
         (data URI, markers shown, markers in total).
     """
     plt = _plt()
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     sub = mic.filter((pl.col("model") == model) & (pl.col("prompt") == prompt))
     totals = (
@@ -609,6 +610,7 @@ def fig_frequency(
     )
     y = np.arange(nm)
     xmax = max(float(counts.max()), 1.0) * 1.6
+    decades = [10.0**k for k in range(int(np.log10(xmax)) + 1)]
     for k, ax in enumerate(axes.flat):
         if k >= nt:
             ax.axis("off")
@@ -622,7 +624,8 @@ def fig_frequency(
         ax.set_xlim(0.8, xmax)
         # Plain numbers: log axes otherwise label with mathtext, which is off for data strings.
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_locator(FixedLocator(decades))
+        ax.xaxis.set_minor_locator(NullLocator())  # minor log ticks cost much and say little
         ax.set_title(_short(tasks[k], 24), fontsize=9)
         ax.set_xlabel("occurrences (log)")
         ax.set_yticks(y, [_short(m) for m in markers])
@@ -764,7 +767,11 @@ def section_figures(inputs: ReportInputs) -> str:
                         "count = sentence-marker rows in the task.",
                     )
                 )
-                ci_note = "" if view.has_ci else f" Intervals: {NO_INTERVAL}."
+                ci_note = (
+                    " Lines: intervals: bootstrap CI."
+                    if view.has_ci
+                    else f" Intervals: {NO_INTERVAL}."
+                )
                 parts.append(
                     _figure(
                         fig_forest(view),

@@ -189,6 +189,22 @@ def _generation_run(root: Path) -> None:
     (root / "summary.json").write_text(json.dumps(summary))
 
 
+@pytest.fixture(scope="module")
+def evil_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A study dir (analysis/ with comparisons, run.json, summary.json, study.json) and its report.
+
+    Every data string in it is HTML or JavaScript; built once for the module.
+    """
+    root = tmp_path_factory.mktemp("evil")
+    adir = _evil_analysis(root, with_ci=True)
+    _comparisons(adir)
+    _generation_run(root)
+    (root / "study.json").write_text(json.dumps({"judges": {"confidence": "logprob"}}))
+    path = build_report(root)
+    assert path == root / "report.html"
+    return root, path.read_text(encoding="utf-8")
+
+
 # ---- the bundled example -----------------------------------------------------------------------
 
 
@@ -218,30 +234,28 @@ def test_example_report_has_metrics_markers_and_images(example_report: tuple[Pat
     assert all(w > 0 and h > 0 for w, h in sizes)
 
 
-def test_intervals_rendered_when_present(tmp_path: Path) -> None:
-    adir = _evil_analysis(tmp_path, with_ci=True)
-    text = build_report(adir).read_text()
-    assert "[0.100, 0.200]" in text
-    assert "intervals: bootstrap CI" in " ".join(_parse(text).text) or "[0.100, 0.200]" in text
+def test_intervals_rendered_when_present(evil_study: tuple[Path, str]) -> None:
+    _, text = evil_study
+    assert "[0.100, 0.200]" in text  # a headline metric's interval
+    assert "intervals: bootstrap CI" in text  # the forest plot's caption
+    assert "[0.350, 0.450]" in text  # a MIC's interval in the MIC table
 
 
 # ---- escaping ----------------------------------------------------------------------------------
 
 
-def test_data_strings_are_escaped(tmp_path: Path) -> None:
-    adir = _evil_analysis(tmp_path, with_ci=False)
-    _comparisons(adir)
-    _generation_run(adir)
-    text = build_report(adir, out=tmp_path / "r.html").read_text()
+def test_data_strings_are_escaped(evil_study: tuple[Path, str]) -> None:
+    _, text = evil_study
     page = _parse(text)
     assert "<script" not in text.lower()
     assert "<img src=x" not in text and "<svg" not in text.lower() and "<b>no cMFG" not in text
     assert "script" not in page.tags and "svg" not in page.tags and "b" not in page.tags
     # Every <img> is one of ours: a PNG data URI.
-    assert all(src.startswith("data:image/png;base64,") for src in page.imgs)
+    assert page.imgs and all(src.startswith("data:image/png;base64,") for src in page.imgs)
     assert page.title == "MIC report"
-    for evil in (EVIL_MARKER, EVIL_MODEL, EVIL_TASK):
-        assert evil in " ".join(page.text)  # shown to the reader as text
+    visible = " ".join(page.text)
+    for evil in (EVIL_MARKER, EVIL_MODEL, EVIL_TASK, "<b>no cMFG</b>"):
+        assert evil in visible  # shown to the reader as text
     assert not any(k.startswith("on") for k, _ in page.attrs)
     _decoded_images(page)
 
@@ -249,25 +263,27 @@ def test_data_strings_are_escaped(tmp_path: Path) -> None:
 # ---- optional sections -------------------------------------------------------------------------
 
 
-def test_significance_matrix_from_comparisons(tmp_path: Path) -> None:
-    adir = _evil_analysis(tmp_path)
-    _comparisons(adir)
-    text = build_report(adir).read_text()
+def test_significance_matrix_from_comparisons(evil_study: tuple[Path, str]) -> None:
+    _, text = evil_study
     assert "Paired comparisons" in text and "p_holm" in text
     assert '<td class="sig">0.200' in text  # m1 vs m2, p_holm 0.003
     assert '<td class="sig">-0.200' in text  # the mirrored cell
+    assert '<td class="nsig">-0.050' in text  # m1 vs the evil model, p_holm 0.8
     assert "Other metrics (1)" in text  # the variant is tucked away
 
 
-def test_study_dir_throughput_and_provenance(tmp_path: Path) -> None:
-    _evil_analysis(tmp_path)  # tmp_path/analysis/metrics.json: a study layout
-    _generation_run(tmp_path)
-    (tmp_path / "study.json").write_text(json.dumps({"judges": {"confidence": "logprob"}}))
-    text = build_report(tmp_path).read_text()
-    assert (tmp_path / "report.html").is_file()
+def test_study_dir_throughput_and_provenance(evil_study: tuple[Path, str]) -> None:
+    _, text = evil_study
     for needle in ("Throughput", "345.6", "actor-0", "170.1", "cafe1234", "run-abc", "polars"):
         assert needle in text, needle
     assert "study.json" in text and "logprob" in text
+
+
+def test_report_without_mic_table(tmp_path: Path) -> None:
+    adir = _evil_analysis(tmp_path)
+    (adir / "mic.parquet").unlink()
+    text = build_report(adir, out=tmp_path / "r.html").read_text()
+    assert "No mic.parquet" in text and "I-AvgMAE" in text
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -311,6 +327,7 @@ def test_cli_help_shows_examples(capsys: pytest.CaptureFixture) -> None:
 
 def test_cli_report_writes_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     adir = _evil_analysis(tmp_path)
+    (adir / "mic.parquet").unlink()  # no figures: fast
     assert main(["report", str(adir), "--out", str(tmp_path / "x.html")]) == 0
     assert (tmp_path / "x.html").stat().st_size > 0
 
@@ -481,11 +498,9 @@ def test_browser_loads_report_without_errors(
 
 
 @pytest.mark.slow
-def test_browser_runs_nothing_from_data(tmp_path: Path) -> None:
-    adir = _evil_analysis(tmp_path)
-    _comparisons(adir)
-    page = build_report(adir)
-    dom = _browse(page, tmp_path / "profile", "--dump-dom")
+def test_browser_runs_nothing_from_data(evil_study: tuple[Path, str], tmp_path: Path) -> None:
+    root, _ = evil_study
+    dom = _browse(root / "report.html", tmp_path / "profile", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     # An executed handler or script would be blocked by the page's CSP and logged, or change
     # the DOM; neither may happen.
