@@ -947,37 +947,62 @@ def _scalars(d: dict) -> list[tuple[str, Any]]:
     return [(k, v) for k, v in d.items() if not isinstance(v, (dict, list))]
 
 
+THROUGHPUT_FIRST = (
+    "generated_tokens_per_second",
+    "prompt_tokens_per_second",
+    "rows",
+    "error_rows",
+    "units",
+    "generated_tokens",
+    "prompt_tokens",
+    "wall_seconds",
+    "busy_seconds",
+    "gen_seconds",
+    "generate_seconds",
+    "gpu_seconds",
+)
+
+
+def _by_key(entities: dict[str, dict], corner: str) -> str:
+    """A key × entity table (models or actors as columns): long key lists stay readable."""
+    keys: list[str] = []
+    for v in entities.values():
+        keys += [k for k, _ in _scalars(v) if k not in keys]
+    keys.sort(key=lambda k: (THROUGHPUT_FIRST.index(k) if k in THROUGHPUT_FIRST else 99, k))
+    head = "".join(f"<th>{_e(name)}</th>" for name in entities)
+    rows = "".join(
+        f'<tr><th class="l">{_e(k)}</th>'
+        + "".join(f"<td>{_e(_num(v.get(k)))}</td>" for v in entities.values())
+        + "</tr>"
+        for k in keys
+    )
+    return f'<table><tr><th class="l">{_e(corner)}</th>{head}</tr>{rows}</table>'
+
+
 def section_throughput(summary: dict | None) -> str:
     """Throughput of a generation run from summary.json, whatever keys it has."""
     if summary is None:
         return ""
     out = ["<h2>Throughput</h2>"]
     models = summary.get("models")
-    if isinstance(models, dict) and models and all(isinstance(v, dict) for v in models.values()):
-        keys: list[str] = []
-        for v in models.values():
-            keys += [k for k, _ in _scalars(v) if k not in keys]
-        out.append("<h3>Per model</h3>")
-        out.append(
-            _table(["model", *keys], [[m, *(v.get(k) for k in keys)] for m, v in models.items()])
-        )
-        actor_rows, akeys = [], []
-        for m, v in models.items():
-            actors = v.get("actors")
-            if isinstance(actors, dict):
-                for a, av in actors.items():
-                    if isinstance(av, dict):
-                        akeys += [k for k, _ in _scalars(av) if k not in akeys]
-                        actor_rows.append((m, a, av))
-        if actor_rows:
-            out.append("<h3>Per actor</h3>")
-            out.append(
-                _table(
-                    ["model", "actor", *akeys],
-                    [[m, a, *(av.get(k) for k in akeys)] for m, a, av in actor_rows],
-                    left=2,
-                )
-            )
+    models = (
+        {str(m): v for m, v in models.items() if isinstance(v, dict)}
+        if isinstance(models, dict)
+        else {}
+    )
+    if models:
+        out.append("<h3>Per model</h3>" + _by_key(models, "model"))
+        actors = {
+            f"{m} / {a}" if not str(a).startswith(f"{m}/") else str(a): av
+            for m, v in models.items()
+            if isinstance(v.get("actors"), dict)
+            for a, av in v["actors"].items()
+            if isinstance(av, dict)
+        }
+        if actors:
+            out.append("<h3>Per actor</h3>" + _by_key(actors, "actor"))
+    else:
+        out.append('<p class="note">summary.json has no per-model throughput.</p>')
     rest = [(k, v) for k, v in summary.items() if k != "models"]
     if rest:
         out.append("<h3>Run</h3>" + _kv_table(rest))
