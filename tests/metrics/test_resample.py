@@ -215,10 +215,12 @@ def test_ray_shards_equal_local(tmp_path):
     from engine.distributed import ray_group_sums
 
     local = analyze(EXAMPLE, bootstrap=48, seed=4).metrics_json["models"]
+    was_running = ray.is_initialized()  # another test's Ray session: leave it up
     try:
         sharded = analyze(
             EXAMPLE, bootstrap=48, seed=4, group_sums=ray_group_sums(None, n_shards=3)
         )
     finally:
-        ray.shutdown()
+        if not was_running:
+            ray.shutdown()
     assert diff(local, sharded.metrics_json["models"], rel=1e-12) == []
