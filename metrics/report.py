@@ -50,6 +50,7 @@ BETTER = {
     "C-AvgECE": "lower",
     "I-AvgECE (10 bins)": "lower",
     "C-AvgECE (10 bins)": "lower",
+    "NumECE": "lower",
 }
 
 CSS = """
@@ -272,6 +273,13 @@ def _metric_cell(entry: dict | None) -> str:
     n = entry.get("n")
     n_html = f'<br><span class="muted">n={_e(_num(n))}</span>' if n is not None else ""
     return f"<td>{_e(_num(entry['value']))}{ci_html}{n_html}</td>"
+
+
+def _with_ci(value: Any, ci: Any) -> Any:
+    """A value with its interval as one string when the interval is there."""
+    if value is None or not isinstance(ci, (list, tuple)) or len(ci) != 2 or None in ci:
+        return value
+    return f"{_num(value)} [{_num(ci[0])}, {_num(ci[1])}]"
 
 
 def _kv_table(pairs: list[tuple[str, Any]]) -> str:
@@ -642,7 +650,10 @@ def fig_frequency(
 
 def _headline_names(metrics: dict) -> list[str]:
     preset = metrics.get("settings", {}).get("preset", "mic")
-    return list(MARCON if preset == "marcon" else HEADLINE)
+    if preset != "marcon":
+        return list(HEADLINE)
+    # MarCon's seven include NumECE (undefined without verbalized numbers, with its reason).
+    return [*MARCON[:2], "NumECE", *MARCON[2:]]
 
 
 def section_metrics(metrics: dict) -> str:
@@ -699,8 +710,8 @@ def section_metrics(metrics: dict) -> str:
                     model,
                     prompt,
                     task,
-                    t.get("accuracy"),
-                    t.get("cmfg"),
+                    _with_ci(t.get("accuracy"), t.get("accuracy_ci")),
+                    _with_ci(t.get("cmfg"), t.get("cmfg_ci")),
                     t.get("mfg"),
                     t.get("n_items"),
                     t.get("n_eval_items"),
