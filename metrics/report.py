@@ -435,53 +435,105 @@ def fig_heatmap(view: MicView) -> str:
     return _png(fig)
 
 
+PANEL_W = 1.0  # width of one task's panel in data units of the shared axes
+PANEL_GAP = 0.18
+
+
+@dataclass
+class Panels:
+    """Small multiples drawn in one axes per row (one task per panel, markers on a shared y).
+
+    One axes per row instead of one per task keeps the tick and layout work of matplotlib (its
+    main cost) independent of the number of tasks.
+    """
+
+    fig: Any
+    rows: list[Any]  # axes, one per row
+    where: list[tuple[Any, float]]  # per panel: (axes, x offset)
+
+
+def _panels(n: int, nm: int, row_height: float) -> Panels:
+    """Figure with `n` panels of `nm` marker rows each, at most six panels per row."""
+    plt = _plt()
+    nrow, ncol = _grid(n)
+    fig, axes = plt.subplots(
+        nrow,
+        1,
+        figsize=(2.4 + 1.75 * ncol, (1.1 + row_height * nm) * nrow),
+        squeeze=False,
+        layout="constrained",
+    )
+    rows = list(axes[:, 0])
+    where = []
+    for k in range(n):
+        ax = rows[k // ncol]
+        where.append((ax, (k % ncol) * (PANEL_W + PANEL_GAP)))
+    for ax in rows:
+        # Every row as wide as a full one, so a short last row keeps the panels' width.
+        ax.set_xlim(-0.05, ncol * (PANEL_W + PANEL_GAP) - PANEL_GAP + 0.05)
+        ax.set_ylim(nm - 0.4, -0.6)
+        for side in ("top", "right", "bottom", "left"):
+            ax.spines[side].set_visible(False)
+    return Panels(fig, rows, where)
+
+
+def _panel_frame(ax: Any, x0: float, nm: int, title: str) -> None:
+    from matplotlib.patches import Rectangle
+
+    ax.add_patch(Rectangle((x0, -0.5), PANEL_W, nm, fill=False, lw=0.8, ec="#444"))
+    ax.text(x0 + PANEL_W / 2, -0.8, _short(title, 24), ha="center", va="bottom", fontsize=9)
+
+
+def _panel_ticks(ax: Any, per_panel: list[tuple[float, list[float], list[str]]]) -> None:
+    """X ticks of all panels of one row: (offset, positions in [0, 1], labels)."""
+    pos, lab = [], []
+    for x0, ps, ls in per_panel:
+        pos += [x0 + p * PANEL_W for p in ps]
+        lab += ls
+    ax.set_xticks(pos, lab, fontsize=7)
+
+
 def fig_forest(view: MicView) -> str:
     """One panel per task: each shared marker's MIC with its interval when present."""
-    plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
     order = _order_by_mean(view)
     nm, nt = len(order), len(view.tasks)
-    nrow, ncol = _grid(nt)
-    fig, axes = plt.subplots(
-        nrow,
-        ncol,
-        figsize=(2.2 + 1.8 * ncol, (0.9 + 0.22 * nm) * nrow),
-        sharey=True,
-        sharex=True,
-        squeeze=False,
-        layout="constrained",
-    )
-    y = np.arange(nm)
     span = [view.mic, view.lo, view.hi] if view.has_ci else [view.mic]
     vals = np.concatenate([a[np.isfinite(a)] for a in span])
     xlo, xhi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
     pad = max(0.04, 0.08 * (xhi - xlo))
-    xlim = (max(0.0, xlo - pad), min(1.0, xhi + pad))
-    for k, ax in enumerate(axes.flat):
-        if k >= nt:
-            ax.axis("off")
-            continue
+    xlo, xhi = max(0.0, xlo - pad), min(1.0, xhi + pad)
+
+    def scale(v: np.ndarray) -> np.ndarray:
+        return (v - xlo) / (xhi - xlo) * PANEL_W
+
+    ticks = [t for t in MaxNLocator(4).tick_values(xlo, xhi) if xlo <= t <= xhi]
+    p = _panels(nt, nm, 0.22)
+    y = np.arange(nm)
+    row_ticks: dict[int, list] = {}
+    for k, (ax, x0) in enumerate(p.where):
+        _panel_frame(ax, x0, nm, view.tasks[k])
+        for t in ticks:
+            ax.axvline(x0 + scale(t), color="#e5e5e5", lw=0.7, zorder=0)
         x = view.mic[order, k]
         if view.has_ci:
             lo, hi = view.lo[order, k], view.hi[order, k]
             ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(x)
-            ax.hlines(y[ok], lo[ok], hi[ok], color="#4c72b0", lw=1.4)
-        ax.plot(x, y, "o", color="#c44e52", ms=4)
+            ax.hlines(y[ok], x0 + scale(lo[ok]), x0 + scale(hi[ok]), color="#4c72b0", lw=1.4)
+        ax.plot(x0 + scale(x), y, "o", color="#c44e52", ms=4)
         if np.isfinite(x).any():
-            ax.axvline(float(np.nanmean(x)), color="#999", ls="--", lw=0.8)
-        ax.set_title(_short(view.tasks[k], 24), fontsize=9)
-        ax.set_xlim(*xlim)
-        ax.xaxis.set_major_locator(MaxNLocator(4))
-        ax.grid(axis="x", alpha=0.3)
-        if k // ncol == nrow - 1 or k + ncol >= nt:
-            ax.set_xlabel("MIC")
+            ax.vlines(x0 + scale(np.nanmean(x)), -0.5, nm - 0.5, color="#999", ls="--", lw=0.8)
+        row_ticks.setdefault(id(ax), []).append(
+            (x0, [(t - xlo) / (xhi - xlo) for t in ticks], [f"{t:g}" for t in ticks])
+        )
+    for ax in p.rows:
+        _panel_ticks(ax, row_ticks.get(id(ax), []))
         ax.set_yticks(y, [_short(view.markers[i]) for i in order])
-        ax.tick_params(axis="y", labelleft=(k % ncol == 0))
-    axes[0, 0].invert_yaxis()
+        ax.set_xlabel("MIC")
     note = "intervals: bootstrap CI" if view.has_ci else NO_INTERVAL
-    fig.suptitle(f"MIC of each shared marker per task ({note}; dashed: task mean)", fontsize=10)
-    return _png(fig)
+    p.fig.suptitle(f"MIC of each shared marker per task ({note}; dashed: task mean)", fontsize=10)
+    return _png(p.fig)
 
 
 def fig_density(mic: pl.DataFrame, model: str, prompt: str, tasks: list[str]) -> str:
@@ -589,9 +641,6 @@ def fig_frequency(
     Returns:
         (data URI, markers shown, markers in total).
     """
-    plt = _plt()
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
     sub = mic.filter((pl.col("model") == model) & (pl.col("prompt") == prompt))
     totals = (
         sub.group_by("marker")
@@ -606,43 +655,38 @@ def fig_frequency(
         if row[0] in mi and row[1] in ti and row[2] is not None:
             counts[mi[row[0]], ti[row[1]]] = row[2]
     nm, nt = counts.shape
-    nrow, ncol = _grid(nt)
-    # Not sharex: a log scale set on one shared axis resets the others' tick formatters.
-    fig, axes = plt.subplots(
-        nrow,
-        ncol,
-        figsize=(2.2 + 1.8 * ncol, (0.9 + 0.2 * nm) * nrow),
-        sharey=True,
-        squeeze=False,
-        layout="constrained",
-    )
+    top_decade = max(1.0, np.log10(max(float(counts.max()), 1.0) * 1.6))
+
+    def scale(v: np.ndarray) -> np.ndarray:  # log10 count -> panel x; a count of 1 is 0
+        return np.log10(np.maximum(v, 1.0)) / top_decade * PANEL_W
+
+    decades = [10.0**k for k in range(int(top_decade) + 1)]
+    p = _panels(nt, nm, 0.2)
     y = np.arange(nm)
-    xmax = max(float(counts.max()), 1.0) * 1.6
-    decades = [10.0**k for k in range(int(np.log10(xmax)) + 1)]
-    for k, ax in enumerate(axes.flat):
-        if k >= nt:
-            ax.axis("off")
-            continue
+    row_ticks: dict[int, list] = {}
+    for k, (ax, x0) in enumerate(p.where):
+        _panel_frame(ax, x0, nm, tasks[k])
+        for d in decades:
+            ax.axvline(x0 + scale(np.float64(d)), color="#e5e5e5", lw=0.7, zorder=0)
         c = counts[:, k]
         colors = ["#4c72b0" if threshold is None or v >= threshold else "#bbbbbb" for v in c]
-        ax.barh(y, np.maximum(c, 0.8), color=colors, height=0.75)
+        # A count of 1 would have zero length on a log axis: give it a sliver.
+        ax.barh(
+            y, np.maximum(scale(c), np.where(c > 0, 0.01, 0.0)), left=x0, color=colors, height=0.75
+        )
         if threshold:
-            ax.axvline(threshold, color="#c44e52", ls="--", lw=0.9)
-        ax.set_xscale("log")
-        ax.set_xlim(0.8, xmax)
-        # Plain numbers: log axes otherwise label with mathtext, which is off for data strings.
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_major_locator(FixedLocator(decades))
-        ax.xaxis.set_minor_locator(NullLocator())  # minor log ticks cost much and say little
-        ax.set_title(_short(tasks[k], 24), fontsize=9)
-        ax.set_xlabel("occurrences (log)")
+            tx = x0 + scale(np.float64(threshold))
+            ax.vlines(tx, -0.5, nm - 0.5, color="#c44e52", ls="--", lw=0.9)
+        row_ticks.setdefault(id(ax), []).append(
+            (x0, [float(scale(np.float64(d))) for d in decades], [f"{d:g}" for d in decades])
+        )
+    for ax in p.rows:
+        _panel_ticks(ax, row_ticks.get(id(ax), []))
         ax.set_yticks(y, [_short(m) for m in markers])
-        ax.tick_params(axis="y", labelleft=(k % ncol == 0))
-        ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].invert_yaxis()
+        ax.set_xlabel("occurrences (log scale)")
     tau = f"; dashed: threshold \u03c4={threshold}, grey: below it" if threshold else ""
-    fig.suptitle(f"Marker frequency per task (sentence-marker rows{tau})", fontsize=10)
-    return _png(fig), nm, totals.height
+    p.fig.suptitle(f"Marker frequency per task (sentence-marker rows{tau})", fontsize=10)
+    return _png(p.fig), nm, totals.height
 
 
 # ---- sections --------------------------------------------------------------------------------
