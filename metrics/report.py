@@ -36,6 +36,7 @@ from metrics.summary import HEADLINE, MARCON
 
 NO_INTERVAL = "no interval (run with --bootstrap B)"
 ANALYSIS_SUBDIRS = ("analysis",)
+MIC_COLUMNS = ("model", "task", "marker", "count", "mic")
 ALPHA = 0.05
 
 BETTER = {
@@ -204,6 +205,15 @@ def load_inputs(run_dir: str | Path) -> ReportInputs:
             f"re-run `mic analyze SCORED --out {adir}`",
         )
     mic = _read_parquet(adir / "mic.parquet")
+    if mic is not None:
+        missing = [c for c in MIC_COLUMNS if c not in mic.columns]
+        if missing:
+            raise UserError(
+                f"{adir / 'mic.parquet'} lacks column(s) {', '.join(missing)}",
+                f"re-run `mic analyze SCORED --out {adir}`",
+            )
+        if "prompt" not in mic.columns:  # one prompt, as in a scored run without the column
+            mic = mic.with_columns(pl.lit("default").alias("prompt"))
     comparisons = _read_parquet(adir / "comparisons.parquet")
     files += [p for p in (adir / "mic.parquet", adir / "comparisons.parquet") if p.is_file()]
     summary = run = None

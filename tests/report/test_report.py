@@ -312,6 +312,16 @@ def test_bad_input_names_dir_and_command(tmp_path: Path, setup: str, needle: str
     assert str(d) in str(info.value) and needle in str(info.value)
 
 
+def test_bad_tables_name_the_file(tmp_path: Path) -> None:
+    adir = _evil_analysis(tmp_path)
+    pl.DataFrame({"model": ["m"]}).write_parquet(adir / "mic.parquet")
+    with pytest.raises(UserError, match=r"mic\.parquet lacks column\(s\) task, marker"):
+        build_report(adir)
+    (adir / "metrics.json").write_text("{not json")
+    with pytest.raises(UserError, match="metrics.json: not valid JSON"):
+        build_report(adir)
+
+
 def test_cli_report_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
