@@ -73,6 +73,12 @@ class ScoreSettings:
         keep_please: Keep sentences containing "please" (the seed drops them).
         answer_types: Task -> answer type for rule correctness (default: inferred from golds).
         seed: Base seed of sampled judges.
+        base_url: An OpenAI-compatible server for the judge ("" = a vLLM engine in this process);
+            `model` is then the served model's name.
+        api_key_env: Environment variable holding that server's API key (the key itself is never
+            stored or logged).
+        concurrency: Requests in flight to the server at most.
+        max_retries: Retries per request (backoff, Retry-After honoured).
     """
 
     extract: str = "lexicon"
@@ -89,6 +95,10 @@ class ScoreSettings:
     keep_please: bool = False
     answer_types: dict[str, str] = field(default_factory=dict)
     seed: int = 0
+    base_url: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 16
+    max_retries: int = 5
 
     def judge_engine_args(self) -> dict[str, Any]:
         """Engine arguments of the judge (tiny-model defaults under the user's)."""
@@ -868,6 +878,13 @@ class JudgePool:
 
     def get(self) -> Any:
         """The judge, started if needed."""
+        if self.judge is None and self.settings.base_url:
+            from engine.http_backend import HTTPJudge, HTTPSettings
+
+            s = self.settings
+            http = HTTPSettings(s.base_url, s.model, s.api_key_env, s.concurrency, s.max_retries)
+            print(f"score: judge {s.model} at {s.base_url}", file=sys.stderr, flush=True)
+            self.judge = HTTPJudge(http, top_k=s.top_k)
         if self.judge is None:
             from engine.judges import VLLMJudge
 

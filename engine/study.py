@@ -473,6 +473,12 @@ def _judge_flags(p: argparse.ArgumentParser) -> None:
         "--judge", default=None, metavar="MODEL", help="judge model (default builtin:tiny)"
     )
     p.add_argument("--batch-size", type=int, default=None, help="judge prompts per resumable batch")
+    p.add_argument(
+        "--judge-url",
+        default=None,
+        metavar="URL",
+        help="OpenAI-compatible server of the judge (key from $OPENAI_API_KEY or judges.api_key_env)",
+    )
 
 
 def _judges_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -483,6 +489,7 @@ def _judges_of(args: argparse.Namespace) -> dict[str, Any]:
         "decisiveness": args.decisiveness,
         "model": args.judge,
         "batch_size": args.batch_size,
+        "base_url": args.judge_url,
     }
 
 

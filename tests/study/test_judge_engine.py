@@ -48,7 +48,7 @@ def test_logprob_consistency_matches_transformers(judge, tiny_dir: Path) -> None
     ids = judge.token_ids_for([YES, NO])
     assert ids[YES] and ids[NO], "the tiny tokenizer has yes / no tokens"
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     compared = 0
     for prompt_ids, value, top in zip(judge.encode(prompts), values, tops):
         with torch.no_grad():
