@@ -134,19 +134,22 @@ def _mae_blocks(
     seg_ptr, seg_t, seg_m, row_item, row_conf, streams, rep_keys, use_counts, sorted_items,
     strat_ptr, draw_keys, mic_reps, usable, n_boot,
 ):  # fmt: skip
-    """MAE sums per replicate: out[b, k, A, B] for k = mode-1 (ΣS, ΣW), mode-3 (Σ, n), mode-4 (Σ, n)."""
+    """MAE sums per replicate: out[b, k, A, B] for k = mode-1 (ΣS, ΣW), mode-3 (Σ, n), mode-4 (Σ, n).
+
+    Per block of replicates and per (task B, marker m) segment of rows sorted by confidence: the
+    positions of every MIC_b(m, A) among the sorted confidences come first (binary searches, no
+    weights needed); one sweep over the segment's rows then accumulates the running weighted sums
+    for all replicates of the block at once and records them as it passes each position.
+    """
     T = usable.shape[0]
     n_blocks = (n_boot + BLOCK - 1) // BLOCK
     n_items = streams.shape[0]
     out = np.zeros((n_boot, 6, T, T))
-    max_seg = 0
-    for s in range(seg_ptr.shape[0] - 1):
-        max_seg = max(max_seg, seg_ptr[s + 1] - seg_ptr[s])
     for blk in nb.prange(n_blocks):
         b0 = blk * BLOCK
         nb_ = min(BLOCK, n_boot - b0)
-        w_items = np.empty((n_items, BLOCK))
-        ws = np.empty(BLOCK)
+        # Item weights of this block (uint16: one or two cache lines per item).
+        w_items = np.empty((n_items, BLOCK), dtype=np.uint16)
         if use_counts:
             counts = np.zeros((n_items, BLOCK), dtype=np.int32)
             _fill_multinomial_counts(sorted_items, strat_ptr, draw_keys, rep_keys, b0, counts)
@@ -154,54 +157,88 @@ def _mae_blocks(
                 for t in range(BLOCK):
                     w_items[i, t] = counts[i, t]
         else:
+            ws = np.empty(BLOCK)
             for i in range(n_items):
                 _fill_poisson(streams[i], rep_keys, b0, ws)
                 for t in range(BLOCK):
-                    w_items[i, t] = ws[t]
-        cw = np.zeros((max_seg + 1, BLOCK))
-        cc = np.zeros((max_seg + 1, BLOCK))
+                    w_items[i, t] = np.uint16(ws[t])
+        q_pos = np.empty(T * BLOCK, dtype=np.int64)
+        q_w = np.empty(T * BLOCK)
+        q_c = np.empty(T * BLOCK)
+        run_w = np.zeros(BLOCK)
+        run_c = np.zeros(BLOCK)
         for s in range(seg_ptr.shape[0] - 1):
             lo, hi = seg_ptr[s], seg_ptr[s + 1]
             n = hi - lo
             tb, m = seg_t[s], seg_m[s]
-            for t in range(BLOCK):
-                cw[0, t] = 0.0
-                cc[0, t] = 0.0
-            for j in range(n):
-                i = row_item[lo + j]
-                x = row_conf[lo + j]
-                for t in range(BLOCK):
-                    w = w_items[i, t]
-                    cw[j + 1, t] = cw[j, t] + w
-                    cc[j + 1, t] = cc[j, t] + w * x
+            nq = 0
             for a in range(T):
-                if not usable[a, m]:
-                    continue
-                for t in range(nb_):
-                    wt = cw[n, t]
-                    if wt <= 0:
+                for t in range(BLOCK):
+                    q = a * BLOCK + t
+                    q_pos[q] = -1
+                    if t >= nb_ or not usable[a, m]:
                         continue
                     mu = mic_reps[b0 + t, a, m]
                     if np.isnan(mu):
                         continue
-                    # rows with conf <= mu: binary search on the sorted confidences
-                    left, right = 0, n
+                    left, right = 0, n  # rows with conf <= mu
                     while left < right:
                         mid = (left + right) // 2
                         if row_conf[lo + mid] <= mu:
                             left = mid + 1
                         else:
                             right = mid
-                    w_le, c_le = cw[left, t], cc[left, t]
-                    ct = cc[n, t]
-                    total = mu * w_le - c_le + (ct - c_le) - mu * (wt - w_le)
-                    b = b0 + t
-                    out[b, 0, a, tb] += total
-                    out[b, 1, a, tb] += wt
-                    out[b, 2, a, tb] += total / wt
-                    out[b, 3, a, tb] += 1.0
-                    out[b, 4, a, tb] += abs(mu - ct / wt)
-                    out[b, 5, a, tb] += 1.0
+                    q_pos[q] = left
+                    nq += 1
+            if nq == 0:
+                continue
+            order = np.argsort(q_pos)
+            run_w[:] = 0.0
+            run_c[:] = 0.0
+            j = 0
+            for k in range(T * BLOCK):
+                q = order[k]
+                p = q_pos[q]
+                if p < 0:
+                    continue
+                while j < p:
+                    i = row_item[lo + j]
+                    x = row_conf[lo + j]
+                    for t in range(BLOCK):
+                        w = np.float64(w_items[i, t])
+                        run_w[t] += w
+                        run_c[t] += w * x
+                    j += 1
+                t = q % BLOCK
+                q_w[q] = run_w[t]
+                q_c[q] = run_c[t]
+            while j < n:
+                i = row_item[lo + j]
+                x = row_conf[lo + j]
+                for t in range(BLOCK):
+                    w = np.float64(w_items[i, t])
+                    run_w[t] += w
+                    run_c[t] += w * x
+                j += 1
+            for q in range(T * BLOCK):
+                if q_pos[q] < 0:
+                    continue
+                a = q // BLOCK
+                t = q % BLOCK
+                wt = run_w[t]
+                if wt <= 0:
+                    continue
+                mu = mic_reps[b0 + t, a, m]
+                ct = run_c[t]
+                w_le, c_le = q_w[q], q_c[q]
+                total = mu * w_le - c_le + (ct - c_le) - mu * (wt - w_le)
+                b = b0 + t
+                out[b, 0, a, tb] += total
+                out[b, 1, a, tb] += wt
+                out[b, 2, a, tb] += total / wt
+                out[b, 3, a, tb] += 1.0
+                out[b, 4, a, tb] += abs(mu - ct / wt)
+                out[b, 5, a, tb] += 1.0
     return out
 
 
