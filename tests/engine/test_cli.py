@@ -47,3 +47,19 @@ def test_tiny_model_is_deterministic_and_idempotent(tmp_path: Path, capsys) -> N
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["hidden_size"] == 128 and config["num_key_value_heads"] == 1
     assert config["tie_word_embeddings"] is True and config["vocab_size"] == 512
+
+
+def test_chat_template_rendering(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from engine.backend import render_prompts
+    from engine.spec import validate
+    from engine.units import plan_units
+
+    raw = make_raw_spec(prompts=[{"id": "p", "template": "Q: {question}", "system": "Be brief."}])
+    unit = plan_units(validate(raw))[0]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    chat = render_prompts(unit, tokenizer, chat=True)[0]
+    assert chat == f"system: Be brief.\nuser: Q: {unit.questions[0]}\nassistant:"
+    plain = render_prompts(unit, tokenizer, chat=False)[0]
+    assert plain == f"Be brief.\n\nQ: {unit.questions[0]}"
