@@ -106,3 +106,15 @@ def test_units_and_seeds_do_not_depend_on_chunking() -> None:
     assert seeds_small == seeds_large
     assert sum(len(u.item_ids) for u in small) == sum(len(u.item_ids) for u in large) == 60
     assert len(small) == 9 and len(large) == 2
+
+
+def test_resources_refuse_gpus_that_do_not_exist() -> None:
+    from engine.runner import _actor_resources
+
+    model = validate(make_raw_spec()).models[0]
+    with pytest.raises(UserError, match="has none"):
+        _actor_resources(model, "gpu", {"CPU": 2.0}, 0, 1)
+    with pytest.raises(UserError, match="needs 3 replicas"):
+        _actor_resources(model, "cpu", {"CPU": 2.0}, 0, 3)
+    assert _actor_resources(model, "auto", {"CPU": 2.0}, 0, 2) == {"num_cpus": 1, "num_gpus": 0}
+    assert _actor_resources(model, "auto", {"CPU": 8.0, "GPU": 2.0}, 0, 2)["num_gpus"] == 1
