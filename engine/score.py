@@ -5,7 +5,9 @@ key (a hash of the stage's inputs' keys and its settings); a stage whose key mat
 Judge stages also write their batches as parts under `stages/<stage>/parts/<key>/`, so an
 interrupted stage resumes at the next unfinished batch. Per-item failures (a judge prompt too long,
 no yes / no token in the judge's top-k, an unreadable judge output) become rows of
-`stages/<stage>/errors.jsonl` and a missing value; the stage goes on.
+`stages/<stage>/errors.jsonl` and a missing value; the stage goes on. Where the contract has no
+missing value (a sentence's markers, a response's `correct`), the deterministic method stands in
+for the failed judgment (lexicon, rule) and the ledger row says so.
 
     sentences     sample 0 of each item -> sentences (pysbd; "please" sentences dropped)
     markers       lexicon | llm          -> raw markers per sentence (`<no_hedge>` for none)
@@ -460,16 +462,12 @@ def stage_markers(
             )
             found: list[list[str]] = []
             for row, text, out in zip(chunk.iter_rows(named=True), ctexts, outs):
-                if isinstance(out, Exception):
-                    stage.error(row, str(out))
-                    found.append([])
-                    continue
-                markers = parse_markers(out, text)
-                if markers is None:
-                    stage.error(row, f"extraction output not readable: {out!r}")
-                    found.append([])
-                else:
-                    found.append(markers or [NO_HEDGE])
+                markers = None if isinstance(out, Exception) else parse_markers(out, text)
+                if markers is None:  # the lexicon stands in, so the sentence keeps its rows
+                    why = str(out) if isinstance(out, Exception) else f"not readable: {out!r}"
+                    stage.error(row, f"extraction output {why}; used the lexicon")
+                    markers = [m for m in markers_for_sentences([text])[0] if m != NO_HEDGE]
+                found.append(markers or [NO_HEDGE])
             return _explode_markers(chunk, found)
 
         out = stage.parts(sents.height, settings.batch_size, compute)

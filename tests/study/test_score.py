@@ -151,3 +151,18 @@ def test_readers() -> None:
     assert infer_answer_type([["yes"], ["no"]]) == "yesno"
     assert infer_answer_type([["42"], ["1,000"]]) == "number"
     assert infer_answer_type([["Paris"]]) == "free"
+
+
+def test_llm_extraction_and_correctness_modes_ledger_unreadable_output(fresh_run: Path) -> None:
+    from metrics.io import read_scored
+
+    settings = {"extract": "llm", "correctness": "llm"}
+    result = score_run(fresh_run, settings, judge=FakeJudge(), log=False)
+    # the fake judge answers "yes" / "no" / "n/a" / "maybe": never a marker of the sentence
+    markers = (fresh_run / "stages" / "markers" / "errors.jsonl").read_text().splitlines()
+    assert result.errors["markers"] == len(markers) > 0
+    assert "not readable" in markers[0] and "used the lexicon" in markers[0]
+    correctness = pl.read_parquet(fresh_run / "stages" / "correctness" / "output.parquet")
+    assert correctness["correct"].null_count() == 0  # a failed judgment falls back to the rule
+    assert result.errors["correctness"] > 0  # (every third fake prompt has no yes / no)
+    read_scored(fresh_run / "scored")
