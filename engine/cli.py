@@ -167,6 +167,16 @@ def _add_study_commands(sub: argparse._SubParsersAction) -> None:
 _COMMANDS.append(_add_study_commands)
 
 
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    """`mic verify RUN_DIR`, defined in `engine.verify`."""
+    from engine.verify import add_subcommands
+
+    add_subcommands(sub)
+
+
+_COMMANDS.append(_add_verify)
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
