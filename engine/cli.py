@@ -31,21 +31,26 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         epilog=_example("mic analyze metrics/data/example --out results/example"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scored", nargs="+", help="scored-run directories or files")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--mode", choices=["heldout", "parity"], default="heldout")
-    p.add_argument("--threshold", type=int, default=10, help="marker count threshold tau")
-    p.add_argument("--ignore-no-hedge", action="store_true", help="drop <no_hedge> rows")
+    _add_scored_options(p)
     p.add_argument("--preset", choices=["mic", "marcon"], default="mic")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 50/50 split and bootstrap")
-    p.add_argument("--ref-split", default="train", help="split that builds MICs (heldout)")
-    p.add_argument("--eval-split", default="test", help="split scored for MAE (heldout)")
     p.add_argument("--json", action="store_true", help="print metrics.json instead of a table")
     _add_bootstrap_options(p)
     p.add_argument(
         "--compare", action="store_true", help="paired tests of every two models/prompts"
     )
     p.set_defaults(handler=_run_analyze)
+
+
+def _add_scored_options(p: argparse.ArgumentParser) -> None:
+    """Inputs and analysis settings shared by `analyze` and `compare`."""
+    p.add_argument("scored", nargs="+", help="scored-run directories or files")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--mode", choices=["heldout", "parity"], default="heldout")
+    p.add_argument("--threshold", type=int, default=10, help="marker count threshold tau")
+    p.add_argument("--ignore-no-hedge", action="store_true", help="drop <no_hedge> rows")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 50/50 split and bootstrap")
+    p.add_argument("--ref-split", default="train", help="split that builds MICs (heldout)")
+    p.add_argument("--eval-split", default="test", help="split scored for MAE (heldout)")
 
 
 def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
@@ -121,14 +126,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         epilog=_example("mic compare runs/llama runs/qwen --out results/cmp --bootstrap 1000"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scored", nargs="+", help="scored-run directories or files")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--mode", choices=["heldout", "parity"], default="heldout")
-    p.add_argument("--threshold", type=int, default=10, help="marker count threshold tau")
-    p.add_argument("--ignore-no-hedge", action="store_true", help="drop <no_hedge> rows")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 50/50 split and bootstrap")
-    p.add_argument("--ref-split", default="train", help="split that builds MICs (heldout)")
-    p.add_argument("--eval-split", default="test", help="split scored for MAE (heldout)")
+    _add_scored_options(p)
     _add_bootstrap_options(p)
     p.set_defaults(handler=_run_compare, preset="mic", bootstrap=1000)
 
