@@ -315,3 +315,24 @@ def parse_markers(text: str | None, sentence: str) -> list[str] | None:
         if piece and piece.lower() in lowered and piece.lower() not in (f.lower() for f in found):
             found.append(piece)
     return found or None
+
+
+def parse_canonical(text: str | None, raw: str) -> str | None:
+    """The canonical form proposed for `raw`, kept only when it is a sub-phrase of `raw`.
+
+    Args:
+        text: The judge's completion (first line is read).
+        raw: The raw marker.
+
+    Returns:
+        The lowercased form, or None when empty or not made of words of `raw` in order.
+    """
+    line = (
+        (text or "").strip().splitlines()[0].strip().strip("\"'.").lower()
+        if (text or "").strip()
+        else ""
+    )
+    if not line:
+        return None
+    padded = f" {' '.join(raw.lower().split())} "
+    return line if f" {' '.join(line.split())} " in padded else None

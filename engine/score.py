@@ -11,7 +11,7 @@ for the failed judgment (lexicon, rule) and the ledger row says so.
 
     sentences     sample 0 of each item -> sentences (pysbd; "please" sentences dropped)
     markers       lexicon | llm          -> raw markers per sentence (`<no_hedge>` for none)
-    canonical     rules (+ LLM merge map) -> one raw -> canonical map per model, over all tasks
+    canonical     rules | llm (+ rules)  -> one raw -> canonical map per model, over all tasks
     confidence    consistency-logprob | consistency-sampled | token_prob -> per sentence
     correctness   rule | llm             -> per response
     decisiveness  llm | none             -> per sentence
@@ -60,6 +60,7 @@ class ScoreSettings:
 
     Attributes:
         extract: Marker extraction, "lexicon" (deterministic) or "llm" (few-shot judge).
+        canonical: "rules" (deterministic) or "llm" (a judge proposes short forms first).
         confidence: "consistency-logprob" (deterministic P(yes) / (P(yes) + P(no))),
             "consistency-sampled" (the seed's yes / no / n-a -> 1 / 0 / 0.5 at temperature 1) or
             "token_prob" (the response's own token probabilities).
@@ -84,6 +85,7 @@ class ScoreSettings:
     """
 
     extract: str = "lexicon"
+    canonical: str = "rules"
     confidence: str = "consistency-logprob"
     correctness: str = "rule"
     decisiveness: str = "llm"
@@ -110,6 +112,7 @@ class ScoreSettings:
 
 _MODES = {
     "extract": EXTRACT_MODES,
+    "canonical": ("rules", "llm"),
     "confidence": CONFIDENCE_MODES,
     "correctness": CORRECTNESS_MODES,
     "decisiveness": DECISIVENESS_MODES,
@@ -486,20 +489,47 @@ def _explode_markers(sents: pl.DataFrame, found: list[list[str]]) -> pl.DataFram
     )
 
 
-def stage_canonical(inputs: RunInputs, markers: Stage, log: bool) -> Stage:
-    """One raw -> canonical marker map per model, over all its tasks (deterministic rules)."""
-    from engine.stages.canonical import build_canonical_map
+def stage_canonical(
+    inputs: RunInputs, markers: Stage, settings: ScoreSettings, judges: JudgePool, log: bool
+) -> Stage:
+    """One raw -> canonical marker map per model, over all its tasks.
 
-    stage = Stage(
-        inputs.run_dir, "canonical", _hash(["canonical", STAGE_VERSION, markers.key]), log
+    `rules`: the deterministic rules of `engine.stages.canonical`. `llm`: a judge first proposes a
+    short canonical form for each distinct raw marker (greedy, few-shot); a proposal is kept only
+    when it is a sub-phrase of the raw marker (so the judge can shorten, never invent), and the
+    rules then run over the merged forms. A rejected proposal is a ledger row.
+    """
+    from engine.judges import parse_canonical
+    from engine.stages.canonical import build_canonical_map
+    from engine.stages.prompts import canonical_prompt
+
+    llm = settings.canonical == "llm"
+    key = _hash(
+        ["canonical", STAGE_VERSION, markers.key, settings.canonical]
+        + ([settings.model, settings.judge_engine_args(), settings.chat] if llm else [])
     )
+    stage = Stage(inputs.run_dir, "canonical", key, log)
     if stage.done():
         stage.skip_note()
         return stage
     counts = markers.read().group_by(["model", "raw_marker"]).len().sort(["model", "raw_marker"])
+    merge: dict[str, str] = {}
+    if llm:
+        raws = sorted({m for m in counts["raw_marker"].to_list() if m != NO_HEDGE})
+        outs = judges.get().generate_texts(
+            [canonical_prompt(m) for m in raws], 8, 0.0, [0] * len(raws)
+        )
+        for raw, out in zip(raws, outs):
+            form = None if isinstance(out, Exception) else parse_canonical(out, raw)
+            if form is None:
+                stage.errors.append(
+                    {"raw_marker": raw, "error": f"canonical form rejected: {out!r}"}
+                )
+            else:
+                merge[raw] = form
     rows = []
     for (model,), group in counts.group_by(["model"], maintain_order=True):
-        mapping = build_canonical_map(dict(zip(group["raw_marker"], group["len"])))
+        mapping = build_canonical_map(dict(zip(group["raw_marker"], group["len"])), merge)
         rows.extend((model, raw, canon) for raw, canon in mapping.items())
     out = pl.DataFrame(
         rows,
@@ -959,7 +989,7 @@ def score_run(
     try:
         sentences = stage_sentences(inputs, settings, log)
         markers = stage_markers(inputs, sentences, settings, pool, log)
-        canonical = stage_canonical(inputs, markers, log)
+        canonical = stage_canonical(inputs, markers, settings, pool, log)
         confidence = stage_confidence(inputs, sentences, settings, pool, log)
         correctness = stage_correctness(inputs, sentences, settings, pool, log)
         decisiveness = stage_decisiveness(inputs, sentences, settings, pool, log)

@@ -465,6 +465,9 @@ def _judge_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--extract", choices=EXTRACT_MODES, default=None, help="marker extraction")
     p.add_argument(
+        "--canonical", choices=("rules", "llm"), default=None, help="marker canonicalization"
+    )
+    p.add_argument(
         "--confidence", choices=CONFIDENCE_MODES, default=None, help="intrinsic confidence"
     )
     p.add_argument("--correctness", choices=CORRECTNESS_MODES, default=None)
@@ -484,6 +487,7 @@ def _judge_flags(p: argparse.ArgumentParser) -> None:
 def _judges_of(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "extract": args.extract,
+        "canonical": args.canonical,
         "confidence": args.confidence,
         "correctness": args.correctness,
         "decisiveness": args.decisiveness,

@@ -106,3 +106,27 @@ def extraction_prompt(sentence: str) -> str:
         'exactly as written, separated by "|"; write none when there are none.\n\n'
         f"{shots}Sentence: {sentence.strip()}\nMarkers:"
     )
+
+
+CANONICAL_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("I am fairly certain", "fairly certain"),
+    ("it is highly likely", "highly likely"),
+    ("I think", "I think"),
+    ("most probably", "most probably"),
+)
+
+
+def canonical_prompt(marker: str) -> str:
+    """Few-shot prompt asking for the shortest standard form of an epistemic marker.
+
+    Args:
+        marker: A raw marker as written.
+
+    Returns:
+        The prompt; the judge completes one line with the short form.
+    """
+    shots = "".join(f"Expression: {m}\nShort form: {c}\n\n" for m, c in CANONICAL_EXAMPLES)
+    return (
+        "Give the shortest form of each expression of certainty that keeps its meaning, using "
+        f"only its own words.\n\n{shots}Expression: {marker.strip()}\nShort form:"
+    )

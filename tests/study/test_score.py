@@ -166,3 +166,16 @@ def test_llm_extraction_and_correctness_modes_ledger_unreadable_output(fresh_run
     assert correctness["correct"].null_count() == 0  # a failed judgment falls back to the rule
     assert result.errors["correctness"] > 0  # (every third fake prompt has no yes / no)
     read_scored(fresh_run / "scored")
+
+
+def test_llm_canonicalization_keeps_only_sub_phrases(fresh_run: Path) -> None:
+    from engine.judges import parse_canonical
+
+    assert parse_canonical(" fairly certain\nExpression: x", "I am fairly certain") == (
+        "fairly certain"
+    )
+    assert parse_canonical("very sure", "I am fairly certain") is None
+    assert parse_canonical("", "probably") is None
+    score_run(fresh_run, {"canonical": "llm"}, judge=FakeJudge(), log=False)
+    maps = json.loads((fresh_run / "scored" / "canonical_map.json").read_text())
+    assert maps["m"]["<no_hedge>"] == "<no_hedge>"
