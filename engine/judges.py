@@ -312,7 +312,10 @@ def parse_markers(text: str | None, sentence: str) -> list[str] | None:
     found = []
     for piece in re.split(r"[|;,]", line):
         piece = piece.strip().strip("\"'.")
-        if piece and piece.lower() in lowered and piece.lower() not in (f.lower() for f in found):
+        if not re.search(r"[a-z]", piece.lower()):  # a marker is words, not stray symbols
+            continue
+        at_words = re.search(r"(?<!\w)" + re.escape(piece.lower()) + r"(?!\w)", lowered)
+        if at_words and piece.lower() not in (f.lower() for f in found):
             found.append(piece)
     return found or None
 

@@ -147,6 +147,7 @@ def test_readers() -> None:
     ]
     assert parse_markers("none", "It is Paris.") == []
     assert parse_markers("gibberish words", "It is Paris.") is None
+    assert parse_markers("\ufffd | ro", "a \ufffd brown fox") is None  # symbols, part-words
     assert infer_answer_type([["A"], ["C"]]) == "mc"
     assert infer_answer_type([["yes"], ["no"]]) == "yesno"
     assert infer_answer_type([["42"], ["1,000"]]) == "number"
