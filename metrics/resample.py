@@ -129,6 +129,18 @@ def local_group_sums(ptr, keys, strata, group, values, seed, n_boot, scheme, n_g
 # ------------------------------------------------------------------------------------ pass B
 
 
+@nb.njit(inline="always", cache=True)
+def _accumulate(run_w, run_c, w_items, row_item, row_conf, start, stop):
+    """Add rows start..stop of the sorted evaluation rows to every replicate's running sums."""
+    for r in range(start, stop):
+        i = row_item[r]
+        x = row_conf[r]
+        for t in range(BLOCK):
+            w = np.float64(w_items[i, t])
+            run_w[t] += w
+            run_c[t] += w * x
+
+
 @nb.njit(parallel=True, cache=True)
 def _mae_blocks(
     seg_ptr, seg_t, seg_m, row_item, row_conf, streams, rep_keys, use_counts, sorted_items,
@@ -201,25 +213,13 @@ def _mae_blocks(
                 p = q_pos[q]
                 if p < 0:
                     continue
-                while j < p:
-                    i = row_item[lo + j]
-                    x = row_conf[lo + j]
-                    for t in range(BLOCK):
-                        w = np.float64(w_items[i, t])
-                        run_w[t] += w
-                        run_c[t] += w * x
-                    j += 1
+                if j < p:
+                    _accumulate(run_w, run_c, w_items, row_item, row_conf, lo + j, lo + p)
+                    j = p
                 t = q % BLOCK
                 q_w[q] = run_w[t]
                 q_c[q] = run_c[t]
-            while j < n:
-                i = row_item[lo + j]
-                x = row_conf[lo + j]
-                for t in range(BLOCK):
-                    w = np.float64(w_items[i, t])
-                    run_w[t] += w
-                    run_c[t] += w * x
-                j += 1
+            _accumulate(run_w, run_c, w_items, row_item, row_conf, lo + j, lo + n)
             for q in range(T * BLOCK):
                 if q_pos[q] < 0:
                     continue
