@@ -264,7 +264,8 @@ def run_sweep(
     with store.locked():
         mode = store.check_run(spec, new_run=new_run)
         order = [u.unit_id for u in units]
-        records = store.finished(order)
+        rows = {u.unit_id: u.n_rows for u in units}
+        records = store.finished(order, rows)
         store.collect_garbage({r.shard for r in records.values()})
         todo = [u for u in units if u.unit_id not in records]
         if progress:
@@ -293,7 +294,7 @@ def run_sweep(
                         overlap_writes,
                         failed,
                     )
-        records = store.finished(order)
+        records = store.finished(order, rows)
         store.collect_garbage({r.shard for r in records.values()})
         manifest = store.write_manifest(spec, order, records)
         summary = _summary(spec, store, stats, manifest, failed, time.time() - started)

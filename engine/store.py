@@ -202,8 +202,17 @@ class RunStore:
             return None
         return record
 
-    def finished(self, unit_ids: list[str]) -> dict[str, DoneRecord]:
-        """Return the verified done-records among `unit_ids`."""
+    def finished(
+        self, unit_ids: list[str], expected_rows: dict[str, int] | None = None
+    ) -> dict[str, DoneRecord]:
+        """Return the verified done-records among `unit_ids`.
+
+        Args:
+            unit_ids: Units to look up.
+            expected_rows: Rows each unit must hold (items x samples of the plan); a record with
+                another count is not finished (a checksum only proves the bytes are the ones
+                written, not that the writer wrote every row).
+        """
         present = {
             name[: -len(".json")] for name in self.list_names(DONE) if name.endswith(".json")
         }
@@ -211,8 +220,11 @@ class RunStore:
         for unit_id in unit_ids:
             if unit_id in present:
                 record = self.done_record(unit_id)
-                if record is not None:
-                    records[unit_id] = record
+                if record is None:
+                    continue
+                if expected_rows is not None and record.rows != expected_rows.get(unit_id):
+                    continue
+                records[unit_id] = record
         return records
 
     def collect_garbage(self, keep: set[str]) -> list[str]:
