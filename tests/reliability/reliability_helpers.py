@@ -1,0 +1,106 @@
+"""Helpers of the reliability tests: small specs, runs written without Ray, a fake-engine driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.ipc  # noqa: F401  (pa.ipc)
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+ENGINE_TESTS = REPO / "tests" / "engine"
+if str(ENGINE_TESTS) not in sys.path:
+    sys.path.insert(0, str(ENGINE_TESTS))
+
+from engine_helpers import make_raw_spec, write_toml  # noqa: E402, F401  (re-exported)
+
+ROW_KEY = ["model", "task", "split", "prompt", "item_id", "sample_idx"]
+
+
+def fake_raw_spec(tmp_path: Path, chunk_size: int = 8, seconds: float = 0.0, **engine: Any) -> dict:
+    """A spec of the fake engine: 180 items (two tasks) x n = 2 in chunks of `chunk_size`."""
+    args = {"fake_seconds": seconds, "fake_log": str(tmp_path / "units.log"), **engine}
+    return make_raw_spec(
+        run={"name": "rel", "chunk_size": chunk_size, "device": "cpu", "max_attempts": 3},
+        models=[{"name": "fake", "path": "builtin:tiny", "engine_args": args}],
+        tasks=[
+            {"name": "arith", "source": "builtin:arithmetic"},
+            {"name": "yesno", "source": "builtin:yesno", "splits": ["test"]},
+        ],
+    )
+
+
+def write_run_without_ray(out: Path, raw: dict, finished: int | None = None) -> list[Any]:
+    """Write a run directory as `mic run` would, in-process with the fake engine (no Ray).
+
+    Args:
+        out: The run directory.
+        raw: The spec document.
+        finished: Commit only the first `finished` units (default: all).
+
+    Returns:
+        The planned units.
+    """
+    from engine.backend import FakeBackend
+    from engine.spec import validate
+    from engine.store import RunStore
+    from engine.units import plan_units
+
+    spec = validate(raw)
+    units = plan_units(spec)
+    store = RunStore(out)
+    store.check_run(spec)
+    backend = FakeBackend()
+    done = store.finished([u.unit_id for u in units])
+    for unit in units[:finished]:
+        if unit.unit_id in done:
+            continue
+        store.commit_unit(unit.unit_id, backend.to_table(unit, backend.generate(unit)), "local")
+    order = [u.unit_id for u in units]
+    store.write_manifest(spec, order, store.finished(order))
+    return units
+
+
+def read_rows(out: Path) -> pl.DataFrame:
+    """All rows of the shards the manifest lists (what a reader of the run sees)."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    paths = [str(out / "shards" / u["shard"]) for u in manifest["units"]]
+    return pl.concat([pl.from_arrow(pa.ipc.open_file(p).read_all()) for p in paths])
+
+
+def assert_exactly_once(out: Path, expected_rows: int) -> pl.DataFrame:
+    """Every (model, task, split, prompt, item, sample) once, in the manifest and on disk."""
+    df = read_rows(out)
+    assert df.height == expected_rows
+    assert df.select(ROW_KEY).n_unique() == df.height
+    on_disk = pl.scan_ipc(str(out / "shards" / "*.arrow")).select(ROW_KEY).collect()
+    assert on_disk.height == expected_rows, "orphan shards left beside the manifest's"
+    return df
+
+
+def driver_env() -> dict[str, str]:
+    """Environment of a driver subprocess (repo importable, unbuffered, Ray without auth)."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def fake_driver(spec: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """Start `mic run` with the fake engine (`fake_driver.py`), in its own session."""
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "fake_driver.py"), str(spec), str(out), *extra],
+        cwd=str(REPO),
+        env=driver_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: a SIGKILL reaches Ray's processes too
+    )
