@@ -797,7 +797,7 @@ def stage_correctness(
             continue
         rule.append(is_correct(row["text"], item[1], types[row["task"]]))
     correct = list(rule)
-    if settings.correctness == "llm":
+    if settings.correctness == "llm" and rows:
         from engine.judges import NO, YES, yes_no_probability
         from engine.stages.prompts import correctness_prompt
 
