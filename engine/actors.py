@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.backend import Backend, FakeBackend, VLLMBackend
 from engine.spec import ModelSpec
-from engine.store import RunStore
+from engine.store import RunStore, is_storage_error
 from engine.units import WorkUnit
 
 BackendFactory = Callable[[ModelSpec, int], Backend]
@@ -145,7 +145,8 @@ class GenerationActor:
             table = self.backend.to_table(unit, raw)
             record = self.store.commit_unit(unit.unit_id, table, actor=self.name)
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries the unit
-            return _failure(unit, exc)
+            # A full or read-only output location: the driver stops rather than retrying.
+            return {**_failure(unit, exc), "storage": is_storage_error(exc)}
         return {
             "unit_id": unit.unit_id,
             "ok": True,

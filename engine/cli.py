@@ -7,6 +7,7 @@ User mistakes raise `engine.errors.UserError`; they are printed on one line and 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable, Sequence
 
@@ -258,6 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"mic {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        from engine.store import is_storage_error
+
+        if not is_storage_error(exc):
+            raise
+        # Disk full or quota (exit 1: free space, re-run) / not writable (exit 2: fix the path).
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"mic {args.command}: error: cannot write{where}: {exc.strerror}", file=sys.stderr)
+        return 1 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 2
     except KeyboardInterrupt:
         print(
             f"mic {args.command}: interrupted; re-run the same command to resume", file=sys.stderr

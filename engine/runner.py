@@ -20,7 +20,7 @@ from typing import Any
 from engine.backend import ENGINE_ENV, STOP_STRING_MODE
 from engine.errors import UserError
 from engine.spec import ModelSpec, SweepSpec
-from engine.store import RunStore
+from engine.store import RunStore, is_storage_error
 from engine.units import WorkUnit, plan_units
 
 
@@ -281,7 +281,7 @@ def run_sweep(
             init_ray(ray_address, num_cpus=ray_num_cpus)
             for index, model in enumerate(spec.models):
                 mine = [u for u in todo if u.model.name == model.name]
-                if mine:
+                if mine and not _storage_failures(failed):
                     stats[model.name] = _run_model(
                         spec,
                         index,
@@ -296,12 +296,29 @@ def run_sweep(
                     )
         records = store.finished(order, rows)
         store.collect_garbage({r.shard for r in records.values()})
-        manifest = store.write_manifest(spec, order, records)
-        summary = _summary(spec, store, stats, manifest, failed, time.time() - started)
-        previous = store.read_json("summary.json") or {}
-        if not stats and previous.get("config_hash") == spec.hash:
-            summary["models"] = previous.get("models", {})  # nothing ran: keep the measured figures
-        store.write_json("summary.json", summary)
+        try:
+            manifest = store.write_manifest(spec, order, records)
+            summary = _summary(spec, store, stats, manifest, failed, time.time() - started)
+            previous = store.read_json("summary.json") or {}
+            if not stats and previous.get("config_hash") == spec.hash:
+                summary["models"] = previous.get("models", {})  # nothing ran: keep the figures
+            store.write_json("summary.json", summary)
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            # The done-records are the truth; the manifest is a view the next run rebuilds.
+            raise RunIncomplete(
+                f"cannot write the manifest in {store.location} ({exc.strerror}); "
+                f"{len(records)} of {len(order)} units are finished and kept -- free space and "
+                "re-run the same command to resume"
+            ) from None
+    storage = _storage_failures(failed)
+    if storage:
+        raise RunIncomplete(
+            f"stopped: cannot write to {store.location} ({storage[0]}); "
+            f"{manifest['units_finished']} of {len(order)} units are finished and kept -- free "
+            "space (or fix permissions) and re-run the same command to resume"
+        )
     if failed:
         first = next(iter(failed.items()))
         raise RunIncomplete(
@@ -309,6 +326,13 @@ def run_sweep(
             f"{manifest['units_finished']} finished units are kept -- fix the cause and re-run to resume"
         )
     return summary
+
+
+_STORAGE = "storage: "
+
+
+def _storage_failures(failed: dict[str, str]) -> list[str]:
+    return [e[len(_STORAGE) :] for e in failed.values() if e.startswith(_STORAGE)]
 
 
 def _run_model(
@@ -379,8 +403,22 @@ def _run_model(
                 per[key] += result[key]
             per["units"] += 1
             show.update(result)
+        elif result.get("storage"):
+            stop_for_storage(result["unit_id"], result["error"])
         else:
             retry(result["unit_id"], result["error"])
+
+    def stop_for_storage(unit_id: str, error: str) -> None:
+        # Disk full / read-only: every further unit would be generated only to fail its write.
+        failed[unit_id] = f"{_STORAGE}{error}"
+        if queue:
+            print(
+                f"[{model.name}] cannot write to {store.location} ({error}); stopping "
+                f"({len(queue)} units not started, finished units are kept)",
+                file=sys.stderr,
+                flush=True,
+            )
+            queue.clear()
 
     def retry(unit_id: str, error: str) -> None:
         attempts[unit_id] += 1

@@ -18,6 +18,7 @@ renamed into place, so a reader globbing `shards/*.arrow` never sees a torn file
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -38,6 +39,14 @@ from engine.spec import SweepSpec
 
 SHARDS = "shards"
 DONE = "done"
+
+# Write errors that retrying cannot cure: the run stops instead of regenerating unit after unit.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """True for a write error no retry will cure (disk full, quota, read-only, permission)."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
 
 
 @dataclass(frozen=True)
@@ -110,11 +119,17 @@ class RunStore:
         target = self.path(rel)
         if self.is_local:
             tmp = f"{target}.partial-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                # A failed write (disk full) must not leave its partial file eating the space.
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
             dir_fd = os.open(os.path.dirname(target), os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
