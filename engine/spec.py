@@ -34,6 +34,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -553,6 +554,8 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
         value = kwargs[f.name]
         if isinstance(value, int | float) and not isinstance(value, bool):
             minimum = _MINIMUM.get(f.name, 0)
+            if not math.isfinite(value):  # TOML and YAML both spell nan and inf
+                raise UserError(f"{source}: '{key}' is {value}", "use a finite number")
             if value < minimum:
                 raise UserError(f"{source}: '{key}' is {value}", f"use a value >= {minimum}")
     return cls(**kwargs)
