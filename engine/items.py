@@ -62,10 +62,17 @@ def load_items(task: TaskSpec) -> dict[str, list[Item]]:
     by_split: dict[str, list[Item]] = {split: [] for split in task.splits}
     seen: set[str] = set()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().splitlines()
     except OSError as exc:
         raise UserError(f"task '{task.name}': cannot read {path}: {exc}") from None
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                "save the file as UTF-8",
+            ) from None
         if not line.strip():
             continue
         try:
@@ -74,6 +81,11 @@ def load_items(task: TaskSpec) -> dict[str, list[Item]]:
             raise UserError(
                 f"{path}:{lineno}: not JSON ({exc})", "write one JSON object per line"
             ) from None
+        if not isinstance(row, dict):
+            raise UserError(
+                f"{path}:{lineno}: a JSON {type(row).__name__}, not an object",
+                'write one object per line, e.g. {"id": "q1", "question": "..."}',
+            )
         for column in (task.id_column, task.question_column):
             if column not in row:
                 raise UserError(
@@ -91,4 +103,11 @@ def load_items(task: TaskSpec) -> dict[str, list[Item]]:
         if items is None or (task.limit and len(items) >= task.limit):
             continue
         items.append(Item(item_id, str(row[task.question_column]), tuple(map(str, answers)), split))
+    empty = [split for split, items in by_split.items() if not items]
+    if empty:
+        # Most often a typo in `splits` or the wrong file: a sweep would silently skip it.
+        raise UserError(
+            f"{path}: task '{task.name}' has no items in split '{empty[0]}'",
+            f"check tasks.{task.name}.splits / split_column ('{task.split_column}') and the file",
+        )
     return by_split
