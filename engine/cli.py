@@ -257,7 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:
-        print(f"mic {args.command}: error: {exc}", file=sys.stderr)
+        # One line, whatever the wrapped parser message holds (YAML errors span several).
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"mic {args.command}: error: {message}", file=sys.stderr)
         return 2
     except OSError as exc:
         from engine.store import is_storage_error
