@@ -229,7 +229,13 @@ def full_run_case(n_items: int, n_boot: int) -> tuple[str, Measure, None, str, s
     cpu = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
     peak_mb = c1.ru_maxrss / 1024  # max over children so far: the warm-up run is far smaller
     label = f"{n_rows / 1e6:.1f}e6-row run, all MICs + 7 metrics, B={n_boot} (mic analyze)"
-    return (label, Measure(wall, cpu, peak_mb), None, "-", "targets: <= 60 s wall, peak RSS <= 3 GB")
+    return (
+        label,
+        Measure(wall, cpu, peak_mb),
+        None,
+        "-",
+        "targets: <= 60 s wall, peak RSS <= 3 GB",
+    )
 
 
 if __name__ == "__main__":
