@@ -349,9 +349,16 @@ def load_run(run_dir: str | Path, with_logprobs: bool = False) -> RunInputs:
         raise UserError(f"{run_dir}/manifest.json lists no finished units", "re-run `mic run`")
     columns = GEN_COLUMNS + (["token_ids", "logprobs"] if with_logprobs else [])
     frames = []
-    for path in store.shard_paths():
-        with store.fs.open_input_file(path) as fh:
-            table = pa.ipc.open_file(fh).read_all().select(columns)
+    for unit in manifest["units"]:
+        # A shard damaged after its run would otherwise fail deep in Arrow, or be scored.
+        data = store.read_bytes(f"shards/{unit['shard']}")
+        if data is None or hashlib.sha256(data).hexdigest() != unit["sha256"]:
+            raise UserError(
+                f"{run_dir}/shards/{unit['shard']} (unit {unit['unit_id']}) is missing or does "
+                "not match its checksum in manifest.json",
+                "see `mic verify RUN_DIR`; re-run the same `mic run` command to redo that unit",
+            )
+        table = pa.ipc.open_file(pa.BufferReader(data)).read_all().select(columns)
         frames.append(pl.from_arrow(table))
     key = _hash([(u["unit_id"], u["sha256"]) for u in manifest["units"]])
     return RunInputs(run_dir, stored["run_id"], stored["full"], pl.concat(frames), key)
@@ -953,6 +960,28 @@ class ScoreResult:
 
 
 def score_run(
+    run_dir: str | Path,
+    settings: ScoreSettings | Mapping[str, Any] | None = None,
+    *,
+    judge: Any | None = None,
+    log: bool = True,
+) -> ScoreResult:
+    """Score a run while holding its lock (see `_score_run`): two `mic score` at once, or a
+    `mic run` into the same directory, are refused; a dead holder's lock is taken over.
+
+    Raises:
+        UserError: The directory is locked by a live process, or see `_score_run`.
+    """
+    from engine.store import RunStore
+
+    store = RunStore(str(run_dir))
+    if store.read_json("run.json") is None:  # not a run: let the scorer say so (and create nothing)
+        return _score_run(run_dir, settings, judge=judge, log=log)
+    with store.locked():
+        return _score_run(run_dir, settings, judge=judge, log=log)
+
+
+def _score_run(
     run_dir: str | Path,
     settings: ScoreSettings | Mapping[str, Any] | None = None,
     *,
