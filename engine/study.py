@@ -369,7 +369,8 @@ def run_local(
     with store.locked():
         store.check_run(spec, new_run=new_run)
         order = [u.unit_id for u in units]
-        records = store.finished(order)
+        rows = {u.unit_id: u.n_rows for u in units}
+        records = store.finished(order, rows)
         store.collect_garbage({r.shard for r in records.values()})
         todo = [u for u in units if u.unit_id not in records]
         if progress:
@@ -392,7 +393,7 @@ def run_local(
                 kept = backend
             else:
                 backend.close()
-        records = store.finished(order)
+        records = store.finished(order, rows)
         manifest = store.write_manifest(spec, order, records)
     return {"rows": manifest["rows"], "units": manifest["units_finished"]}, kept
 
