@@ -40,6 +40,9 @@ from engine.spec import SweepSpec
 SHARDS = "shards"
 DONE = "done"
 
+# A lock file without a pid older than this is taken over (see RunStore._check_stale_lock).
+STALE_EMPTY_LOCK_SECONDS = 10.0
+
 # Write errors that retrying cannot cure: the run stops instead of regenerating unit after unit.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
@@ -363,8 +366,14 @@ class RunStore:
                 except FileExistsError:
                     self._check_stale_lock()
                     continue
-                with os.fdopen(fd, "w") as fh:
-                    json.dump(me, fh)
+                try:
+                    with os.fdopen(fd, "w") as fh:
+                        json.dump(me, fh)
+                except BaseException:
+                    # An empty lock (disk full) would name no pid and refuse every later run.
+                    with contextlib.suppress(OSError):
+                        os.unlink(lock)
+                    raise
                 break
             else:  # pragma: no cover - the stale check either raises or removes the lock
                 raise UserError(f"cannot lock {lock}")
@@ -379,7 +388,17 @@ class RunStore:
                 self.fs.delete_file(lock)
 
     def _check_stale_lock(self) -> None:
-        holder = self.read_json(".lock") or {}
+        holder = self.read_json(".lock")
+        if not isinstance(holder, dict) or "pid" not in holder:
+            # Empty or torn: its writer died between creating and filling it (a live writer
+            # fills it within microseconds), so after a grace period it holds nothing.
+            info = self.fs.get_file_info(self.path(".lock"))
+            age = time.time() - info.mtime.timestamp() if info.mtime else 0.0
+            if info.type == pafs.FileType.NotFound or age > STALE_EMPTY_LOCK_SECONDS:
+                with contextlib.suppress(OSError):
+                    self.fs.delete_file(self.path(".lock"))
+                return
+            holder = {}
         pid, host = holder.get("pid"), holder.get("host")
         if self.is_local and host == socket.gethostname() and isinstance(pid, int):
             if not _pid_alive(pid):
