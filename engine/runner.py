@@ -44,6 +44,7 @@ class ModelStats:
     startup_seconds: float = 0.0
     restarts: int = 0
     actors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    retries: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ---- plan ----------------------------------------------------------------------------------------
@@ -406,7 +407,7 @@ def _run_model(
         elif result.get("storage"):
             stop_for_storage(result["unit_id"], result["error"])
         else:
-            retry(result["unit_id"], result["error"])
+            retry(result["unit_id"], result["error"], name)
 
     def stop_for_storage(unit_id: str, error: str) -> None:
         # Disk full / read-only: every further unit would be generated only to fail its write.
@@ -420,8 +421,12 @@ def _run_model(
             )
             queue.clear()
 
-    def retry(unit_id: str, error: str) -> None:
+    def retry(unit_id: str, error: str, actor: str) -> None:
         attempts[unit_id] += 1
+        # Kept in summary.json: which unit failed where and why, even when a retry succeeded.
+        stats.retries.append(
+            {"unit_id": unit_id, "actor": actor, "attempt": attempts[unit_id], "error": error}
+        )
         if store.done_record(unit_id) is not None:
             return
         if attempts[unit_id] >= spec.run.max_attempts:
@@ -467,13 +472,28 @@ def _run_model(
                 if other_name == name:
                     inflight.pop(other_ref)
             stats.restarts += 1
+            dead = stats.actors.setdefault(
+                name,
+                {
+                    "units": 0,
+                    "rows": 0,
+                    "prompt_tokens": 0,
+                    "generated_tokens": 0,
+                    "gen_seconds": 0.0,
+                },
+            )
+            dead["died"] = f"{type(exc).__name__}"
+            dead["lifetime_seconds"] = time.time() - state["born"]
+            dead["gpu_seconds" if resources["num_gpus"] else "cpu_seconds"] = dead[
+                "lifetime_seconds"
+            ] * (resources["num_gpus"] or resources["num_cpus"])
             print(
                 f"[{model.name}] actor {name} died ({type(exc).__name__}); restarting",
                 file=sys.stderr,
                 flush=True,
             )
             for unit_id in sorted(state["outstanding"]):
-                retry(unit_id, f"actor died: {str(exc).splitlines()[0][:200]}")
+                retry(unit_id, f"actor died: {str(exc).splitlines()[0][:200]}", name)
             if stats.restarts > spec.run.max_attempts * replicas:
                 for unit in queue:
                     failed[unit.unit_id] = "too many actor restarts"
@@ -548,6 +568,7 @@ def _summary(
             "generate_seconds": s.gen_seconds,
             "write_seconds": s.write_seconds,
             "actor_restarts": s.restarts,
+            "retries": s.retries,
             "cpu_seconds": sum(a.get("cpu_seconds", 0.0) for a in s.actors.values()),
             "gpu_seconds": sum(a.get("gpu_seconds", 0.0) for a in s.actors.values()),
             "actors": {
