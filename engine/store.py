@@ -89,11 +89,18 @@ class RunStore:
 
     Args:
         location: A local path or a filesystem URI (`file://`, `s3://`, `gs://`, ...).
+        filesystem: A pyarrow filesystem to use instead of resolving `location` (then
+            `location` is the path inside it).
     """
 
-    def __init__(self, location: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, location: str | os.PathLike[str], filesystem: pafs.FileSystem | None = None
+    ) -> None:
         self.location = str(location)
-        if "://" in self.location:
+        self._given_fs = filesystem
+        if filesystem is not None:
+            self.fs, self.root = filesystem, self.location.rstrip("/")
+        elif "://" in self.location:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(self.location)
             except (pa.ArrowInvalid, OSError) as exc:
@@ -104,7 +111,7 @@ class RunStore:
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (RunStore, (self.location,))
+        return (RunStore, (self.location, self._given_fs))
 
     # ---- low-level I/O -------------------------------------------------------------------------
 

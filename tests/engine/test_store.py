@@ -119,3 +119,30 @@ def test_stop_strings_cut_text_and_tokens() -> None:
         assert "t1" not in row["text"]
         assert len(row["token_ids"]) == len(row["logprobs"]) == len(row["top_logprobs"])
         assert row["cumulative_logprob"] == pytest.approx(sum(row["logprobs"]), abs=1e-3)
+
+
+def test_object_store_path_commits_without_rename(tmp_path: Path) -> None:
+    """A non-local pyarrow filesystem (no atomic rename): done-records still decide."""
+    import pickle
+
+    import pyarrow.fs as pafs
+
+    (tmp_path / "bucket").mkdir()
+    fs = pafs.SubTreeFileSystem(str(tmp_path / "bucket"), pafs.LocalFileSystem())
+    store = RunStore("runs/r1", filesystem=fs)
+    assert not store.is_local
+    spec = validate(make_raw_spec())
+    with store.locked():
+        assert store.check_run(spec) == "new"
+        with pytest.raises(UserError, match="locked"):
+            with RunStore("runs/r1", filesystem=fs).locked():
+                pass
+        unit_id, table = _unit_table()
+        record = pickle.loads(pickle.dumps(store)).commit_unit(unit_id, table)
+        assert store.finished([unit_id]) == {unit_id: record}
+        assert store.collect_garbage({record.shard}) == []
+        manifest = store.write_manifest(spec, [unit_id], {unit_id: record})
+        assert manifest["rows"] == table.num_rows
+    assert store.shard_paths() == [f"runs/r1/shards/{record.shard}"]
+    assert (tmp_path / "bucket" / "runs" / "r1" / "done" / f"{unit_id}.json").is_file()
+    assert not (tmp_path / "bucket" / "runs" / "r1" / ".lock").exists()
