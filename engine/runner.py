@@ -194,32 +194,40 @@ def _actor_resources(
 
 
 class _Progress:
-    def __init__(self, model: str, total_units: int, total_rows: int, enabled: bool) -> None:
+    """Progress lines per model. Rates and ETA use the actors' generate time (not their start-up),
+    divided by the number of actors working in parallel."""
+
+    def __init__(
+        self, model: str, total_units: int, total_rows: int, actors: int, enabled: bool
+    ) -> None:
         self.model, self.total_units, self.total_rows = model, total_units, total_rows
+        self.actors = max(actors, 1)
         self.enabled = enabled
         self.started = time.monotonic()
         self.last = 0.0
         self.units = self.rows = self.tokens = 0
+        self.gen_seconds = 0.0
 
     def update(self, result: dict[str, Any], force: bool = False) -> None:
         if result:
             self.units += 1
             self.rows += result["rows"]
             self.tokens += result["generated_tokens"]
+            self.gen_seconds += result["gen_seconds"]
         now = time.monotonic()
         if not self.enabled or self.last < 0:
             return
         if now - self.last < 2.0 and not force and self.units < self.total_units:
             return
         self.last = -1.0 if self.units >= self.total_units else now
-        elapsed = now - self.started
-        rate = self.tokens / elapsed if elapsed > 0 else 0.0
+        busy = self.gen_seconds / self.actors
+        rate = self.tokens / busy if busy > 0 else 0.0
         remaining = self.total_rows - self.rows
-        eta = remaining * elapsed / self.rows if self.rows else math.nan
+        eta = remaining * busy / self.rows if self.rows else math.nan
         eta_text = "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
         print(
             f"[{self.model}] {self.units}/{self.total_units} units, {self.rows}/{self.total_rows} rows, "
-            f"{rate:,.0f} generated tok/s, elapsed {elapsed:,.0f}s, ETA {eta_text}",
+            f"{rate:,.0f} generated tok/s, elapsed {now - self.started:,.0f}s, ETA {eta_text}",
             file=sys.stderr,
             flush=True,
         )
@@ -356,7 +364,9 @@ def _run_model(
     replicas = min(actors or model.replicas, len(units))
     resources = _actor_resources(model, spec.run.device, ray.cluster_resources(), index, replicas)
     actor_cls = ray.remote(GenerationActor).options(
-        max_concurrency=1, runtime_env={"env_vars": dict(ENGINE_ENV)}, **resources
+        max_concurrency=1,
+        runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in ENGINE_ENV.items()}},
+        **resources,
     )
     stats = ModelStats()
     started = time.time()
@@ -364,7 +374,7 @@ def _run_model(
     queue: deque[WorkUnit] = deque(units)
     by_id = {u.unit_id: u for u in units}
     attempts: dict[str, int] = dict.fromkeys(by_id, 0)
-    show = _Progress(model.name, len(units), sum(u.n_rows for u in units), progress)
+    show = _Progress(model.name, len(units), sum(u.n_rows for u in units), replicas, progress)
     counter = 0
 
     def start_actor() -> tuple[Any, str, float]:
