@@ -184,6 +184,8 @@ def test_actor_sigkilled_mid_unit_is_replaced_and_its_unit_retried(
     unit_id, pid = victims[0]
     model = summary["models"]["fake"]
     assert model["actor_restarts"] == 1
+    retried = [r for r in model["retries"] if r["unit_id"] == unit_id]
+    assert retried and "actor died" in retried[0]["error"]  # the failure is in the summary
     assert summary["units_finished"] == summary["units_planned"] and not summary["failed_units"]
     runs = [line.split() for line in log.read_text().splitlines()]
     assert [u for u, _ in runs].count(unit_id) == 2  # tried on the dead actor, then again
