@@ -194,3 +194,25 @@ def test_actor_sigkilled_mid_unit_is_replaced_and_its_unit_retried(
     assert next(u for u in manifest["units"] if u["unit_id"] == unit_id)["actor"] != ""
     assert verify_run(str(tmp_path / "out")).ok
     assert_exactly_once(tmp_path / "out", ROWS)
+
+
+def test_interrupted_driver_releases_its_lock_and_resumes(
+    ray_address: str, reference: tuple[Path, pl.DataFrame]
+) -> None:
+    base, ref = reference
+    out = base / "interrupted"
+    spec = write_toml(base / "spec-int.toml", fake_raw_spec(base, chunk_size=4, seconds=0.1))
+    proc = fake_driver(spec, out, "--actors", "2", "--ray-address", ray_address)
+    _wait_for(lambda: len(list((out / "done").glob("*.json"))) >= 5, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output[-3000:]
+    assert "interrupted; re-run the same command to resume" in output
+    assert not (out / ".lock").exists()
+    kept = _valid_shards(out)
+    _finish(spec, out, ray_address)
+    after = _valid_shards(out)
+    assert all(after[u] == digest for u, digest in kept.items())
+    assert verify_run(str(out)).ok
+    df = assert_exactly_once(out, ROWS)
+    assert df.sort(KEY).select(*KEY, "token_ids").equals(ref.select(*KEY, "token_ids"))

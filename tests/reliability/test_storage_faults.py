@@ -166,3 +166,12 @@ def test_resume_redoes_exactly_the_damaged_units(ray_local: Any, tmp_path: Path)
     key = ["task", "split", "item_id", "sample_idx"]
     ref = read_rows(reference).sort(key).select(*key, "token_ids", "logprobs", "text")
     assert df.sort(key).select(*key, "token_ids", "logprobs", "text").equals(ref)
+
+
+def test_verify_reads_filesystem_uris(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    units = write_run_without_ray(out, fake_raw_spec(tmp_path))
+    (out / "shards" / _record(out, units[0].unit_id)["shard"]).unlink()
+    report = verify_run(f"file://{out}")
+    assert report.units[0].state == "shard_missing"
+    assert sum(u.state == "done" for u in report.units) == len(units) - 1
