@@ -347,6 +347,14 @@ def load_run(run_dir: str | Path, with_logprobs: bool = False) -> RunInputs:
         )
     if not manifest.get("units"):
         raise UserError(f"{run_dir}/manifest.json lists no finished units", "re-run `mic run`")
+    planned, finished = manifest.get("units_planned"), manifest.get("units_finished")
+    if isinstance(planned, int) and isinstance(finished, int) and finished < planned:
+        # Scoring a part of a run would give metrics over whichever units happened to finish.
+        raise UserError(
+            f"{run_dir}/manifest.json: the run is incomplete ({finished} of {planned} units "
+            "finished; 'units_finished')",
+            "re-run the same `mic run` command to finish it (see `mic verify RUN_DIR`), then score",
+        )
     columns = GEN_COLUMNS + (["token_ids", "logprobs"] if with_logprobs else [])
     frames = []
     for unit in manifest["units"]:
