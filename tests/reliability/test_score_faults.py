@@ -111,3 +111,14 @@ def test_scorer_sigkilled_mid_stage_resumes_to_the_same_scored_run(tmp_path: Pat
         b = pl.read_parquet(reference / "scored" / f"{name}.parquet")
         assert a.equals(b), name
     assert not (run / ".lock").exists()
+
+
+def test_score_refuses_an_incomplete_run(tmp_path: Path, capsys) -> None:
+    from reliability_helpers import fake_raw_spec, write_run_without_ray
+
+    run = tmp_path / "run"
+    write_run_without_ray(run, fake_raw_spec(tmp_path), finished=5)  # e.g. stopped by a full disk
+    assert main(["score", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "incomplete" in err and "5 of 24" in err
+    assert not (run / "stages").exists() and not (run / ".lock").exists()
