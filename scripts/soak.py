@@ -9,7 +9,9 @@ What it does:
      the resumed run.
   4. Checks: `mic verify` says every unit is done and consistent; the shards hold exactly
      items x prompts x n rows, each (model, task, split, prompt, item, sample) once; no stray
-     shard or temp file; no error rows; and prints what it injected and what it checked.
+     shard or temp file; no error rows; summary.json records the retried units; units
+     regenerated in-process without faults (all with the fake engine, 3 random ones with vLLM)
+     have the same tokens; and prints what it injected and what it checked.
 
 Modes:
   default   the built-in tiny model on vLLM (configs/tiny.toml with n = 84: 240 items x 84 =
@@ -213,8 +215,56 @@ def check(out: Path, expected_rows: int, units: int) -> list[tuple[str, bool, st
     checks.append(("every sample generated tokens", empty == 0, f"{empty} empty"))
     summary = json.loads((out / "summary.json").read_text())
     restarts = sum(m.get("actor_restarts", 0) for m in summary["models"].values())
+    retried = sum(len(m.get("retries", [])) for m in summary["models"].values())
+    checks.append(("summary records the retried units", retried >= 1, f"{retried} retries"))
     checks.append(("summary: no failed units", not summary["failed_units"], f"restarts {restarts}"))
     return checks
+
+
+def same_tokens(out: Path, small: bool, spec_args: list[str], seed: int) -> tuple[str, bool, str]:
+    """Regenerate units in this process (no Ray, no kills) and compare their tokens with the
+    stored rows: every unit with the fake engine, 3 random units with vLLM (one engine start)."""
+    import polars as pl
+    import pyarrow.ipc as ipc
+
+    from engine.actors import vllm_backend_factory
+    from engine.backend import ENGINE_ENV, FakeBackend
+    from engine.spec import load_spec
+    from engine.units import plan_units
+
+    for key, value in ENGINE_ENV.items():
+        os.environ.setdefault(key, value)
+    overrides = [spec_args[i + 1] for i, a in enumerate(spec_args) if a == "--set"]
+    spec = load_spec(spec_args[0], overrides)
+    units = plan_units(spec)
+    if not small:
+        units = random.Random(seed).sample(units, 3)
+    if small:  # the same tokens as the actors' fake engine, without its per-unit sleep
+        backend = FakeBackend()
+    else:
+        backend = vllm_backend_factory(units[0].model, spec.sampling.logprobs)
+    manifest = {
+        u["unit_id"]: u["shard"] for u in json.loads((out / "manifest.json").read_text())["units"]
+    }
+    key = ["item_id", "sample_idx"]
+    differ = []
+    try:
+        for unit in units:
+            fresh = pl.from_arrow(backend.to_table(unit, backend.generate(unit)))
+            stored = pl.from_arrow(
+                ipc.open_file(str(out / "shards" / manifest[unit.unit_id])).read_all()
+            )
+            a = fresh.sort(key).select(*key, "token_ids")
+            b = stored.sort(key).select(*key, "token_ids")
+            if not a.equals(b):
+                differ.append(unit.unit_id)
+    finally:
+        backend.close()
+    return (
+        "same tokens as an uninterrupted in-process run",
+        not differ,
+        f"{len(units)} units regenerated, {len(differ)} differ",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     soak = Soak(args.small, out, args.seed)
     actor_kills, driver_kills, runs = soak.run(units)
     results = check(out, rows, units)
+    results.append(same_tokens(out, args.small, spec_args, args.seed))
     seconds = time.monotonic() - soak.started
     print(f"\ninjected: {actor_kills} actor SIGKILLs, {driver_kills} driver SIGKILL, {runs} runs")
     print("checked:")
