@@ -160,14 +160,21 @@ def encode(
 
     # Faithfulness is a property of sentences, not markers: computed from all rows, whatever
     # `ignore_no_hedge` says.
-    all_r = run.sentences.get_column("_r").to_numpy().astype(np.int64)
-    all_ptr, all_order = (ptr, order) if sent is run.sentences else kernels.by_response(all_r, n)
+    if sent is run.sentences:  # the same rows: reuse the arrays built above
+        all_ptr, all_order, all_conf, all_dec = ptr, order, s_conf, s_dec
+    else:
+        full = run.sentences
+        all_ptr, all_order = kernels.by_response(
+            full.get_column("_r").to_numpy().astype(np.int64), n
+        )
+        all_conf = full.get_column("confidence").fill_null(np.nan).to_numpy().astype(np.float64)
+        all_dec = full.get_column("decisiveness").fill_null(np.nan).to_numpy().astype(np.float64)
     r_f, r_c = kernels.faithfulness(
         all_ptr,
         all_order,
-        run.sentences.get_column("sentence_idx").to_numpy().astype(np.int64),
-        run.sentences.get_column("confidence").fill_null(np.nan).to_numpy().astype(np.float64),
-        run.sentences.get_column("decisiveness").fill_null(np.nan).to_numpy().astype(np.float64),
+        run.sentences.get_column("sentence_idx").to_numpy().astype(np.int32),
+        all_conf,
+        all_dec,
         n_sentences,
     )
     return Encoded(
