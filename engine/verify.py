@@ -194,7 +194,7 @@ def verify_run(location: str, check_duplicates: bool = True) -> VerifyReport:
 
     states: list[UnitState] = []
     referenced: set[str] = set()
-    counted: list[tuple[str, pa.Table]] = []
+    counted: list[pa.Table] = []
     for unit in units:
         state = UnitState(
             unit_id=unit.unit_id,
@@ -243,7 +243,8 @@ def verify_run(location: str, check_duplicates: bool = True) -> VerifyReport:
             state.detail = f"shard has {rows} rows, record {record.rows}, plan {unit.n_rows}"
             continue
         state.state = "done"
-        counted.append((unit.unit_id, table))
+        if check_duplicates:
+            counted.append(table.select(list(ROW_KEY)))  # keys only: a big run fits in memory
 
     report = VerifyReport(store.location, run_id, states)
     report.orphan_shards = sorted(shards - referenced)
@@ -251,12 +252,11 @@ def verify_run(location: str, check_duplicates: bool = True) -> VerifyReport:
     owned = {t for s in states for t in s.temp_files}
     report.stray_temp_files = sorted(set(temp) - owned)
     if check_duplicates and counted:
-        keys: Counter[tuple[Any, ...]] = Counter()
-        for _unit_id, table in counted:
-            keys.update(zip(*(table.column(c).to_pylist() for c in ROW_KEY)))
-        report.duplicate_rows = [
-            {**dict(zip(ROW_KEY, key)), "count": count} for key, count in keys.items() if count > 1
-        ][:20]
+        import polars as pl
+
+        keys = pl.from_arrow(pa.concat_tables(counted, promote_options="default"))
+        dups = keys.group_by(list(ROW_KEY)).len("count").filter(pl.col("count") > 1)
+        report.duplicate_rows = dups.sort(list(ROW_KEY)).head(20).to_dicts()
     report.manifest_problems = _manifest_problems(store, states)
     lock = store.read_json(".lock")
     report.lock = lock if isinstance(lock, dict) else None
