@@ -92,13 +92,27 @@ def _format_of(path: Path) -> str:
 NEEDED = set(RESPONSE_COLUMNS) | set(SENTENCE_COLUMNS)
 
 
-def _read(path: Path) -> pl.DataFrame:
+# Key columns of a sentences table repeat a handful of values (and item ids per response) over
+# millions of rows: stored as categoricals while reading (streamed, so the strings never exist in
+# full), they take 4 bytes a row instead of 16+. Linking hashes their string values.
+COMPACT = ("model", "prompt", "task", "split", "item_id")
+
+
+def _read(path: Path, compact: bool = False) -> pl.DataFrame:
     fmt = _format_of(path)
     try:
         if fmt in ("parquet", "ipc"):
             lazy = pl.scan_parquet(path) if fmt == "parquet" else pl.scan_ipc(path)
-            names = lazy.collect_schema().names()
-            return lazy.select([c for c in names if c in NEEDED]).collect()
+            schema = lazy.collect_schema()
+            cols = []
+            for c in schema.names():
+                if c not in NEEDED:
+                    continue
+                if compact and c in COMPACT and schema[c] == pl.String:
+                    cols.append(pl.col(c).cast(pl.Categorical))
+                else:
+                    cols.append(pl.col(c))
+            return lazy.select(cols).collect(engine="streaming" if compact else "auto")
         if fmt == "csv":
             return pl.read_csv(
                 path, infer_schema_length=10000, schema_overrides={"item_id": pl.String}
@@ -172,6 +186,9 @@ def _conform(
             exprs.append(pl.lit(default, dtype=dtype).alias(name))
             continue
         have = df.schema[name]
+        if dtype == pl.String and have == pl.Categorical:  # compact key column (see COMPACT)
+            exprs.append(pl.col(name))
+            continue
         if name == "item_id" and have != pl.String:
             if not (have.is_integer() or have == pl.String):
                 raise UserError(
@@ -192,8 +209,6 @@ def _conform(
         if dtype == pl.Boolean and have.is_integer():
             bad = df.filter(~pl.col(name).is_in([0, 1]) & pl.col(name).is_not_null()).height
             ok = bad == 0
-        if dtype == pl.String and have == pl.Categorical:
-            ok = True
         if not ok:
             raise UserError(
                 f"{path}: column {name!r} has type {have}, expected {dtype}",
@@ -242,7 +257,7 @@ def read_scored(paths: list[str | Path] | str | Path) -> ScoredRun:
         for role, f in _resolve(path):
             source = len(files)
             files.append(str(f))
-            df = _read(f)
+            df = _read(f, compact=role == "sentences")
             if df.height == 0:
                 raise UserError(
                     f"{f}: the table has no rows",
@@ -392,7 +407,7 @@ def _key_hash(df: pl.DataFrame) -> np.ndarray:
     mult = np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
         for i, k in enumerate(KEY):
-            col = df.get_column(k).hash(seed=7 + i).to_numpy()
+            col = df.get_column(k).cast(pl.String).hash(seed=7 + i).to_numpy()
             h ^= col
             h *= mult
             h ^= h >> np.uint64(29)
