@@ -234,6 +234,7 @@ def same_tokens(out: Path, small: bool, spec_args: list[str], seed: int) -> tupl
 
     for key, value in ENGINE_ENV.items():
         os.environ.setdefault(key, value)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep the report readable
     overrides = [spec_args[i + 1] for i, a in enumerate(spec_args) if a == "--set"]
     spec = load_spec(spec_args[0], overrides)
     units = plan_units(spec)
