@@ -205,3 +205,18 @@ def test_a_scored_dir_that_is_a_generation_run(tmp_path: Path, capsys) -> None:
     (tmp_path / "run" / "run.json").write_text(json.dumps({"run_id": "x"}))
     code, err = _run_cli(["analyze", str(tmp_path / "run"), "--out", str(tmp_path / "o")], capsys)
     _assert_user_error(code, err, str(tmp_path / "run"))
+
+
+def test_a_closed_stdout_is_not_a_traceback() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        f"{sys.executable} -m engine.cli plan {REPO / 'configs' / 'tiny.toml'} --json | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.strip() == "{"
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
