@@ -78,7 +78,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFr
     return base, read_rows(base / "reference").sort(KEY)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 9])  # kills while units run, at start-up, at the end
 def test_sigkilled_driver_resumes_exactly_once(
     seed: int, ray_address: str, reference: tuple[Path, pl.DataFrame]
 ) -> None:
