@@ -364,7 +364,12 @@ class RunStore:
             UserError: Another live run holds the directory.
         """
         self.fs.create_dir(self.root, recursive=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.time(),
+            "start_ticks": _process_start_ticks(os.getpid()),
+        }
         lock = self.path(".lock")
         if self.is_local:
             for _ in range(2):
@@ -408,7 +413,10 @@ class RunStore:
             holder = {}
         pid, host = holder.get("pid"), holder.get("host")
         if self.is_local and host == socket.gethostname() and isinstance(pid, int):
-            if not _pid_alive(pid):
+            recorded, now = holder.get("start_ticks"), _process_start_ticks(pid)
+            # A live pid that started at another time is a reused pid (e.g. after a reboot).
+            reused = recorded is not None and now is not None and recorded != now
+            if reused or not _pid_alive(pid):
                 with contextlib.suppress(OSError):
                     self.fs.delete_file(self.path(".lock"))
                 return
@@ -416,6 +424,17 @@ class RunStore:
             f"output directory {self.location} is locked by another run (pid {pid} on {host})",
             f"wait for it to finish, or delete {self.path('.lock')} if that process is gone",
         )
+
+
+def _process_start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (Linux /proc), or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        # Fields after the command name (which may hold spaces); starttime is field 22.
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
