@@ -44,3 +44,33 @@ def test_a_lock_that_cannot_be_written_leaves_no_file(tmp_path: Path, monkeypatc
     assert not (tmp_path / "run" / ".lock").exists()
     with store.locked():  # space freed: the next run locks normally
         pass
+
+
+def test_a_reused_pid_does_not_hold_the_lock(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from engine.store import _process_start_ticks
+
+    store = RunStore(tmp_path / "run")
+    lock = tmp_path / "run" / ".lock"
+    lock.parent.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ticks = _process_start_ticks(other.pid)
+        if ticks is None:
+            pytest.skip("no /proc here")
+        holder = {"pid": other.pid, "host": socket.gethostname(), "start_ticks": ticks}
+        lock.write_text(json.dumps(holder))
+        with pytest.raises(UserError, match=f"pid {other.pid}"):  # the very holder: refused
+            with store.locked():
+                pass
+        # The same pid, but the process that wrote the lock started at another time (the pid
+        # was reused after a crash or a reboot): taken over.
+        lock.write_text(json.dumps({**holder, "start_ticks": ticks - 1000}))
+        with store.locked():
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+    finally:
+        other.kill()
+        other.wait()
