@@ -397,6 +397,26 @@ def validate(run: ScoredRun) -> ScoredRun:
     return ScoredRun(r, slim.with_columns(pl.Series("_r", r_np)), run.files)
 
 
+def _string_hash(col: pl.Series, seed: int) -> np.ndarray:
+    """Hash of each value's string, for a String or a Categorical column (equal for equal text).
+
+    A categorical is hashed through its distinct values and their codes: no full string column
+    is materialized.
+    """
+    if col.dtype != pl.Categorical:
+        return col.hash(seed=seed).to_numpy()
+    distinct = col.unique().drop_nulls()
+    codes = distinct.to_physical().to_numpy().astype(np.int64)
+    lut = np.zeros(int(codes.max(initial=0)) + 1, dtype=np.uint64)
+    lut[codes] = distinct.cast(pl.String).hash(seed=seed).to_numpy()
+    physical = col.to_physical()
+    out = lut[physical.fill_null(0).to_numpy()]
+    if physical.null_count():
+        null_hash = pl.Series([None], dtype=pl.String).hash(seed=seed).to_numpy()[0]
+        out[physical.is_null().to_numpy()] = null_hash
+    return out
+
+
 def _key_hash(df: pl.DataFrame) -> np.ndarray:
     """A 64-bit hash of each row's response key, column by column.
 
@@ -407,7 +427,7 @@ def _key_hash(df: pl.DataFrame) -> np.ndarray:
     mult = np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
         for i, k in enumerate(KEY):
-            col = df.get_column(k).cast(pl.String).hash(seed=7 + i).to_numpy()
+            col = _string_hash(df.get_column(k), seed=7 + i)
             h ^= col
             h *= mult
             h ^= h >> np.uint64(29)
