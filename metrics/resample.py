@@ -51,12 +51,18 @@ class GroupReplicates:
 
 
 def response_keys(responses: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Stable item key (task, item_id) and stratum key (task) per response row."""
-    pairs = responses.select("task", "item_id")
+    """Stable item key (task, split/item_id) and stratum key (task) per response row.
+
+    The split is part of the item's identity: a run whose ids repeat across splits (parity mode
+    reads both) still has one key per item, and two models get the same key for the same item.
+    """
+    pairs = responses.select(
+        "task", pl.concat_str(["split", "item_id"], separator="\x1f").alias("_item")
+    )
     uniq = pairs.unique()
-    keys = item_keys(uniq.get_column("task").to_numpy(), uniq.get_column("item_id").to_numpy())
+    keys = item_keys(uniq.get_column("task").to_numpy(), uniq.get_column("_item").to_numpy())
     uniq = uniq.with_columns(pl.Series("_k", keys, dtype=pl.UInt64))
-    joined = pairs.join(uniq, on=["task", "item_id"], how="left", maintain_order="left")
+    joined = pairs.join(uniq, on=["task", "_item"], how="left", maintain_order="left")
     tasks = pairs.get_column("task").unique().sort()
     tkeys = dict(zip(tasks.to_list(), stratum_keys(tasks.to_numpy()).tolist()))
     strata = pairs.get_column("task").replace_strict(tkeys, return_dtype=pl.UInt64).to_numpy()

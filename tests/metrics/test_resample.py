@@ -224,3 +224,16 @@ def test_ray_shards_equal_local(tmp_path):
         if not was_running:
             ray.shutdown()
     assert diff(local, sharded.metrics_json["models"], rel=1e-12) == []
+
+
+def test_item_ids_repeated_across_splits_are_distinct_items(tmp_path):
+    # The same ids in train and test (as when a loader numbers each split from 0): in parity mode
+    # both splits are resampled together, so the split must be part of an item's key.
+    resp, sent = make_scored_run(
+        n_models=1, n_tasks=2, n_items=60, n_markers=5, seed=3, tasks_without_test=2
+    )
+    test = pl.col("split").replace_strict({"train": "test"}, return_dtype=pl.String)
+    resp = pl.concat([resp, resp.with_columns(test)])
+    sent = pl.concat([sent, sent.with_columns(test)])
+    res = analyze(_write(tmp_path / "r", resp, sent), mode="parity", bootstrap=20, threshold=2)
+    assert res.metrics_json["models"]["model-0"]["default"]["metrics"]["I-AvgMAE"]["ci"] is not None
