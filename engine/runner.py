@@ -271,12 +271,9 @@ def run_sweep(
     store = RunStore(out)
     started = time.time()
     with store.locked():
-        mode = store.check_run(spec, new_run=new_run)
+        mode, records, todo = store.resume(spec, units, new_run=new_run)
         order = [u.unit_id for u in units]
         rows = {u.unit_id: u.n_rows for u in units}
-        records = store.finished(order, rows)
-        store.collect_garbage({r.shard for r in records.values()})
-        todo = [u for u in units if u.unit_id not in records]
         if progress:
             print(
                 f"{mode} run {spec.run_id} in {store.location}: {len(units)} units, "

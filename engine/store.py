@@ -252,6 +252,24 @@ class RunStore:
                 records[unit_id] = record
         return records
 
+    def resume(self, spec: SweepSpec, units: list, new_run: bool = False):
+        """Prepare a (re)run under the lock: refuse a differing spec, keep verified units, drop
+        orphan shards, and say what is left to do.
+
+        Args:
+            spec: The sweep spec of this run.
+            units: The planned work units (`engine.units.WorkUnit`).
+            new_run: Replace a stored run of a different spec (see `check_run`).
+
+        Returns:
+            (mode, records, todo): "new" / "resume" / ... from `check_run`, the verified
+            done-records by unit id, and the units still to run, in plan order.
+        """
+        mode = self.check_run(spec, new_run=new_run)
+        records = self.finished([u.unit_id for u in units], {u.unit_id: u.n_rows for u in units})
+        self.collect_garbage({r.shard for r in records.values()})
+        return mode, records, [u for u in units if u.unit_id not in records]
+
     def collect_garbage(self, keep: set[str]) -> list[str]:
         """Delete shards (and partial files) that no valid done-record points to.
 

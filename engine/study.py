@@ -367,12 +367,9 @@ def run_local(
     store = RunStore(str(out))
     kept = None
     with store.locked():
-        store.check_run(spec, new_run=new_run)
+        _, records, todo = store.resume(spec, units, new_run=new_run)
         order = [u.unit_id for u in units]
         rows = {u.unit_id: u.n_rows for u in units}
-        records = store.finished(order, rows)
-        store.collect_garbage({r.shard for r in records.values()})
-        todo = [u for u in units if u.unit_id not in records]
         if progress:
             _log(f"study: local run {spec.run_id}: {len(units)} units, {len(todo)} to run")
         for model in spec.models:
