@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line, whatever the wrapped parser message holds (YAML errors span several).
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"mic {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except BrokenPipeError:
         # The reader went away (`mic verify --json | head`): no traceback, and none at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -115,10 +115,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from engine.runner import format_plan, plan_report
-    from engine.spec import load_spec
+    from engine.runner import format_plan
+    from engine.study import plan_study
 
-    report = plan_report(load_spec(args.spec, args.overrides), args.tokens_per_second)
+    report = plan_study(args.spec, None, args.overrides, args.tokens_per_second)
     print(json.dumps(report, indent=2) if args.json else format_plan(report))
     return 0
 

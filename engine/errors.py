@@ -15,3 +15,48 @@ class UserError(Exception):
         self.message = message
         self.fix = fix
         super().__init__(f"{message} -- {fix}" if fix else message)
+
+    #: The CLI's exit code for this error (2: a mistake to fix).
+    exit_code = 2
+
+
+class StageFailed(UserError):
+    """A stage that ran but failed too often to count as done (exit code 1: retry, not a typo)."""
+
+    exit_code = 1
+
+
+_SECRET_QUERY = ("key", "token", "secret", "password", "passwd", "signature", "sig", "auth")
+
+
+def redact_url(url: str) -> str:
+    """`url` without credentials: no user:password part, secret-looking query values masked.
+
+    Args:
+        url: Any URL (an OpenAI-compatible base URL, a Ray address, ...).
+
+    Returns:
+        The URL safe to print, log or store.
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = urlencode(
+        [
+            (k, "***" if any(s in k.lower() for s in _SECRET_QUERY) else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def scrub(text: str, *secrets: str | None) -> str:
+    """`text` with every non-empty secret (and its Bearer header form) replaced by ***."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import UserError
+from engine.errors import UserError, redact_url, scrub
+from engine.judges import CallFailure
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -75,11 +76,14 @@ class OpenAICompatClient:
 
     def __repr__(self) -> str:  # never shows the key
         s = self.settings
-        return f"OpenAICompatClient(base_url={s.base_url!r}, model={s.model!r})"
+        return f"OpenAICompatClient(base_url={redact_url(s.base_url)!r}, model={s.model!r})"
+
+    def _key(self) -> str:
+        return os.environ.get(self.settings.api_key_env, "") if self.settings.api_key_env else ""
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.settings.api_key_env, "") if self.settings.api_key_env else ""
+        key = self._key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
@@ -121,7 +125,16 @@ class OpenAICompatClient:
                 else:
                     if response.status_code == 200:
                         return response.json()
-                    last = f"HTTP {response.status_code}: {response.text[:200]}"
+                    if response.status_code in (401, 403):
+                        # Every further call would fail the same way: stop the stage now.
+                        raise UserError(
+                            f"the judge endpoint {redact_url(self.settings.base_url)} answered "
+                            f"HTTP {response.status_code} (not authorized)",
+                            f"check the API key in ${self.settings.api_key_env} and the judge model "
+                            f"{self.settings.model!r}",
+                        )
+                    # A server may echo the request (Authorization header included) in its body.
+                    last = scrub(f"HTTP {response.status_code}: {response.text[:200]}", self._key())
                     if response.status_code not in RETRY_STATUS:
                         return RuntimeError(last)
                     retry_after = _retry_after(response.headers.get("retry-after"))
@@ -175,7 +188,7 @@ class HTTPJudge:
         out: list[dict[int, float] | str] = []
         for result in self.client.complete(bodies):
             if isinstance(result, Exception):
-                out.append(str(result))
+                out.append(CallFailure(str(result)))
                 continue
             try:
                 tops = result["choices"][0]["logprobs"]["top_logprobs"][0] or {}

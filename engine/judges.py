@@ -26,6 +26,15 @@ RATING_WORDS = tuple(str(k) for k in range(11))
 TopLogprobs = dict[int, float]
 
 
+class CallFailure(str):
+    """A judge call that produced no answer at all (server error, transport, rejected prompt).
+
+    Per-prompt results are strings when something went wrong; this subclass marks the ones where
+    the judge was never heard (as opposed to an answer without a readable verdict), so a stage
+    can count them and refuse to call itself done when too many failed.
+    """
+
+
 class Judge(Protocol):
     """What the judge stages need from an engine."""
 
@@ -108,7 +117,7 @@ class VLLMJudge:
         todo = []
         for i, ids in enumerate(encoded):
             if len(ids) + 1 > self.max_model_len:
-                results[i] = (
+                results[i] = CallFailure(
                     f"judge prompt has {len(ids)} tokens; the judge's max_model_len is "
                     f"{self.max_model_len} (raise judges.engine_args.max_model_len)"
                 )
@@ -130,7 +139,7 @@ class VLLMJudge:
                         [request], sampling_params=[params[i]], use_tqdm=False
                     )[0]
                 except (ValueError, TypeError) as exc:
-                    results[i] = f"{type(exc).__name__}: {exc}"
+                    results[i] = CallFailure(f"{type(exc).__name__}: {exc}")
         return results
 
     # ---- reading ---------------------------------------------------------------------------------

@@ -127,6 +127,11 @@ def format_plan(report: dict[str, Any], max_units: int = 20) -> str:
             f"generated tokens; {m['replicas']} replica(s) x {m['gpus_per_replica']} GPU: "
             f"~{m['wall_hours_estimate']:.3f} h wall, ~{m['gpu_hours_estimate']:.3f} GPU-h"
         )
+    if report.get("estimated_tasks"):
+        lines.append(
+            f"estimated (hub tasks not loaded; `limit` placeholder items per split): "
+            f"{', '.join(report['estimated_tasks'])}"
+        )
     t = report["totals"]
     lines.append(
         f"total: {t['prompts']:,} prompts, {t['samples']:,} samples, <= {t['max_generated_tokens']:,} tokens, "

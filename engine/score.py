@@ -40,7 +40,8 @@ import pyarrow.ipc  # noqa: F401  (pa.ipc)
 import pyarrow.parquet as pq
 
 from engine.contract import NO_HEDGE, RESPONSES, SENTENCES, with_metadata
-from engine.errors import UserError
+from engine.errors import StageFailed, UserError
+from engine.judges import CallFailure
 
 STAGE_VERSION = "1"
 EXTRACT_MODES = ("lexicon", "llm")
@@ -82,6 +83,8 @@ class ScoreSettings:
             stored or logged).
         concurrency: Requests in flight to the server at most.
         max_retries: Retries per request (backoff, Retry-After honoured).
+        max_failed_share: A judge stage whose failed share of calls exceeds this is not done
+            (the command exits 1 and a re-run retries the failed batches).
     """
 
     extract: str = "lexicon"
@@ -103,6 +106,7 @@ class ScoreSettings:
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 16
     max_retries: int = 5
+    max_failed_share: float = 0.5
 
     def judge_engine_args(self) -> dict[str, Any]:
         """Engine arguments of the judge (tiny-model defaults under the user's)."""
@@ -212,6 +216,8 @@ class Stage:
         self.log = log
         self.errors: list[dict[str, Any]] = []
         self.started = time.perf_counter()
+        self.calls = 0  # judge calls made (or reused from part files) by this stage
+        self.failed_calls = 0  # of which the judge was never heard (see CallFailure)
 
     def done(self) -> bool:
         """Whether the stage finished with this key (and its outputs exist)."""
@@ -227,17 +233,76 @@ class Stage:
         """Read one output table of the stage."""
         return pl.read_parquet(self.dir / f"{name}.parquet")
 
-    def error(self, row: Mapping[str, Any], message: str) -> None:
-        """Record a per-item failure in the ledger."""
-        self.errors.append(
-            {
-                **{k: row.get(k) for k in (*SENTENCE_COLS, "sample_idx") if k in row},
-                "error": message,
-            }
+    def error(self, row: Mapping[str, Any], message: str, call_failed: bool = False) -> None:
+        """Record a per-item failure in the ledger.
+
+        Args:
+            row: The item's key columns.
+            message: What went wrong.
+            call_failed: The judge call itself failed (no answer at all); such rows count
+                against `max_failed_share` and their batch is retried when the stage re-runs.
+        """
+        entry = {
+            **{k: row.get(k) for k in (*SENTENCE_COLS, "sample_idx", "raw_marker") if k in row},
+            "error": str(message),
+        }
+        if call_failed:
+            entry["kind"] = "call_failed"
+            self.failed_calls += 1
+        self.errors.append(entry)
+
+    def count_calls(self, n: int) -> None:
+        """Count `n` judge calls (the denominator of the failed share)."""
+        self.calls += n
+
+    def failed_share(self) -> float:
+        """The share of this stage's judge calls that failed (0 when it made none)."""
+        return self.failed_calls / self.calls if self.calls else 0.0
+
+    def check_failures(self, max_failed_share: float) -> None:
+        """Refuse to finish when too many judge calls failed (the stage is then not done).
+
+        The ledger is written so the causes can be read; batches holding failed calls are
+        retried by the next run (see `parts`).
+
+        Raises:
+            StageFailed: The failed share exceeds `max_failed_share`.
+        """
+        if not self.calls or self.failed_share() <= max_failed_share:
+            return
+        ledger = "".join(json.dumps(e, default=str) + "\n" for e in self.errors)
+        _write_text(self.dir / "errors.jsonl", ledger)
+        causes: list[str] = []
+        for entry in self.errors:
+            cause = str(entry.get("error", ""))[:120]
+            if entry.get("kind") == "call_failed" and cause not in causes:
+                causes.append(cause)
+            if len(causes) == 3:
+                break
+        raise StageFailed(
+            f"score stage {self.name!r}: {self.failed_calls} of {self.calls} judge calls failed "
+            f"({self.failed_share():.0%} > the allowed {max_failed_share:.0%}); first causes: "
+            + "; ".join(repr(c) for c in causes),
+            f"fix the judge (endpoint, key, model, max_model_len) and re-run the same command "
+            f"(finished batches are kept; see {self.dir / 'errors.jsonl'}), or raise "
+            "--max-failed-share",
         )
 
-    def finish(self, outputs: Mapping[str, pl.DataFrame], info: Mapping[str, Any] = ()) -> None:
-        """Write the outputs, the ledger and the done marker (the commit point)."""
+    def finish(
+        self,
+        outputs: Mapping[str, pl.DataFrame],
+        info: Mapping[str, Any] = (),
+        max_failed_share: float = 1.0,
+    ) -> None:
+        """Write the outputs, the ledger and the done marker (the commit point).
+
+        Args:
+            outputs: Output tables by name.
+            info: Extra fields of the done marker.
+            max_failed_share: Refuse (StageFailed, no done marker) when a larger share of the
+                stage's judge calls failed.
+        """
+        self.check_failures(max_failed_share)
         for name, df in outputs.items():
             _write_parquet(df, self.dir / f"{name}.parquet")
         ledger = "".join(json.dumps(e, default=str) + "\n" for e in self.errors)
@@ -246,12 +311,16 @@ class Stage:
             "key": self.key,
             "outputs": sorted(outputs),
             "errors": len(self.errors),
+            "judge_calls": self.calls,
+            "failed_calls": self.failed_calls,
             "seconds": round(time.perf_counter() - self.started, 3),
             **dict(info),
         }
         _write_text(self.dir / "done.json", json.dumps(record, indent=2))
         if self.log:
-            extra = f", {len(self.errors)} ledger rows" if self.errors else ""
+            extra = f", {len(self.errors)} items in errors.jsonl" if self.errors else ""
+            if self.calls:
+                extra += f", {self.failed_calls}/{self.calls} judge calls failed"
             print(
                 f"score: {self.name} done in {record['seconds']:.1f} s{extra}",
                 file=sys.stderr,
@@ -275,10 +344,15 @@ class Stage:
         for index, start in enumerate(range(0, n_items, batch_size)):
             path = part_dir / f"part-{index:05d}.parquet"
             ledger = part_dir / f"part-{index:05d}.errors.json"
+            stop = min(start + batch_size, n_items)
+            self.count_calls(stop - start)
             if path.is_file() and ledger.is_file():
-                frames.append(pl.read_parquet(path))
-                self.errors.extend(json.loads(ledger.read_text()))
-                continue
+                stored = json.loads(ledger.read_text())
+                # A batch whose judge calls failed is retried, not reused.
+                if not any(e.get("kind") == "call_failed" for e in stored):
+                    frames.append(pl.read_parquet(path))
+                    self.errors.extend(stored)
+                    continue
             before = len(self.errors)
             t0 = time.perf_counter()
             df = compute(start, min(start + batch_size, n_items))
@@ -396,7 +470,8 @@ def load_gold(spec_full: Mapping[str, Any], run_dir: Path) -> dict[str, dict[str
     from engine.items import load_items
     from engine.spec import validate
 
-    spec = validate(dict(spec_full), source=f"{run_dir}/run.json")
+    # Task files inside the run directory are stored relative to it (a moved run keeps working).
+    spec = validate(dict(spec_full), source=f"{run_dir}/run.json", base_dir=Path(run_dir).resolve())
     out: dict[str, dict[str, Any]] = {}
     for task in spec.tasks:
         items = {}
@@ -483,7 +558,11 @@ def stage_markers(
                 markers = None if isinstance(out, Exception) else parse_markers(out, text)
                 if markers is None:  # the lexicon stands in, so the sentence keeps its rows
                     why = str(out) if isinstance(out, Exception) else f"not readable: {out!r}"
-                    stage.error(row, f"extraction output {why}; used the lexicon")
+                    stage.error(
+                        row,
+                        f"extraction output {why}; used the lexicon",
+                        call_failed=isinstance(out, Exception),
+                    )
                     markers = [m for m in markers_for_sentences([text])[0] if m != NO_HEDGE]
                 found.append(markers or [NO_HEDGE])
             return _explode_markers(chunk, found)
@@ -491,7 +570,7 @@ def stage_markers(
         out = stage.parts(sents.height, settings.batch_size, compute)
         if out.is_empty():
             out = _explode_markers(sents.head(0), [])
-    stage.finish({"output": out})
+    stage.finish({"output": out}, max_failed_share=settings.max_failed_share)
     return stage
 
 
@@ -534,11 +613,14 @@ def stage_canonical(
         outs = judges.get().generate_texts(
             [canonical_prompt(m) for m in raws], 8, 0.0, [0] * len(raws)
         )
+        stage.count_calls(len(raws))
         for raw, out in zip(raws, outs):
             form = None if isinstance(out, Exception) else parse_canonical(out, raw)
             if form is None:
-                stage.errors.append(
-                    {"raw_marker": raw, "error": f"canonical form rejected: {out!r}"}
+                stage.error(
+                    {"raw_marker": raw},
+                    f"canonical form rejected: {out!r}",
+                    call_failed=isinstance(out, Exception),
                 )
             else:
                 merge[raw] = form
@@ -551,7 +633,7 @@ def stage_canonical(
         schema={"model": pl.String, "raw_marker": pl.String, "marker": pl.String},
         orient="row",
     )
-    stage.finish({"output": out})
+    stage.finish({"output": out}, max_failed_share=settings.max_failed_share)
     return stage
 
 
@@ -601,7 +683,7 @@ def stage_confidence(
             values: list[float | str | None] = []
             for text in texts:
                 if isinstance(text, Exception):
-                    values.append(str(text))
+                    values.append(CallFailure(str(text)))
                     continue
                 verdict = parse_verdict(text)
                 values.append(
@@ -621,7 +703,11 @@ def stage_confidence(
 
     judgments = stage.parts(pairs.height, settings.batch_size, compute)
     out = _mean_per_sentence(sents, judgments)
-    stage.finish({"output": out, "judgments": judgments}, {"judge_prompts": pairs.height})
+    stage.finish(
+        {"output": out, "judgments": judgments},
+        {"judge_prompts": pairs.height},
+        max_failed_share=settings.max_failed_share,
+    )
     return stage
 
 
@@ -691,7 +777,7 @@ def _judgment_frame(
         chunk.select(SENTENCE_COLS + ["sample_idx"]).iter_rows(named=True), values
     ):
         if isinstance(value, str):
-            stage.error(row, value)
+            stage.error(row, value, call_failed=isinstance(value, CallFailure))
             numbers.append(None)
         else:
             numbers.append(value)
@@ -831,7 +917,11 @@ def stage_correctness(
                 p = None if isinstance(top, str) else yes_no_probability(top, ids[YES], ids[NO])
                 if p is None:
                     why = top if isinstance(top, str) else "neither yes nor no in the top-k"
-                    stage.error(row, f"correctness judge: {why}; used the rule result")
+                    stage.error(
+                        row,
+                        f"correctness judge: {why}; used the rule result",
+                        call_failed=isinstance(top, CallFailure),
+                    )
                     verdicts.append(rule[i])
                 else:
                     verdicts.append(p >= 0.5)
@@ -844,7 +934,9 @@ def stage_correctness(
         pl.Series("correct", correct, dtype=pl.Boolean),
         pl.Series("correct_rule", rule, dtype=pl.Boolean),
     )
-    stage.finish({"output": out}, {"answer_types": types})
+    stage.finish(
+        {"output": out}, {"answer_types": types}, max_failed_share=settings.max_failed_share
+    )
     return stage
 
 
@@ -887,7 +979,9 @@ def stage_decisiveness(
             value = None if isinstance(top, str) else expected_rating(top, ids)
             if value is None:
                 stage.error(
-                    row, top if isinstance(top, str) else "no rating token 0..10 in the top-k"
+                    row,
+                    top if isinstance(top, str) else "no rating token 0..10 in the top-k",
+                    call_failed=isinstance(top, CallFailure),
                 )
             values.append(value)
         return chunk.select(SENTENCE_COLS).with_columns(
@@ -899,7 +993,7 @@ def stage_decisiveness(
         out = sents.select(SENTENCE_COLS).with_columns(
             pl.lit(None, pl.Float64).alias("decisiveness")
         )
-    stage.finish({"output": out})
+    stage.finish({"output": out}, max_failed_share=settings.max_failed_share)
     return stage
 
 

@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,10 +189,36 @@ class SweepSpec:
         data.pop("source")
         return json.loads(json.dumps(data))
 
+    def portable_dict(self, base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Return `to_dict()` with local task files under `base` written relative to it.
+
+        A study directory stores its prepared task files in `tasks/`; recording them relative
+        to the directory keeps a moved or copied study usable (`validate(..., base_dir=DIR)`
+        resolves them again).
+        """
+        data = self.to_dict()
+        if base is not None:
+            root = Path(base).resolve()
+            for task in data["tasks"]:
+                if task["source"].startswith(BUILTIN_PREFIX):
+                    continue
+                local = Path(task["source"])
+                if local.is_relative_to(root):
+                    task["source"] = local.relative_to(root).as_posix()
+        return data
+
     def content_dict(self) -> dict[str, Any]:
         """Return what decides the generations: no execution fields (replicas, GPUs per
-        replica, ...) and no judge / analysis settings."""
+        replica, ...) and no judge / analysis settings.
+
+        A local task file enters by its file name only: where the file lives does not decide the
+        generations (its items do, through the unit ids), so a study that is moved or copied, or
+        run from another working directory, keeps its identity.
+        """
         data = self.to_dict()
+        for task in data["tasks"]:
+            if not task["source"].startswith(BUILTIN_PREFIX):
+                task["source"] = "file:" + Path(task["source"]).name
         # Judge and analysis settings belong to later stages; they do not change generations.
         data.pop("judges", None)
         data.pop("analysis", None)

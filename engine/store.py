@@ -342,7 +342,7 @@ class RunStore:
             "run_id": spec.run_id,
             "hash": spec.hash,
             "spec": spec.content_dict(),
-            "full": spec.to_dict(),
+            "full": spec.portable_dict(self.root if self.is_local else None),
         }
         if stored is None:
             self.ensure_dirs()

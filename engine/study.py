@@ -43,7 +43,16 @@ ANALYSIS_KEYS = {
     "ref_split": str,
     "eval_split": str,
 }
-DEMO_SPEC = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
+
+
+def demo_spec() -> Path:
+    """The demo's study spec, shipped as package data (works from any install, any directory).
+
+    `configs/demo.toml` in the repository is the same file, for reading and copying.
+    """
+    from importlib import resources
+
+    return Path(str(resources.files("engine") / "data" / "configs" / "demo.toml"))
 
 
 def _hash(data: Any) -> str:
@@ -141,7 +150,8 @@ def prepare_study(
             record = {"entry": wanted, "answer_type": answer_type}
             sidecar.write_text(json.dumps(record, indent=2))
         entry.pop("path", None)
-        entry["source"] = str(target)
+        # Absolute: the engine resolves relative sources against the spec's folder, not --out.
+        entry["source"] = str(target.resolve())
         answer_types.setdefault(name, declared or record["answer_type"])
     if answer_types:
         judges["answer_types"] = answer_types
@@ -226,17 +236,63 @@ def check_study_spec(path: str | Path, overrides: list[str] | None = None) -> di
 
 
 def plan_study(
-    spec_path: str | Path, out: str | Path, overrides: list[str] | None = None
+    spec_path: str | Path,
+    out: str | Path | None = None,
+    overrides: list[str] | None = None,
+    tokens_per_second: float = 1000.0,
 ) -> dict[str, Any]:
-    """Prepare a study's tasks into `out/tasks` and return the engine's plan report (no run)."""
+    """The engine's plan report of a sweep or study spec; runs nothing, needs no network.
+
+    `sample:` tasks are prepared from the bundled files. A `registry:` task without a local
+    `path` is not loaded from the hub: it is planned with `limit` (default 5,000) placeholder
+    items per split, and the report names it under `estimated_tasks`.
+
+    Args:
+        spec_path: A sweep spec or a study spec (TOML or YAML).
+        out: Prepare the tasks into `out/tasks` (kept for the run); None uses a temporary folder.
+        overrides: `--set` overrides of the spec.
+        tokens_per_second: Assumed generated tokens/s per replica for the time estimate.
+
+    Returns:
+        The plan report (`engine.runner.plan_report`) plus `estimated_tasks`.
+    """
+    import tempfile
+
     from engine.runner import plan_report
     from engine.spec import apply_overrides, read_raw, validate
+    from engine.tasks.loaders import DEFAULT_LIMIT
+    from engine.tasks.registry import get_task
 
     spec_path = Path(spec_path)
     raw = apply_overrides(read_raw(spec_path), overrides or [], str(spec_path))
-    engine_raw, _ = prepare_study(raw, Path(out), str(spec_path))
-    spec = validate(engine_raw, source=str(spec_path), base_dir=spec_path.resolve().parent)
-    return plan_report(spec)
+    with tempfile.TemporaryDirectory(prefix="mic-plan-") as tmp:
+        estimated = []
+        for i, entry in enumerate(raw.get("tasks") or []):
+            if not isinstance(entry, dict):
+                continue
+            src = str(entry.get("source", ""))
+            if not src.startswith(REGISTRY_PREFIX) or entry.get("path") or out is not None:
+                continue
+            task = get_task(src[len(REGISTRY_PREFIX) :])
+            name = str(entry.get("name") or task.name)
+            count = int(entry.get("limit") or DEFAULT_LIMIT)
+            rows = [
+                {"id": f"{split}-{k}", "question": task.instruction, "answers": [], "split": split}
+                for split in entry.get("splits", ["train", "test"])
+                for k in range(count)
+            ]
+            placeholder = Path(tmp) / f"placeholder-{i}.jsonl"
+            placeholder.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+            entry["source"] = str(placeholder)
+            entry.setdefault("answer_type", task.answer_type)
+            estimated.append(name)
+        engine_raw, _ = prepare_study(
+            raw, Path(out) if out is not None else Path(tmp), str(spec_path)
+        )
+        spec = validate(engine_raw, source=str(spec_path), base_dir=spec_path.resolve().parent)
+        report = plan_report(spec, tokens_per_second)
+    report["estimated_tasks"] = estimated
+    return report
 
 
 # ---- the study --------------------------------------------------------------------------------
@@ -448,11 +504,10 @@ or on this machine with a small local model directory:
 
 def run_demo(out: str | Path = "mic-demo", progress: bool = True) -> dict[str, Any]:
     """The offline demo: `configs/demo.toml` (tiny model, bundled samples) through `run_study`."""
-    if not DEMO_SPEC.is_file():
-        raise UserError(
-            f"the demo spec {DEMO_SPEC} is missing", "reinstall the project from its repo"
-        )
-    return run_study(DEMO_SPEC, out, progress=progress, local=True)
+    spec = demo_spec()
+    if not spec.is_file():
+        raise UserError(f"the demo spec {spec} is missing", "reinstall the mic-engine package")
+    return run_study(spec, out, progress=progress, local=True)
 
 
 # ---- command line ---------------------------------------------------------------------------------

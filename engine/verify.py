@@ -27,6 +27,7 @@ import json
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -152,7 +153,8 @@ def _plan(store: RunStore) -> tuple[str, list[Any]]:
             f"{store.location}: no readable run.json, so this is not a run directory",
             "pass the --out directory of `mic run` (or a study's generations directory)",
         )
-    spec = validate(stored["full"], source=f"{store.location}/run.json")
+    base = Path(store.root) if store.is_local else None  # task files stored relative to the run
+    spec = validate(stored["full"], source=f"{store.location}/run.json", base_dir=base)
     return str(stored.get("run_id", spec.run_id)), plan_units(spec)
 
 
