@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,6 +313,9 @@ class Stage:
             "outputs": sorted(outputs),
             "errors": len(self.errors),
             "judge_calls": self.calls,
+            # A new id per completion: a redone stage with an unchanged key still changes the
+            # scored run's key, so the analysis downstream is redone too.
+            "completion": uuid.uuid4().hex,
             "failed_calls": self.failed_calls,
             "seconds": round(time.perf_counter() - self.started, 3),
             **dict(info),
@@ -1051,6 +1055,7 @@ class ScoreResult:
         sentence_rows: Sentence-marker rows.
         errors: Ledger rows per stage.
         seconds: Wall time.
+        failed_calls: Per stage, (failed judge calls, judge calls).
     """
 
     scored_dir: Path
@@ -1059,6 +1064,16 @@ class ScoreResult:
     sentence_rows: int
     errors: dict[str, int]
     seconds: float
+    failed_calls: dict[str, list[int]] = field(default_factory=dict)
+
+    def failure_summary(self) -> str:
+        """One line: the failed share of every stage that called a judge."""
+        parts = [
+            f"{name} {failed}/{calls} ({failed / calls:.0%})"
+            for name, (failed, calls) in self.failed_calls.items()
+            if calls
+        ]
+        return "judge calls failed: " + (", ".join(parts) if parts else "none made")
 
 
 def score_run(
@@ -1067,20 +1082,66 @@ def score_run(
     *,
     judge: Any | None = None,
     log: bool = True,
+    redo: Sequence[str] = (),
 ) -> ScoreResult:
     """Score a run while holding its lock (see `_score_run`): two `mic score` at once, or a
     `mic run` into the same directory, are refused; a dead holder's lock is taken over.
 
+    Args:
+        run_dir: A run directory written by `mic run` / `mic study`.
+        settings: Judge settings, or a `[judges]` table laid over the run's own.
+        judge: A judge to use instead of starting a vLLM engine.
+        log: Print one line per stage.
+        redo: Stage names to run again even though they are done (their batches included);
+            the stages after them follow through their keys.
+
     Raises:
-        UserError: The directory is locked by a live process, or see `_score_run`.
+        UserError: The directory is locked by a live process, an unknown stage in `redo`, or
+            see `_score_run`.
+        StageFailed: A judge stage failed more often than `settings.max_failed_share`.
     """
     from engine.store import RunStore
 
+    unknown = sorted(set(redo) - set(STAGE_NAMES))
+    if unknown:
+        raise UserError(f"--redo {unknown[0]!r} is not a stage", f"use one of {list(STAGE_NAMES)}")
     store = RunStore(str(run_dir))
     if store.read_json("run.json") is None:  # not a run: let the scorer say so (and create nothing)
         return _score_run(run_dir, settings, judge=judge, log=log)
     with store.locked():
+        for name in redo:
+            forget_stage(Path(run_dir), name)
         return _score_run(run_dir, settings, judge=judge, log=log)
+
+
+def safe_settings(settings: ScoreSettings) -> dict[str, Any]:
+    """The settings as stored or printed: the judge URL without credentials."""
+    data = dataclasses.asdict(settings)
+    if data.get("base_url"):
+        data["base_url"] = redact_url(data["base_url"])
+    return data
+
+
+STAGE_NAMES = ("sentences", "markers", "canonical", "confidence", "correctness", "decisiveness")
+
+
+def forget_stage(run_dir: Path, name: str) -> None:
+    """Make stage `name` run again: drop its done marker and its batch parts (outputs stay
+    until the new ones replace them). Later stages re-run when the stage's output changes."""
+    import shutil
+
+    for stage in (name, *STAGE_DEPENDENTS.get(name, ())):
+        stage_dir = run_dir / "stages" / stage
+        (stage_dir / "done.json").unlink(missing_ok=True)
+        if stage == name:
+            shutil.rmtree(stage_dir / "parts", ignore_errors=True)
+
+
+# Stages that read another stage's output (their keys do not change when it is redone).
+STAGE_DEPENDENTS = {
+    "sentences": STAGE_NAMES[1:],
+    "markers": ("canonical",),
+}
 
 
 def _score_run(
@@ -1127,7 +1188,8 @@ def _score_run(
     finally:
         pool.close()
     stages = [sentences, markers, canonical, confidence, correctness, decisiveness]
-    key = _hash([s.key for s in stages])
+    records = {s.name: json.loads((s.dir / "done.json").read_text()) for s in stages}
+    key = _hash([[s.key, records[s.name].get("completion")] for s in stages])
     scored = run_dir / "scored"
     responses = (
         sentences.read("responses")
@@ -1146,7 +1208,7 @@ def _score_run(
     )
     meta = {
         "stage_keys": json.dumps({s.name: s.key for s in stages}),
-        "settings": json.dumps(dataclasses.asdict(settings)),
+        "settings": json.dumps(safe_settings(settings)),
     }
     table_r = (
         responses.to_arrow()
@@ -1167,25 +1229,36 @@ def _score_run(
     for model, raw, canon in mapping.rows():
         maps.setdefault(model, {})[raw] = canon
     _write_text(scored / "canonical_map.json", json.dumps(maps, indent=2, sort_keys=True))
-    errors = {}
-    for s in stages:
-        record = json.loads((s.dir / "done.json").read_text())
-        errors[s.name] = int(record.get("errors", 0))
+    errors = {s.name: int(records[s.name].get("errors", 0)) for s in stages}
+    failed = {
+        s.name: [
+            int(records[s.name].get("failed_calls", 0)),
+            int(records[s.name].get("judge_calls", 0)),
+        ]
+        for s in stages
+    }
     _write_text(
         scored / "score.json",
         json.dumps(
             {
                 "key": key,
                 "run_id": inputs.run_id,
-                "settings": dataclasses.asdict(settings),
+                "settings": safe_settings(settings),
                 "stage_keys": {s.name: s.key for s in stages},
                 "ledger_rows": errors,
+                "failed_calls": failed,
             },
             indent=2,
         ),
     )
     return ScoreResult(
-        scored, key, table_r.num_rows, table_s.num_rows, errors, time.perf_counter() - started
+        scored,
+        key,
+        table_r.num_rows,
+        table_s.num_rows,
+        errors,
+        time.perf_counter() - started,
+        failed,
     )
 
 

@@ -385,7 +385,8 @@ def run_study(
         "run": str(out_dir),
         "rows": summary.get("rows"),
         "scored": str(scored.scored_dir),
-        "ledger_rows": scored.errors,
+        "items_without_value": scored.errors,
+        "judge_failures": scored.failure_summary(),
         "analysis": str(analysis_dir),
         "report": str(report_path) if report_path else None,
         "seconds": timings,
@@ -535,6 +536,13 @@ def _judge_flags(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="OpenAI-compatible server of the judge (key from $OPENAI_API_KEY or judges.api_key_env)",
     )
+    p.add_argument(
+        "--max-failed-share",
+        type=float,
+        default=None,
+        metavar="F",
+        help="a judge stage with a larger share of failed calls is not done (default 0.5)",
+    )
 
 
 def _judges_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -547,6 +555,7 @@ def _judges_of(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.judge,
         "batch_size": args.batch_size,
         "base_url": args.judge_url,
+        "max_failed_share": args.max_failed_share,
     }
 
 
@@ -565,6 +574,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )
     p.add_argument("run_dir", help="a directory written by mic run / mic study")
+    p.add_argument(
+        "--redo",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="run this stage again although it is done (repeatable): sentences, markers, "
+        "canonical, confidence, correctness, decisiveness",
+    )
     _judge_flags(p)
     p.set_defaults(handler=_score)
 
@@ -620,20 +637,21 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 def _score(args: argparse.Namespace) -> int:
     from engine.score import score_run
 
-    result = score_run(args.run_dir, _judges_of(args))
+    result = score_run(args.run_dir, _judges_of(args), redo=args.redo)
     ledger = sum(result.errors.values())
     print(
         f"scored {result.responses} responses, {result.sentence_rows} sentence-marker rows in "
-        f"{result.seconds:.1f} s -> {result.scored_dir} ({ledger} ledger rows in "
-        f"{args.run_dir}/stages/*/errors.jsonl)"
+        f"{result.seconds:.1f} s -> {result.scored_dir} ({ledger} items without a value, "
+        f"listed in {args.run_dir}/stages/*/errors.jsonl)"
     )
+    print(result.failure_summary())
     return 0
 
 
 def _print_study(result: dict[str, Any]) -> None:
     times = ", ".join(f"{k} {v:.1f} s" for k, v in result["seconds"].items())
     print(f"study done ({times})")
-    print(f"  scored run: {result['scored']}")
+    print(f"  scored run: {result['scored']} ({result['judge_failures']})")
     print(f"  analysis:   {result['analysis']}/metrics.json, mic.parquet")
     if result["report"]:
         print(f"  report:     {result['report']}")

@@ -15,27 +15,41 @@ pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
 
 def test_mic_demo_end_to_end_and_resume(tmp_path: Path) -> None:
+    """As a newcomer types it: a relative --out, from a directory that is not the repository;
+    then the finished study is copied elsewhere and re-run: every stage is skipped."""
+    import shutil
+
     from metrics.io import read_scored
 
-    out = tmp_path / "demo"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "engine.cli", "demo", "--out", str(out)]
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    cmd = [sys.executable, "-m", "engine.cli", "demo", "--out", "demo"]
     started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=cwd)
     seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stderr[-3000:]
+    out = cwd / "demo"
     last = done.stdout.strip().splitlines()[-1]
-    assert Path(last).is_file()  # ends with the report's (or metrics.json's) path
-    assert "meaningless" in done.stdout and "mic study" in done.stdout
+    assert last == "demo/report.html" and (cwd / last).is_file()  # the report's path, as given
     run = read_scored(out / "scored")  # `mic analyze` validation
     assert run.responses.height == 120
     metrics = json.loads((out / "analysis" / "metrics.json").read_text())
     assert metrics["settings"]["threshold"] == 2 and "tiny" in metrics["models"]
     assert (out / "analysis" / "mic.parquet").is_file()
     assert (out / "scored" / "canonical_map.json").is_file()
+    stored = json.loads((out / "run.json").read_text())
+    assert all(not Path(t["source"]).is_absolute() for t in stored["full"]["tasks"])
     print(f"mic demo: {seconds:.0f} s")
 
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    # A moved copy of the finished study re-runs with every stage skipped.
+    moved = tmp_path / "moved" / "copy"
+    moved.parent.mkdir()
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    again_cmd = [sys.executable, "-m", "engine.cli", "demo", "--out", str(moved)]
+    again = subprocess.run(again_cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 to run" in again.stderr and "already done (skipped)" in again.stderr
+    assert "done in" not in again.stderr  # no stage ran again
     assert "starting judge engine" not in again.stderr  # nothing left to judge: no engine

@@ -48,7 +48,9 @@ class _Flaky(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.end_headers()
         body = {"choices": [{"text": " yes", "logprobs": {"top_logprobs": [{" yes": -0.1}]}}]}
-        self.wfile.write(json.dumps(body if status == 200 else {"error": "busy"}).encode())
+        # A careless server echoes the request headers in its error bodies (seen in the wild).
+        error = {"error": "busy", "echo": self.headers.get("Authorization", "")}
+        self.wfile.write(json.dumps(body if status == 200 else error).encode())
 
     def log_message(self, *args: object) -> None:
         pass
@@ -87,6 +89,28 @@ def test_retries_rate_limits_and_keeps_the_key_secret(flaky_server, monkeypatch)
     _Flaky.plan = []
     top = judge.next_token_logprobs(["x"])[0]
     assert top == {judge.token_ids_for(["yes"])["yes"].pop(): -0.1}
+
+
+def test_unauthorized_stops_at_once_and_names_the_endpoint_not_the_key(
+    flaky_server, monkeypatch
+) -> None:
+    from engine.errors import UserError
+
+    monkeypatch.setenv("MIC_TEST_KEY", "sk-secret-123")
+    with_credentials = flaky_server.replace("http://", "http://alice:pw-secret-9@")
+    client = OpenAICompatClient(HTTPSettings(with_credentials, "m", "MIC_TEST_KEY", backoff=0.01))
+    _Flaky.plan, _Flaky.seen_auth = [401] * 50, []
+    with pytest.raises(UserError) as info:
+        client.complete([{"prompt": "x"}] * 20)
+    text = str(info.value)
+    assert "HTTP 401" in text and "127.0.0.1" in text and "MIC_TEST_KEY" in text
+    assert "sk-secret-123" not in text and "pw-secret-9" not in text and "alice" not in text
+    assert len(_Flaky.seen_auth) <= 20  # no retries of a refused key
+    _Flaky.plan = [500] * 10  # a 5xx body echoing the header: the key is scrubbed
+    failed = OpenAICompatClient(
+        HTTPSettings(flaky_server, "m", "MIC_TEST_KEY", max_retries=0, backoff=0.01)
+    ).complete([{"prompt": "x"}])[0]
+    assert "HTTP 500" in str(failed) and "sk-secret-123" not in str(failed)
 
 
 # ---- a real vLLM server with the tiny model -----------------------------------------------------

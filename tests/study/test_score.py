@@ -180,3 +180,64 @@ def test_llm_canonicalization_keeps_only_sub_phrases(fresh_run: Path) -> None:
     score_run(fresh_run, {"canonical": "llm"}, judge=FakeJudge(), log=False)
     maps = json.loads((fresh_run / "scored" / "canonical_map.json").read_text())
     assert maps["m"]["<no_hedge>"] == "<no_hedge>"
+
+
+class _DeadJudge(FakeJudge):
+    """A judge whose server never answers: every call fails (as with an unreachable --judge-url)."""
+
+    def next_token_logprobs(self, prompts):  # type: ignore[no-untyped-def]
+        from engine.judges import CallFailure
+
+        self.calls.append(list(prompts))
+        return [CallFailure("gave up after 6 attempts: ConnectError") for _ in prompts]
+
+
+def test_failed_judge_calls_fail_the_stage_and_are_retried(fresh_run: Path) -> None:
+    """An unreachable judge: the stage is not recorded as done, the error names count and cause,
+    and a re-run with a working judge retries the failed batches and finishes."""
+    from engine.errors import StageFailed
+
+    settings = {"confidence": "consistency-logprob", "decisiveness": "none", "batch_size": 7}
+    with pytest.raises(StageFailed) as info:
+        score_run(fresh_run, settings, judge=_DeadJudge(), log=False)
+    message = str(info.value)
+    assert "'confidence'" in message and "judge calls failed" in message
+    assert "ConnectError" in message and "re-run" in message
+    assert info.value.exit_code == 1
+    assert not (fresh_run / "stages" / "confidence" / "done.json").exists()
+    ledger = (fresh_run / "stages" / "confidence" / "errors.jsonl").read_text().splitlines()
+    assert ledger and all(json.loads(x)["kind"] == "call_failed" for x in ledger)
+
+    judge = FakeJudge()
+    result = score_run(fresh_run, settings, judge=judge, log=False)
+    assert judge.calls, "the failed batches were retried, not reused"
+    failed, calls = result.failed_calls["confidence"]
+    assert failed == 0 and calls > 0
+    assert "confidence 0/" in result.failure_summary()
+    confidence = pl.read_parquet(fresh_run / "scored" / "sentences.parquet")["confidence"]
+    assert confidence.drop_nulls().len() > 0
+
+
+def test_a_minority_of_failed_calls_is_reported_not_fatal(fresh_run: Path) -> None:
+    """Failures under --max-failed-share: the stage is done and the share is reported."""
+
+    class _Flaky(FakeJudge):
+        def next_token_logprobs(self, prompts):  # type: ignore[no-untyped-def]
+            from engine.judges import CallFailure
+
+            out = super().next_token_logprobs(prompts)
+            return [CallFailure("HTTP 503") if i % 5 == 0 else o for i, o in enumerate(out)]
+
+    settings = {"confidence": "consistency-logprob", "decisiveness": "none"}
+    result = score_run(fresh_run, settings, judge=_Flaky(), log=False)
+    failed, calls = result.failed_calls["confidence"]
+    assert 0 < failed < calls / 2
+    record = json.loads((fresh_run / "stages" / "confidence" / "done.json").read_text())
+    assert record["failed_calls"] == failed and record["judge_calls"] == calls
+    with pytest.raises(UserError, match="not a stage"):
+        score_run(fresh_run, settings, judge=FakeJudge(), log=False, redo=["nope"])
+    # --redo runs the stage again (with a healthy judge now) and the scored key changes.
+    judge = FakeJudge()
+    again = score_run(fresh_run, settings, judge=judge, log=False, redo=["confidence"])
+    assert judge.calls and again.failed_calls["confidence"][0] == 0
+    assert again.key != result.key
