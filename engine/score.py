@@ -41,7 +41,7 @@ import pyarrow.ipc  # noqa: F401  (pa.ipc)
 import pyarrow.parquet as pq
 
 from engine.contract import NO_HEDGE, RESPONSES, SENTENCES, with_metadata
-from engine.errors import StageFailed, UserError
+from engine.errors import StageFailed, UserError, redact_url
 from engine.judges import CallFailure
 
 STAGE_VERSION = "1"
