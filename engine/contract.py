@@ -1,4 +1,4 @@
-"""The data contract (SPEC.md section 6): Arrow schemas shared by the engine and the analysis.
+"""The data contract (docs/method.md §8): Arrow schemas shared by the engine and the analysis.
 
 Defined once here and imported by both sides. Every file written carries schema metadata:
 schema version, run id and the config hash of the stage that wrote it (`with_metadata`).

@@ -1,4 +1,4 @@
-"""`mic score RUN_DIR`: stored generations -> a scored run (SPEC.md section 6), stage by stage.
+"""`mic score RUN_DIR`: stored generations -> a scored run (docs/method.md §8), stage by stage.
 
 Stages, each resumable: its output goes to `RUN_DIR/stages/<stage>/` with a `done.json` holding a
 key (a hash of the stage's inputs' keys and its settings); a stage whose key matches is skipped.

@@ -1,6 +1,6 @@
 """The sweep spec: TOML (or YAML) validated into frozen dataclasses, with dotted overrides.
 
-A spec names the models, tasks, prompts and sampling settings of a sweep (SPEC.md section 7).
+A spec names the models, tasks, prompts and sampling settings of a sweep.
 Every user mistake (unknown key, wrong type, negative count, missing file) raises `UserError`
 naming the file and the dotted key. Plain frozen dataclasses with a small validator are used
 instead of pydantic because the surface is small and the core package does not depend on it.

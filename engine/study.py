@@ -9,7 +9,7 @@ gold answers, split) and then runs, resuming each stage that is already done:
     DIR/tasks/*.jsonl       prepared task files (kept; a hub task is loaded once)
     DIR/run.json, shards/   generation (`engine.runner.run_sweep`, resumable by unit)
     DIR/stages/*            scoring stages (`engine.score.score_run`, resumable by stage)
-    DIR/scored/             the scored run (SPEC.md section 6)
+    DIR/scored/             the scored run (docs/method.md §8)
     DIR/analysis/           `metrics.analyze` output (metrics.json, mic.parquet)
     DIR/report.html         `metrics.report.build_report`, when that module is installed
 

@@ -1,6 +1,6 @@
 """The deterministic tiny Llama model and byte-level BPE tokenizer (no hub needed).
 
-The embedded default model for the demo, the tests and the device checks (STACK.md): a byte-level
+The embedded default model for the demo, the tests and the device checks: a byte-level
 BPE tokenizer trained on built-in sentences (vocab 512) and a 2-layer Llama (hidden 128, 2 heads,
 1 KV head, head_dim 64, tied embeddings) with weights drawn from a fixed torch seed. Its text is
 gibberish; it is for checking structure, determinism and agreement with transformers.

@@ -1,4 +1,4 @@
-"""`mic analyze`: scored runs -> `metrics.json` and `mic.parquet` (SPEC.md section 6).
+"""`mic analyze`: scored runs -> `metrics.json` and `mic.parquet` (docs/method.md §8).
 
 from metrics import analyze
 result = analyze(["runs/llama"], out="results/llama", mode="heldout", threshold=10)

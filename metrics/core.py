@@ -164,7 +164,7 @@ def _mic_numpy(enc: Encoded, w: np.ndarray):
 def _cmfg(
     enc: Encoded, w: np.ndarray, gt: np.ndarray, size: int, parity: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """cMFG and MFG per (group, task) (SPEC.md section 2).
+    """cMFG and MFG per (group, task) (docs/method.md §2).
 
     Bins: edges linspace(0, 1, 11), bin k holds edge_k <= c < edge_k+1 (numpy.digitize).
     Default: ties at an edge go up (to 1e-9, so the floating-point rounding of c cannot move a
@@ -241,7 +241,7 @@ def _mae_kernel(enc: Encoded, w: np.ndarray, mic: np.ndarray, valid: np.ndarray,
 def _mae_numpy(
     enc: Encoded, w: np.ndarray, mic: np.ndarray, valid: np.ndarray, parity: bool
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """MAE(A, B) in modes 1-4 for every (group, A, B) (SPEC.md section 4); numpy reference.
+    """MAE(A, B) in modes 1-4 for every (group, A, B) (docs/method.md §4); numpy reference.
 
     Rows scored: evaluation rows of B with confidence present whose marker is valid in A with a
     defined MIC (parity mode also leaves `<no_hedge>` out, as the seed loses it in a CSV round-trip).

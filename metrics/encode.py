@@ -5,7 +5,7 @@ marker m, and each row the index r of its response. Every later computation is a
 over these arrays (np.bincount), so a bootstrap replicate is the same computation with other
 response weights.
 
-Roles (SPEC.md section 4): in `heldout` mode a response is *reference* (builds MICs, accuracy,
+Roles (docs/method.md §4): in `heldout` mode a response is *reference* (builds MICs, accuracy,
 cMFG) if its split is the reference split and *evaluation* (scored for MAE) if its split is the
 evaluation split; a task lacking either split is divided 50/50 by item with a seeded, stable hash,
 so the same items fall on the same side for every model and prompt. In `parity` mode every
@@ -203,7 +203,7 @@ def encode(
 def faithfulness_reference(
     sentences: pl.DataFrame, n_sentences: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """f(r) and c(r) of SPEC.md section 2 in polars: the reference of `kernels.faithfulness`.
+    """f(r) and c(r) of docs/method.md §2 in polars: the reference of `kernels.faithfulness`.
 
     f(r) = 1 - (1/|S(r)|) * sum over valid sentences of |decisiveness - confidence|, where valid
     means both are present and |S(r)| = n_sentences counts every sentence. Undefined (NaN) when no

@@ -1,4 +1,4 @@
-"""Reading and validating scored runs (SPEC.md section 6) into two polars tables.
+"""Reading and validating scored runs (docs/method.md §8) into two polars tables.
 
 A scored run is a directory holding a `responses` and a `sentences` table, or one long table with
 both sets of columns. Each table may be Parquet, Arrow IPC, CSV or JSONL, and may be a single file
@@ -151,12 +151,12 @@ def _resolve(path: str | Path) -> list[tuple[str, Path]]:
         if not resp:
             raise UserError(
                 f"{p}: has a sentences table but no responses table",
-                "add responses.parquet (SPEC.md section 6)",
+                "add responses.parquet (docs/method.md §8)",
             )
         if not sent:
             raise UserError(
                 f"{p}: has a responses table but no sentences table",
-                "add sentences.parquet (SPEC.md section 6)",
+                "add sentences.parquet (docs/method.md §8)",
             )
         return [("responses", f) for f in resp] + [("sentences", f) for f in sent]
     tables = [f for f in sorted(p.iterdir()) if f.is_file() and f.suffix.lower() in FORMATS]
@@ -177,7 +177,7 @@ def _conform(
         raise UserError(
             f"{path}: missing column {missing[0]!r}"
             + (f" (and {missing[1:]})" if missing[1:] else ""),
-            f"add it; a scored run's columns are {list(columns)} (SPEC.md section 6)",
+            f"add it; a scored run's columns are {list(columns)} (docs/method.md §8)",
         )
     exprs = []
     for name, dtype in columns.items():

@@ -34,7 +34,7 @@ def by_response(s_r: np.ndarray, n_responses: int) -> tuple[np.ndarray, np.ndarr
 
 @nb.njit(cache=True)
 def faithfulness(ptr, order, s_sidx, s_conf, s_dec, n_sentences):
-    """f(r) and c(r) per response from sentence-level values (SPEC.md section 2).
+    """f(r) and c(r) per response from sentence-level values (docs/method.md §2).
 
     A sentence's marker rows repeat its confidence and decisiveness: each sentence counts once.
     Sums run in sentence order, so the result does not depend on row order.

@@ -1,4 +1,4 @@
-"""The MarCon preset (`--preset marcon`): the predecessor study's metrics (SPEC.md section 4).
+"""The MarCon preset (`--preset marcon`): the predecessor study's metrics (docs/method.md §4).
 
 A marker's confidence in a task is the accuracy of the responses carrying it (a response counts
 once per distinct marker it carries), built on the reference split and scored on the evaluation

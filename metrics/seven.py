@@ -1,4 +1,4 @@
-"""The seven stability metrics of SPEC.md section 4, vectorized over a leading replicate axis.
+"""The seven stability metrics of docs/method.md §4, vectorized over a leading replicate axis.
 
 Each function takes arrays whose first axis indexes replicates (length 1 for the point estimate)
 and returns `Metric`s whose `values` hold one value per replicate, so the bootstrap computes every

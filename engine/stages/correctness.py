@@ -1,4 +1,4 @@
-"""Rule-based correctness (SPEC.md section 2): fast, deterministic matchers of a response to gold answers.
+"""Rule-based correctness (docs/method.md §2): fast, deterministic matchers of a response to gold answers.
 
 Answer types and what counts as correct:
 

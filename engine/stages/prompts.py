@@ -1,4 +1,4 @@
-"""Judge prompts (ours, written from the descriptions in SPEC.md section 2).
+"""Judge prompts (ours, written from the descriptions in docs/method.md §2).
 
 Every judge prompt is plain text ending where the judge's answer starts, so the answer is read from
 the next token (logprob modes) or a few generated tokens (sampled modes). The consistency prompt puts

@@ -1,4 +1,4 @@
-"""Sentence splitting of model responses (SPEC.md section 2, "sentence").
+"""Sentence splitting of model responses (docs/method.md §2, "sentence").
 
 Splitter choice: **pysbd** (rule-based, pure Python, no model download), measured against spaCy's
 ``spacy.blank("en")`` + ``sentencizer`` on 400 synthetic model-like answers (1-6 sentences drawn from

@@ -1,4 +1,4 @@
-"""Registry of the tasks of the seed study (11) and of MarCon (7) (SPEC.md section 8).
+"""Registry of the tasks of the seed study (11) and of MarCon (7).
 
 Each task is a frozen `TaskSpec` with one or more `Source`s (a Hugging Face dataset and config) and a
 *builder* - the name of a function in `engine.tasks.loaders.BUILDERS` that turns one raw row into
