@@ -20,13 +20,16 @@ import itertools
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from engine.contract import GENERATIONS, TOPK_ENTRY, with_metadata
+from engine.errors import UserError
 from engine.units import WorkUnit
 
 # Settings recorded in shard metadata and run summaries.
@@ -35,11 +38,54 @@ STOP_STRING_MODE = "cut after decoding (tokens kept up to the token completing t
 ENGINE_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_CPU_KVCACHE_SPACE": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "VLLM_LOGGING_LEVEL": "WARNING",
 }
+
+# Hub access is switched off only when no model needs it (built-in models and local folders):
+# then nothing can stall on a network lookup. A model named by hub id keeps the user's setting
+# (online unless HF_HUB_OFFLINE=1 is set), so a GPU node with network downloads it as usual.
+HUB_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def is_local_model(path: str) -> bool:
+    """Whether `path` is a built-in model or an existing local folder (no hub needed)."""
+    return path.startswith("builtin:") or Path(path).expanduser().exists()
+
+
+def hub_env(paths: Iterable[str]) -> dict[str, str]:
+    """Environment defaults for loading `paths`: offline when none of them needs the hub."""
+    return dict(HUB_OFFLINE_ENV) if all(is_local_model(p) for p in paths) else {}
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_model_available(path: str, where: str) -> None:
+    """Fail early, in one line, for a model that cannot load because hub access is off.
+
+    Args:
+        path: The model's path (hub id, local folder or `builtin:` name).
+        where: The spec key, for the message (e.g. "models.0.path").
+
+    Raises:
+        UserError: A hub id that is not in the local Hugging Face cache while HF_HUB_OFFLINE is set.
+    """
+    if is_local_model(path) or not _truthy(os.environ.get("HF_HUB_OFFLINE")):
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # no hub client installed: vLLM will say what it needs
+        return
+    cached = try_to_load_from_cache(path, "config.json")
+    if not isinstance(cached, str):
+        raise UserError(
+            f"{where}: model {path!r} is not in the local Hugging Face cache and hub access is "
+            "off (HF_HUB_OFFLINE=1)",
+            "unset HF_HUB_OFFLINE to download it, download it first "
+            f"(`huggingface-cli download {path}`), or give a local folder",
+        )
 
 
 @dataclass
@@ -343,8 +389,9 @@ class VLLMBackend:
         max_logprobs: int = 20,
         chat: bool = False,
     ) -> None:
-        for key, value in ENGINE_ENV.items():
+        for key, value in {**ENGINE_ENV, **hub_env([model_path])}.items():
             os.environ.setdefault(key, value)
+        check_model_available(model_path, "model")
         from vllm import LLM
 
         args: dict[str, Any] = {

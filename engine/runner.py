@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.backend import ENGINE_ENV, STOP_STRING_MODE
+from engine.backend import ENGINE_ENV, STOP_STRING_MODE, check_model_available, hub_env
 from engine.errors import UserError
 from engine.spec import ModelSpec, SweepSpec
 from engine.store import RunStore, is_storage_error
@@ -145,14 +145,24 @@ def format_plan(report: dict[str, Any], max_units: int = 20) -> str:
 
 
 def init_ray(
-    ray_address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> None:
-    """Start (or join) Ray: local by default, a cluster when given an address."""
+    """Start (or join) Ray: local by default, a cluster when given an address.
+
+    Args:
+        ray_address: A cluster to join (None: a local Ray of this process).
+        num_cpus: Logical CPUs of the local Ray.
+        num_gpus: Logical GPUs of the local Ray (None: detected).
+        env: Environment defaults for the driver and the workers (the user's values win).
+    """
     import ray
 
     if ray.is_initialized():
         return
-    for key, value in ENGINE_ENV.items():
+    for key, value in {**ENGINE_ENV, **(env or {})}.items():
         os.environ.setdefault(key, value)
     if ray_address:
         ray.init(address=ray_address, log_to_driver=True)
@@ -162,10 +172,39 @@ def init_ray(
             "num_cpus": num_cpus or os.cpu_count() or 1,
             "include_dashboard": False,
             "object_store_memory": 200 << 20,
+            # Actor output (vLLM's start-up warnings, tracebacks of a failed load) goes to Ray's
+            # session logs; the driver prints progress and one line per failure itself.
+            "log_to_driver": False,
         }
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
         ray.init(**kwargs)
+
+
+def engine_env(spec: SweepSpec) -> dict[str, str]:
+    """Environment defaults of the engine processes of `spec` (see `engine.backend.hub_env`)."""
+    return {**ENGINE_ENV, **hub_env([m.path for m in spec.models])}
+
+
+def root_cause(exc: BaseException, limit: int = 300) -> str:
+    """The innermost `SomeError: message` line of a (Ray-wrapped) exception, shortened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [
+        line
+        for line in lines
+        if ":" in line
+        and line.split(":", 1)[0].replace(".", "").isidentifier()
+        and line.split(":", 1)[0].endswith(("Error", "Exception", "Exit"))
+    ]
+    text = errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_failure(exc: BaseException) -> str | None:
+    """The cause when an actor died in its constructor (the model did not load), else None."""
+    if "creation task" not in str(exc):
+        return None
+    return root_cause(exc)
 
 
 def _actor_resources(
@@ -289,7 +328,10 @@ def run_sweep(
         stats: dict[str, ModelStats] = {}
         failed: dict[str, str] = {}
         if todo:
-            init_ray(ray_address, num_cpus=ray_num_cpus)
+            for i, model in enumerate(spec.models):
+                if any(u.model.name == model.name for u in todo):
+                    check_model_available(model.path, f"models.{i}.path ({model.name})")
+            init_ray(ray_address, num_cpus=ray_num_cpus, env=engine_env(spec))
             for index, model in enumerate(spec.models):
                 mine = [u for u in todo if u.model.name == model.name]
                 if mine and not _storage_failures(failed):
@@ -363,11 +405,12 @@ def _run_model(
 
     from engine.actors import GenerationActor
 
+    env = engine_env(spec)
     replicas = min(actors or model.replicas, len(units))
     resources = _actor_resources(model, spec.run.device, ray.cluster_resources(), index, replicas)
     actor_cls = ray.remote(GenerationActor).options(
         max_concurrency=1,
-        runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in ENGINE_ENV.items()}},
+        runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in env.items()}},
         **resources,
     )
     stats = ModelStats()
@@ -476,6 +519,16 @@ def _run_model(
         try:
             results = ray.get(ref)
         except (RayActorError, RayTaskError) as exc:
+            # A model that cannot load fails the same way every time: say why once, no retries.
+            cause = load_failure(exc)
+            if cause is not None and not stats.units:
+                for actor in live.values():
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor["handle"])
+                raise UserError(
+                    f"model {model.name!r} ({model.path}) cannot be loaded: {cause}",
+                    "fix the model path or engine_args; finished units are kept",
+                ) from None
             # The actor died (OOM, segfault, lost node) or raised: restart it, retry its units.
             state = live.pop(name)
             with contextlib.suppress(Exception):
@@ -505,7 +558,7 @@ def _run_model(
                 flush=True,
             )
             for unit_id in sorted(state["outstanding"]):
-                retry(unit_id, f"actor died: {str(exc).splitlines()[0][:200]}", name)
+                retry(unit_id, f"actor died: {root_cause(exc)}", name)
             if stats.restarts > spec.run.max_attempts * replicas:
                 for unit in queue:
                     failed[unit.unit_id] = "too many actor restarts"

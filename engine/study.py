@@ -433,7 +433,17 @@ def run_local(
             mine = [u for u in todo if u.model.name == model.name]
             if not mine:  # nothing to generate: a judge, if needed, starts lazily later
                 continue
-            backend = vllm_backend_factory(model, max(1, spec.sampling.logprobs))
+            try:
+                backend = vllm_backend_factory(model, max(1, spec.sampling.logprobs))
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear line
+                from engine.runner import root_cause
+
+                raise UserError(
+                    f"model {model.name!r} ({model.path}) cannot be loaded: {root_cause(exc)}",
+                    "fix the model path or engine_args; finished units are kept",
+                ) from None
             for i, unit in enumerate(mine, start=1):
                 t0 = time.perf_counter()
                 raw = backend.generate(unit)
