@@ -46,6 +46,23 @@ class ModelStats:
     actors: dict[str, dict[str, Any]] = field(default_factory=dict)
     retries: list[dict[str, Any]] = field(default_factory=list)
 
+    def add(self, actor: str, result: dict[str, Any]) -> None:
+        """Count one finished unit (a successful result of `GenerationActor.run_unit`)."""
+        self.units += 1
+        self.rows += result["rows"]
+        self.error_rows += result["errors"]
+        self.prompt_tokens += result["prompt_tokens"]
+        self.generated_tokens += result["generated_tokens"]
+        self.gen_seconds += result["gen_seconds"]
+        self.write_seconds += result["write_seconds"]
+        per = self.actors.setdefault(
+            actor,
+            {"units": 0, "rows": 0, "prompt_tokens": 0, "generated_tokens": 0, "gen_seconds": 0.0},
+        )
+        for key in ("rows", "prompt_tokens", "generated_tokens", "gen_seconds"):
+            per[key] += result[key]
+        per["units"] += 1
+
 
 # ---- plan ----------------------------------------------------------------------------------------
 
@@ -351,11 +368,7 @@ def run_sweep(
         store.collect_garbage({r.shard for r in records.values()})
         try:
             manifest = store.write_manifest(spec, order, records)
-            summary = _summary(spec, store, stats, manifest, failed, time.time() - started)
-            previous = store.read_json("summary.json") or {}
-            if not stats and previous.get("config_hash") == spec.hash:
-                summary["models"] = previous.get("models", {})  # nothing ran: keep the figures
-            store.write_json("summary.json", summary)
+            summary = write_summary(spec, store, stats, manifest, failed, time.time() - started)
         except OSError as exc:
             if not is_storage_error(exc):
                 raise
@@ -438,26 +451,7 @@ def _run_model(
     def account(name: str, result: dict[str, Any]) -> None:
         live[name]["outstanding"].discard(result["unit_id"])
         if result["ok"]:
-            stats.units += 1
-            stats.rows += result["rows"]
-            stats.error_rows += result["errors"]
-            stats.prompt_tokens += result["prompt_tokens"]
-            stats.generated_tokens += result["generated_tokens"]
-            stats.gen_seconds += result["gen_seconds"]
-            stats.write_seconds += result["write_seconds"]
-            per = stats.actors.setdefault(
-                name,
-                {
-                    "units": 0,
-                    "rows": 0,
-                    "prompt_tokens": 0,
-                    "generated_tokens": 0,
-                    "gen_seconds": 0.0,
-                },
-            )
-            for key in ("rows", "prompt_tokens", "generated_tokens", "gen_seconds"):
-                per[key] += result[key]
-            per["units"] += 1
+            stats.add(name, result)
             show.update(result)
         elif result.get("storage"):
             stop_for_storage(result["unit_id"], result["error"])
@@ -606,6 +600,23 @@ def _run_model(
         (a.get("startup_seconds", 0.0) for a in stats.actors.values()), default=0.0
     )
     return stats
+
+
+def write_summary(
+    spec: SweepSpec,
+    store: RunStore,
+    stats: dict[str, ModelStats],
+    manifest: dict[str, Any],
+    failed: dict[str, str],
+    seconds: float,
+) -> dict[str, Any]:
+    """Write `summary.json` (keeping the previous figures when nothing ran) and return it."""
+    summary = _summary(spec, store, stats, manifest, failed, seconds)
+    previous = store.read_json("summary.json") or {}
+    if not stats and previous.get("config_hash") == spec.hash:
+        summary["models"] = previous.get("models", {})  # nothing ran: keep the figures
+    store.write_json("summary.json", summary)
+    return summary
 
 
 def _summary(

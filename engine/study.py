@@ -42,6 +42,9 @@ ANALYSIS_KEYS = {
     "seed": int,
     "ref_split": str,
     "eval_split": str,
+    "bootstrap": int,
+    "ci_method": str,
+    "compare": bool,
 }
 
 
@@ -416,13 +419,16 @@ def run_local(
     Returns:
         (a small summary, the kept `VLLMBackend` or None).
     """
-    from engine.actors import vllm_backend_factory
+    from engine.actors import GenerationActor, vllm_backend_factory
+    from engine.runner import ModelStats, write_summary
     from engine.store import RunStore
     from engine.units import plan_units
 
     units = plan_units(spec)
     store = RunStore(str(out))
     kept = None
+    stats: dict[str, ModelStats] = {}
+    started = time.time()
     with store.locked():
         _, records, todo = store.resume(spec, units, new_run=new_run)
         order = [u.unit_id for u in units]
@@ -433,8 +439,16 @@ def run_local(
             mine = [u for u in todo if u.model.name == model.name]
             if not mine:  # nothing to generate: a judge, if needed, starts lazily later
                 continue
+            model_started = time.time()
             try:
-                backend = vllm_backend_factory(model, max(1, spec.sampling.logprobs))
+                actor = GenerationActor(
+                    "local",
+                    store,
+                    model,
+                    max(1, spec.sampling.logprobs),
+                    vllm_backend_factory,
+                    overlap_writes=False,
+                )
             except UserError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear line
@@ -444,21 +458,31 @@ def run_local(
                     f"model {model.name!r} ({model.path}) cannot be loaded: {root_cause(exc)}",
                     "fix the model path or engine_args; finished units are kept",
                 ) from None
+            backend = actor.backend
+            model_stats = stats[model.name] = ModelStats(startup_seconds=actor.startup_seconds)
             for i, unit in enumerate(mine, start=1):
                 t0 = time.perf_counter()
-                raw = backend.generate(unit)
-                store.commit_unit(unit.unit_id, backend.to_table(unit, raw), actor="local")
-                if progress:
-                    _log(
-                        f"[{model.name}] {i}/{len(mine)} units, {raw.generated_tokens} tokens "
-                        f"in {time.perf_counter() - t0:.1f} s"
-                    )
+                for result in actor.run_unit(unit):
+                    if not result["ok"]:
+                        raise UserError(
+                            f"[{model.name}] unit {unit.unit_id} failed: {result['error']}",
+                            "re-run the same command to resume (finished units are kept)",
+                        )
+                    model_stats.add("local", result)
+                    if progress:
+                        _log(
+                            f"[{model.name}] {i}/{len(mine)} units, {result['generated_tokens']} "
+                            f"tokens in {time.perf_counter() - t0:.1f} s"
+                        )
+            model_stats.wall_seconds = time.time() - model_started
+            model_stats.busy_seconds = model_stats.gen_seconds + model_stats.write_seconds
             if model.name == keep_model:
                 kept = backend
             else:
                 backend.close()
         records = store.finished(order, rows)
         manifest = store.write_manifest(spec, order, records)
+        write_summary(spec, store, stats, manifest, {}, time.time() - started)
     return {"rows": manifest["rows"], "units": manifest["units_finished"]}, kept
 
 
@@ -696,8 +720,13 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from metrics.summary import format_summary
+
     started = time.perf_counter()
     result = run_demo(args.out, progress=not args.quiet)
+    doc = json.loads((Path(result["analysis"]) / "metrics.json").read_text())
+    print(format_summary(doc))
+    print()
     _print_study(result)
     print(f"  wall time:  {time.perf_counter() - started:.0f} s\n")
     print(DEMO_NOTE)

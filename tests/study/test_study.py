@@ -59,3 +59,28 @@ def test_bad_study_input(tmp_path: Path) -> None:
     spec.write_text((CONFIGS / "demo.toml").read_text().replace('"consistency-logprob"', '"x"'))
     with pytest.raises(UserError, match="judges.confidence"):
         check_study_spec(spec)
+
+
+def test_the_demo_spec_ships_as_package_data_identical_to_configs() -> None:
+    """`mic demo` reads the packaged copy (any install, any directory); configs/ holds the same
+    file for people to read and copy. They must not drift apart."""
+    from engine.study import demo_spec
+
+    packaged = demo_spec()
+    assert packaged.is_file() and "site-packages" not in str(CONFIGS)
+    assert packaged.read_bytes() == (CONFIGS / "demo.toml").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["demo", "seed_study", "marcon", "tiny"])
+def test_mic_plan_takes_every_bundled_spec_offline(name: str, capsys, monkeypatch) -> None:
+    """Study specs (sample: and registry: tasks) plan without network; hub tasks are estimated."""
+    from engine.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["plan", str(CONFIGS / f"{name}.toml"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["totals"]["prompts"] > 0 and report["units"]
+    if name in ("seed_study", "marcon"):
+        assert len(report["estimated_tasks"]) == {"seed_study": 11, "marcon": 7}[name]
+    else:
+        assert report["estimated_tasks"] == []
