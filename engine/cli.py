@@ -53,6 +53,11 @@ def _add_scored_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the 50/50 split and bootstrap")
     p.add_argument("--ref-split", default="train", help="split that builds MICs (heldout)")
     p.add_argument("--eval-split", default="test", help="split scored for MAE (heldout)")
+    p.add_argument(
+        "--pool",
+        action="store_true",
+        help="merge runs from different directories that share a (model, prompt) name",
+    )
 
 
 def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
@@ -92,6 +97,7 @@ def _analysis_kwargs(args: argparse.Namespace) -> dict:
         level=args.level,
         scheme=args.scheme,
         group_sums=group_sums,
+        pool=args.pool,
     )
 
 
@@ -110,7 +116,10 @@ def _run_analyze(args: argparse.Namespace) -> int:
             from metrics.summary import format_comparisons
 
             print("\n" + format_comparisons(result.comparisons))
-        print(f"\nwrote {result.out_dir}/metrics.json and {result.out_dir}/mic.parquet")
+        written = ["metrics.json", "mic.parquet"]
+        if result.comparisons is not None:
+            written.append("comparisons.parquet")
+        print(f"\nwrote {', '.join(f'{result.out_dir}/{name}' for name in written)}")
     return 0
 
 

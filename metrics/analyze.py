@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -221,6 +222,26 @@ def _write_atomic(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def check_split_names(responses: pl.DataFrame, ref_split: str, eval_split: str) -> None:
+    """Refuse a split name that no task has (a typo would silently auto-split every task).
+
+    The defaults (train / test) may be absent: tasks without them are split 50/50 by design.
+
+    Raises:
+        UserError: `--ref-split` or `--eval-split` names a split found in no response.
+    """
+    present = set(responses.get_column("split").cast(pl.String).unique().to_list())
+    for flag, name, default in (
+        ("--ref-split", ref_split, "train"),
+        ("--eval-split", eval_split, "test"),
+    ):
+        if name != default and name not in present:
+            raise UserError(
+                f"{flag} {name!r} is a split no task has (splits present: {sorted(map(str, present))})",
+                f"use one of those, or leave {flag} at {default!r}",
+            )
+
+
 def analyze(
     scored,
     *,
@@ -238,6 +259,7 @@ def analyze(
     scheme: str = "poisson",
     compare: bool = False,
     group_sums: Callable | None = None,
+    pool: bool = False,
 ) -> AnalysisResult:
     """Compute MIC tables and the seven metrics of one or more scored runs.
 
@@ -256,6 +278,7 @@ def analyze(
         scheme: "poisson" (additive across shards) or "multinomial" (exact per task).
         compare: paired comparisons of every two (model, prompt) groups -> comparisons.parquet.
         group_sums: replacement for the bootstrap's pass-A sums (e.g. Ray tasks over shards).
+        pool: merge runs from different scored-run directories that share a (model, prompt).
 
     Returns:
         The `AnalysisResult`.
@@ -271,8 +294,10 @@ def analyze(
         raise UserError(
             "--bootstrap is implemented for --preset mic", "drop --bootstrap or use --preset mic"
         )
-    run = read_scored(scored)
+    run = read_scored(scored, pool=pool)
     parity = mode == "parity"
+    if not parity:
+        check_split_names(run.responses, ref_split, eval_split)
     enc = encode(
         run,
         mode=mode,
@@ -281,6 +306,13 @@ def analyze(
         seed=seed,
         ignore_no_hedge=ignore_no_hedge,
     )
+    if enc.auto_split:
+        split_note = "; ".join(f"{g}: {', '.join(t)}" for g, t in sorted(enc.auto_split.items()))
+        print(
+            f"analyze: no {ref_split!r}/{eval_split!r} pair of splits in some tasks, so their "
+            f"items were split 50/50 by a seeded hash (seed {seed}): {split_note}",
+            file=sys.stderr,
+        )
     tables, valid = compute_tables(enc, threshold=threshold, parity=parity)
     views = group_views(enc, tables, valid)
     if n_boot:

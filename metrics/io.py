@@ -235,11 +235,14 @@ def _split_long(df: pl.DataFrame, path: Path, source: int) -> tuple[pl.DataFrame
     return resp.unique(subset=KEY, keep="first", maintain_order=True), sent
 
 
-def read_scored(paths: list[str | Path] | str | Path) -> ScoredRun:
+def read_scored(paths: list[str | Path] | str | Path, pool: bool = False) -> ScoredRun:
     """Read and validate one or more scored runs.
 
     Args:
         paths: scored-run directories or long-table files.
+        pool: Allow two different runs (scored-run ids, or folders for files without one) to hold
+            the same (model, prompt); without it that is refused, since their tasks would be
+            merged silently.
 
     Returns:
         The validated `ScoredRun`.
@@ -253,11 +256,14 @@ def read_scored(paths: list[str | Path] | str | Path) -> ScoredRun:
     if not paths:
         raise UserError("no scored run given", "pass at least one scored-run directory or file")
     responses, sentences, files = [], [], []
+    origins: dict[tuple[str, str], dict[str, str]] = {}  # (model, prompt) -> run -> a file
     for path in paths:
         for role, f in _resolve(path):
             source = len(files)
             files.append(str(f))
             df = _read(f, compact=role == "sentences")
+            if role != "sentences" and df.height:
+                _note_origin(df, f, origins)
             if df.height == 0:
                 raise UserError(
                     f"{f}: the table has no rows",
@@ -272,6 +278,8 @@ def read_scored(paths: list[str | Path] | str | Path) -> ScoredRun:
                 responses.append(r)
                 sentences.append(s)
             del df  # the raw frame: only the conformed columns are kept
+    if not pool:
+        _refuse_mixed_runs(origins)
     resp = (
         responses[0] if len(responses) == 1 else pl.concat(responses, how="vertical", rechunk=False)
     )
@@ -280,6 +288,53 @@ def read_scored(paths: list[str | Path] | str | Path) -> ScoredRun:
     )
     del responses, sentences
     return validate(ScoredRun(resp, sent, tuple(files)))
+
+
+def _run_identity(path: Path) -> str:
+    """The scored run a file belongs to: its run id and config hash when the file carries them
+    (Parquet / Arrow written by `mic score`), else its folder."""
+    import pyarrow.ipc
+    import pyarrow.parquet as pq
+
+    try:
+        if _format_of(path) == "parquet":
+            meta = pq.read_schema(path).metadata or {}
+        elif _format_of(path) == "ipc":
+            with pyarrow.ipc.open_file(path) as reader:
+                meta = reader.schema.metadata or {}
+        else:
+            meta = {}
+    except Exception:  # noqa: BLE001 - unreadable metadata: fall back to the folder
+        meta = {}
+    run_id, config = meta.get(b"run_id"), meta.get(b"config_hash")
+    if run_id:
+        return f"run {run_id.decode(errors='replace')} ({(config or b'').decode()[:12]})"
+    return f"folder {path.resolve().parent}"
+
+
+def _note_origin(df: pl.DataFrame, path: Path, origins: dict) -> None:
+    if "model" not in df.columns:
+        return  # the missing column is reported by validation
+    prompts = df.get_column("prompt") if "prompt" in df.columns else None
+    pairs = (
+        df.select(pl.col("model").cast(pl.String), prompts.cast(pl.String).alias("prompt"))
+        if prompts is not None
+        else df.select(pl.col("model").cast(pl.String), pl.lit("default").alias("prompt"))
+    )
+    identity = _run_identity(path)
+    for model, prompt in pairs.unique().rows():
+        origins.setdefault((str(model), str(prompt)), {}).setdefault(identity, str(path))
+
+
+def _refuse_mixed_runs(origins: dict) -> None:
+    for (model, prompt), runs in sorted(origins.items()):
+        if len(runs) > 1:
+            (a, fa), (b, fb) = list(runs.items())[:2]
+            raise UserError(
+                f"model {model!r}, prompt {prompt!r} comes from two different runs: {fa} ({a}) "
+                f"and {fb} ({b}); their tasks and items would be merged into one",
+                "pass --pool to merge them on purpose, or rename the model in one of the runs",
+            )
 
 
 def _where(run: ScoredRun, df: pl.DataFrame) -> str:
