@@ -39,7 +39,8 @@ ENGINE_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_LOGGING_LEVEL": "WARNING",
+    # vLLM's start-up warnings are about its own tuning (tcmalloc, Triton, NUMA), not the run.
+    "VLLM_LOGGING_LEVEL": "ERROR",
 }
 
 # Hub access is switched off only when no model needs it (built-in models and local folders):
@@ -392,6 +393,10 @@ class VLLMBackend:
         for key, value in {**ENGINE_ENV, **hub_env([model_path])}.items():
             os.environ.setdefault(key, value)
         check_model_available(model_path, "model")
+        import warnings
+
+        # vLLM 0.32 calls deprecated torch APIs at import; nothing a user can act on.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm(\.|$)")
         from vllm import LLM
 
         args: dict[str, Any] = {

@@ -181,6 +181,18 @@ def init_ray(
         return
     for key, value in {**ENGINE_ENV, **(env or {})}.items():
         os.environ.setdefault(key, value)
+    try:
+        _start_ray(ray, ray_address, num_cpus, num_gpus)
+    except KeyboardInterrupt:
+        # Ctrl-C while Ray starts: stop what was started (raylet agents outlive us otherwise).
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise
+
+
+def _start_ray(
+    ray: Any, ray_address: str | None, num_cpus: int | None, num_gpus: int | None
+) -> None:
     if ray_address:
         ray.init(address=ray_address, log_to_driver=True)
     else:

@@ -12,4 +12,10 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q -e ".[${extras}]"
 # PyPI's torchvision breaks `transformers` imports beside the CPU torch; text generation needs none.
 .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+# Compile the analysis kernels once now (numba caches them), so the first `mic analyze` or
+# `mic demo` does not sit silent for ~20 s compiling.
+warm="$(mktemp -d)"
+.venv/bin/mic analyze metrics/data/example --out "$warm" --bootstrap 20 --compare >/dev/null 2>&1 \
+  || echo "note: warming the analysis kernels failed; the first analysis will compile them"
+rm -rf "$warm"
 echo "installed into $(pwd)/.venv (extras: ${extras})"
