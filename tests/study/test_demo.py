@@ -38,6 +38,12 @@ def test_mic_demo_end_to_end_and_resume(tmp_path: Path) -> None:
     assert metrics["settings"]["threshold"] == 2 and "tiny" in metrics["models"]
     assert (out / "analysis" / "mic.parquet").is_file()
     assert (out / "scored" / "canonical_map.json").is_file()
+    # The story: intervals, the headline table printed, throughput in the report, no noise.
+    assert metrics["settings"]["bootstrap"] > 0
+    assert "I-AvgMAE" in done.stdout and "judge calls failed" in done.stdout
+    assert (out / "summary.json").is_file()
+    assert "Throughput" in (out / "report.html").read_text()
+    assert "FutureWarning" not in done.stderr and "Traceback" not in done.stderr
     stored = json.loads((out / "run.json").read_text())
     assert all(not Path(t["source"]).is_absolute() for t in stored["full"]["tasks"])
     print(f"mic demo: {seconds:.0f} s")
