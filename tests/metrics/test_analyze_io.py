@@ -230,3 +230,27 @@ def test_bad_options(tmp_path, capsys):
         ["analyze", str(EXAMPLE), "--out", str(tmp_path), "--threshold", "0"], capsys
     )
     assert code == 2 and "--threshold" in err
+
+
+def test_outputs_are_ordinary_files_and_the_wrote_line_names_them(tmp_path, capsys):
+    """Analysis outputs follow the umask like every other file (mkstemp makes 0600), and the
+    closing line names every file written, comparisons.parquet included."""
+    import os
+    import stat
+
+    example = Path(__file__).resolve().parents[2] / "metrics" / "data" / "example"
+    out = tmp_path / "res"
+    umask = os.umask(0o022)
+    try:
+        assert (
+            main(["analyze", str(example), "--out", str(out), "--bootstrap", "50", "--compare"])
+            == 0
+        )
+    finally:
+        os.umask(umask)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    for name in ("metrics.json", "mic.parquet", "comparisons.parquet"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+        assert f"{out}/{name}" in last
+    assert main(["analyze", str(example), "--out", str(out), "--bootstrap", "-3"]) == 2
+    assert "--bootstrap" in capsys.readouterr().err
