@@ -76,6 +76,7 @@ class GenerationActor:
         self.backend = (backend_factory or vllm_backend_factory)(model, max_logprobs)
         self.startup_seconds = time.perf_counter() - started
         self.ready_at = time.time()
+        self.node = _node_name()
         self.writer = (
             ThreadPoolExecutor(1, thread_name_prefix="shard-writer") if overlap_writes else None
         )
@@ -151,6 +152,7 @@ class GenerationActor:
             "unit_id": unit.unit_id,
             "ok": True,
             "actor": self.name,
+            "node": self.node,
             "rows": record.rows,
             "errors": sum(e is not None for e in raw.errors) * int(unit.sampling["n"]),
             "prompt_tokens": sum(raw.prompt_tokens),
@@ -158,6 +160,19 @@ class GenerationActor:
             "gen_seconds": gen_wall,
             "write_seconds": time.perf_counter() - started,
         }
+
+
+def _node_name() -> str:
+    """The Ray node this process runs on, as "address (node id prefix)"; "local" without Ray."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return "local"
+        node_id = ray.get_runtime_context().get_node_id()
+        return f"{ray.util.get_node_ip_address()} ({node_id[:8]})"
+    except Exception:  # noqa: BLE001 - accounting only: never fail a unit over it
+        return "unknown"
 
 
 def _failure(unit: WorkUnit, exc: BaseException) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class ModelStats:
     restarts: int = 0
     actors: dict[str, dict[str, Any]] = field(default_factory=dict)
     retries: list[dict[str, Any]] = field(default_factory=list)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, actor: str, result: dict[str, Any]) -> None:
         """Count one finished unit (a successful result of `GenerationActor.run_unit`)."""
@@ -62,6 +63,13 @@ class ModelStats:
         for key in ("rows", "prompt_tokens", "generated_tokens", "gen_seconds"):
             per[key] += result[key]
         per["units"] += 1
+        per["node"] = result.get("node", "local")
+        node = self.nodes.setdefault(
+            per["node"], {"units": 0, "rows": 0, "prompt_tokens": 0, "generated_tokens": 0}
+        )
+        for key in ("rows", "prompt_tokens", "generated_tokens"):
+            node[key] += result[key]
+        node["units"] += 1
 
 
 # ---- plan ----------------------------------------------------------------------------------------
@@ -436,6 +444,8 @@ def _run_model(
     actor_cls = ray.remote(GenerationActor).options(
         max_concurrency=1,
         runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in env.items()}},
+        # Replicas on different nodes where they fit: a lost node takes fewer of them along.
+        scheduling_strategy="SPREAD",
         **resources,
     )
     stats = ModelStats()
@@ -488,7 +498,22 @@ def _run_model(
         stats.retries.append(
             {"unit_id": unit_id, "actor": actor, "attempt": attempts[unit_id], "error": error}
         )
-        if store.done_record(unit_id) is not None:
+        record = store.done_record(unit_id)
+        if record is not None:
+            # Committed before its actor died: count its rows (tokens are not known).
+            node = stats.actors.get(actor, {}).get("node", "unknown")
+            stats.add(
+                actor,
+                {
+                    "rows": record.rows,
+                    "errors": 0,
+                    "prompt_tokens": 0,
+                    "generated_tokens": 0,
+                    "gen_seconds": 0.0,
+                    "write_seconds": 0.0,
+                    "node": node,
+                },
+            )
             return
         if attempts[unit_id] >= spec.run.max_attempts:
             failed[unit_id] = error
@@ -672,10 +697,17 @@ def _summary(
                 for actor, a in s.actors.items()
             },
         }
+    nodes: dict[str, dict[str, Any]] = {}
+    for s in stats.values():
+        for node, counts in s.nodes.items():
+            total = nodes.setdefault(node, dict.fromkeys(counts, 0))
+            for key, value in counts.items():
+                total[key] += value
     return {
         "run_id": spec.run_id,
         "config_hash": spec.hash,
         "location": store.location,
+        "nodes": nodes,
         "seconds": seconds,
         "units_planned": manifest["units_planned"],
         "units_finished": manifest["units_finished"],
