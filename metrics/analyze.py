@@ -23,7 +23,8 @@ from engine.errors import UserError
 from metrics.bootstrap import bca_interval, mean_acceleration, percentile_interval
 from metrics.bootstrap._validate import check_level, check_method, check_n_boot, check_scheme
 from metrics.core import Tables, compute_tables
-from metrics.encode import Encoded, encode
+from metrics.encode import Encoded, encode, with_dropped_markers
+from metrics.guards import bootstrap_progress, check_bootstrap, check_output_dir
 from metrics.io import read_scored
 from metrics.resample import (
     GroupReplicates,
@@ -297,6 +298,7 @@ def analyze(
         raise UserError(
             "--bootstrap is implemented for --preset mic", "drop --bootstrap or use --preset mic"
         )
+    check_output_dir(out)
     run = read_scored(scored, pool=pool)
     parity = mode == "parity"
     if not parity:
@@ -308,6 +310,7 @@ def analyze(
         eval_split=eval_split,
         seed=seed,
         ignore_no_hedge=ignore_no_hedge,
+        threshold=threshold,
     )
     if enc.auto_split:
         split_note = "; ".join(f"{g}: {', '.join(t)}" for g, t in sorted(enc.auto_split.items()))
@@ -320,6 +323,7 @@ def analyze(
     views = group_views(enc, tables, valid)
     if n_boot:
         keys, strata = response_keys(run.responses)
+    estimate = check_bootstrap(enc, n_boot) if n_boot else None
     mic_ci = np.full((2, *tables.mic.shape), np.nan)
 
     models: dict[str, dict] = {}
@@ -328,7 +332,7 @@ def analyze(
         from metrics.marcon import marcon_metrics, marcon_tables
 
         mt = marcon_tables(enc, threshold)
-    for view in views:
+    for view in bootstrap_progress(views, len(views), estimate):
         g = view.g
         model, prompt = enc.groups[g]
         reps = None
@@ -397,7 +401,7 @@ def analyze(
             }
         )
     doc = {"version": JSON_VERSION, "settings": settings, "models": models}
-    mic_table = _mic_table(enc, tables, views, valid, mic_ci)
+    mic_table = with_dropped_markers(enc, _mic_table(enc, tables, views, valid, mic_ci))
     comparisons = None
     if compare:
         from metrics.compare import compare_groups

@@ -22,6 +22,7 @@ import polars as pl
 
 from engine.contract import NO_HEDGE
 from metrics import kernels
+from metrics.bootstrap.rng import KEY_SEP, escape_key_part
 from metrics.io import ScoredRun
 
 FAITHFUL_CUTOFF = 0.75
@@ -56,6 +57,9 @@ class Encoded:
     auto_split: dict[str, list[str]] = field(
         default_factory=dict
     )  # "model/prompt" -> tasks split 50/50
+    # MIC-table rows of the markers left out of the arrays (below the threshold in every cell):
+    # model, prompt, task, marker, count, n_present, mic and its variants (see `DROPPED_SCHEMA`).
+    dropped: pl.DataFrame | None = None
 
     @property
     def n_groups(self) -> int:
@@ -71,10 +75,14 @@ class Encoded:
 
 
 def stable_item_hash(seed: int, tasks: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """A uint64 per (task, item) that depends only on the strings and the seed (blake2b)."""
+    """A uint64 per (task, item) that depends only on the strings and the seed (blake2b).
+
+    The task is escaped (`escape_key_part`), so no two (task, item) pairs share a text.
+    """
     out = np.empty(len(tasks), dtype=np.uint64)
     for i, (t, it) in enumerate(zip(tasks, items)):
-        d = hashlib.blake2b(f"{seed}\x1f{t}\x1f{it}".encode(), digest_size=8).digest()
+        text = f"{seed}{KEY_SEP}{escape_key_part(str(t))}{KEY_SEP}{it}"
+        d = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
         out[i] = int.from_bytes(d, "little")
     return out
 
@@ -92,6 +100,7 @@ def encode(
     eval_split: str = "test",
     seed: int = 0,
     ignore_no_hedge: bool = False,
+    threshold: int | None = None,
 ) -> Encoded:
     """Encode `run` for analysis (see the module docstring for roles).
 
@@ -102,21 +111,30 @@ def encode(
         eval_split: split whose responses are scored in heldout mode.
         seed: seed of the 50/50 item split for tasks lacking one of the two splits.
         ignore_no_hedge: drop `<no_hedge>` rows entirely.
+        threshold: marker count threshold tau. When given, markers with fewer than tau reference
+            rows in every (group, task) leave the arrays: no metric uses them, and free-form
+            extraction can give hundreds of thousands of them. Their MIC-table rows are kept in
+            `Encoded.dropped`. None keeps every marker.
 
     Returns:
         The `Encoded` arrays.
     """
     resp = run.responses
-    groups = resp.select("model", "prompt").unique().sort(["model", "prompt"]).rows()
+    # Group (model, prompt) codes from the codes of each column (sorted names keep the groups in
+    # (model, prompt) order): no key is made by joining the two strings.
+    models = sorted(resp.get_column("model").unique().to_list())
+    prompts = sorted(resp.get_column("prompt").unique().to_list())
+    pair = _codes(resp.get_column("model"), models).astype(np.int64) * len(prompts) + _codes(
+        resp.get_column("prompt"), prompts
+    )
+    uniq_pairs, r_g = np.unique(pair, return_inverse=True)
+    r_g = r_g.reshape(-1).astype(np.int32)
+    groups = [(models[int(u) // len(prompts)], prompts[int(u) % len(prompts)]) for u in uniq_pairs]
     tasks = sorted(resp.get_column("task").unique().to_list())
     sent = run.sentences
     if ignore_no_hedge:
         sent = sent.filter(pl.col("marker") != NO_HEDGE)
     markers = sorted(sent.get_column("marker").unique().to_list())
-
-    gnames = ["\x1f".join(g) for g in groups]
-    gkey = resp.select(pl.concat_str(["model", "prompt"], separator="\x1f")).to_series()
-    r_g = _codes(gkey, gnames)
     r_t = _codes(resp.get_column("task"), tasks)
     n = resp.height
 
@@ -155,35 +173,47 @@ def encode(
     s_m = _codes(sent.get_column("marker"), markers)
     s_conf = sent.get_column("confidence").fill_null(np.nan).to_numpy().astype(np.float64)
     s_dec = sent.get_column("decisiveness").fill_null(np.nan).to_numpy().astype(np.float64)
-    ptr, order = kernels.by_response(s_r, n)
     n_sentences = resp.get_column("n_sentences").to_numpy().astype(np.int64)
+    r_correct = resp.get_column("correct").to_numpy().astype(bool)
 
     # Faithfulness is a property of sentences, not markers: computed from all rows, whatever
-    # `ignore_no_hedge` says.
-    if sent is run.sentences:  # the same rows: reuse the arrays built above
-        all_ptr, all_order, all_conf, all_dec = ptr, order, s_conf, s_dec
-    else:
-        full = run.sentences
-        all_ptr, all_order = kernels.by_response(
-            full.get_column("_r").to_numpy().astype(np.int64), n
-        )
-        all_conf = full.get_column("confidence").fill_null(np.nan).to_numpy().astype(np.float64)
-        all_dec = full.get_column("decisiveness").fill_null(np.nan).to_numpy().astype(np.float64)
+    # `ignore_no_hedge` or the threshold drop.
+    full = run.sentences
+    all_ptr, all_order = kernels.by_response(full.get_column("_r").to_numpy().astype(np.int64), n)
+    same = sent is full  # the same rows: reuse the arrays built above
     r_f, r_c = kernels.faithfulness(
         all_ptr,
         all_order,
-        run.sentences.get_column("sentence_idx").to_numpy().astype(np.int32),
-        all_conf,
-        all_dec,
+        full.get_column("sentence_idx").to_numpy().astype(np.int32),
+        s_conf if same else full.get_column("confidence").fill_null(np.nan).to_numpy(),
+        s_dec if same else full.get_column("decisiveness").fill_null(np.nan).to_numpy(),
         n_sentences,
     )
+    del all_ptr, all_order
+
+    dropped = None
+    if threshold is not None and len(s_r):
+        keep_marker = _markers_reaching(threshold, s_r, s_m, r_g, r_t, r_ref, len(markers))
+        if not keep_marker.all():
+            drop_row = ~keep_marker[s_m]
+            dropped = _dropped_rows(
+                s_r[drop_row], s_m[drop_row], s_conf[drop_row], s_dec[drop_row],
+                r_g, r_t, r_ref, r_correct, r_f, groups, tasks, markers,
+            )  # fmt: skip
+            new_code = np.cumsum(keep_marker) - 1
+            keep_row = ~drop_row
+            s_r, s_conf, s_dec = s_r[keep_row], s_conf[keep_row], s_dec[keep_row]
+            s_m = new_code[s_m[keep_row]].astype(np.int32)
+            markers = [mk for mk, k in zip(markers, keep_marker) if k]
+    ptr, order = kernels.by_response(s_r, n)
+
     return Encoded(
         groups=[tuple(g) for g in groups],
         tasks=tasks,
         markers=markers,
         r_g=r_g,
         r_t=r_t,
-        r_correct=resp.get_column("correct").to_numpy().astype(bool),
+        r_correct=r_correct,
         r_nsent=n_sentences,
         r_ref=r_ref,
         r_eval=r_eval,
@@ -197,7 +227,122 @@ def encode(
         order=order,
         no_hedge=markers.index(NO_HEDGE) if NO_HEDGE in markers else -1,
         auto_split=auto,
+        dropped=dropped,
     )
+
+
+def _markers_reaching(
+    threshold: int,
+    s_r: np.ndarray,
+    s_m: np.ndarray,
+    r_g: np.ndarray,
+    r_t: np.ndarray,
+    r_ref: np.ndarray,
+    n_markers: int,
+) -> np.ndarray:
+    """Mask of markers with at least `threshold` reference rows in some (group, task)."""
+    ref = r_ref[s_r]
+    n_tasks = int(r_t.max(initial=-1)) + 1
+    n_groups = int(r_g.max(initial=-1)) + 1
+    cell = (r_g[s_r[ref]].astype(np.int64) * n_tasks + r_t[s_r[ref]]) * n_markers + s_m[ref]
+    size = n_groups * n_tasks * n_markers
+    if size <= 4 * len(cell) + 1_000_000:  # dense counts are cheaper than a sort
+        counts = np.bincount(cell, minlength=size)
+        reach = np.flatnonzero(counts >= threshold)
+    else:
+        uniq, counts = np.unique(cell, return_counts=True)
+        reach = uniq[counts >= threshold]
+    keep = np.zeros(n_markers, dtype=bool)
+    keep[reach % n_markers] = True
+    return keep
+
+
+# Columns of `Encoded.dropped` (the MIC table's columns a dropped marker can fill).
+DROPPED_SCHEMA = {
+    "model": pl.String,
+    "prompt": pl.String,
+    "task": pl.String,
+    "marker": pl.String,
+    "count": pl.Int64,
+    "n_present": pl.Int64,
+    "mic": pl.Float64,
+    "valid": pl.Boolean,
+    "shared": pl.Boolean,
+    "mic_c": pl.Float64,
+    "mic_i": pl.Float64,
+    "mic_f": pl.Float64,
+    "mic_uf": pl.Float64,
+    "mf": pl.Float64,
+}
+
+
+def _dropped_rows(
+    s_r, s_m, s_conf, s_dec, r_g, r_t, r_ref, r_correct, r_f, groups, tasks, markers
+) -> pl.DataFrame:
+    """MIC-table rows of dropped markers: the sums of `kernels.mic_sums`, per present cell.
+
+    Sums run over the rows in row order, as the kernel adds them, so the values are the ones the
+    full tensor would have held.
+    """
+    ref = r_ref[s_r]
+    r = s_r[ref]
+    m = s_m[ref].astype(np.int64)
+    x = s_conf[ref]
+    d = s_dec[ref]
+    T, M = len(tasks), len(markers)
+    cell = (r_g[r].astype(np.int64) * T + r_t[r]) * M + m
+    uniq, inv = np.unique(cell, return_inverse=True)
+    inv = inv.reshape(-1)
+    k = len(uniq)
+    present = ~np.isnan(x)
+    xz = np.where(present, x, 0.0)
+
+    def sums(mask: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n_ = np.bincount(inv[mask], minlength=k).astype(np.float64)
+        s_ = np.bincount(inv[mask], weights=values[mask], minlength=k)
+        return n_, s_
+
+    def ratio(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        den, num = pair
+        out = np.full(k, np.nan)
+        np.divide(num, den, out=out, where=den > 0)
+        return out
+
+    f = r_f[r]
+    correct = r_correct[r]
+    n_present, s_conf_sum = sums(present, xz)
+    both = present & ~np.isnan(d)
+    gap = np.where(both, np.abs(np.where(both, d, 0.0) - xz), 0.0)
+    g_code, rest = np.divmod(uniq, T * M)
+    t_code, m_code = np.divmod(rest, M)
+    columns = {
+        "model": [groups[i][0] for i in g_code],
+        "prompt": [groups[i][1] for i in g_code],
+        "task": [tasks[i] for i in t_code],
+        "marker": [markers[i] for i in m_code],
+        "count": np.bincount(inv, minlength=k),
+        "n_present": n_present.astype(np.int64),
+        "mic": ratio((n_present, s_conf_sum)),
+        "valid": np.zeros(k, dtype=bool),
+        "shared": np.zeros(k, dtype=bool),
+        "mic_c": ratio(sums(present & correct, xz)),
+        "mic_i": ratio(sums(present & ~correct, xz)),
+        "mic_f": ratio(sums(present & (f >= FAITHFUL_CUTOFF), xz)),
+        "mic_uf": ratio(sums(present & (f < FAITHFUL_CUTOFF), xz)),
+        "mf": ratio(sums(both, gap)),
+    }
+    return pl.DataFrame(columns, schema=DROPPED_SCHEMA).with_columns(
+        pl.col(pl.Float64).fill_nan(None)
+    )
+
+
+def with_dropped_markers(enc: Encoded, mic_table: pl.DataFrame) -> pl.DataFrame:
+    """`mic_table` plus the rows of the markers `encode` left out, in (model, prompt, task,
+    marker) order like the rest; columns the dropped markers cannot fill (intervals) are null."""
+    if enc.dropped is None or enc.dropped.height == 0:
+        return mic_table
+    merged = pl.concat([mic_table, enc.dropped], how="diagonal_relaxed")
+    return merged.select(mic_table.columns).sort("model", "prompt", "task", "marker")
 
 
 def faithfulness_reference(

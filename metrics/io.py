@@ -10,6 +10,8 @@ Every problem a user can fix raises `UserError` naming the file, the column and 
 
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,9 +116,11 @@ def _read(path: Path, compact: bool = False) -> pl.DataFrame:
                     cols.append(pl.col(c))
             return lazy.select(cols).collect(engine="streaming" if compact else "auto")
         if fmt == "csv":
+            _refuse_duplicate_columns(path, _csv_header(path))
             return pl.read_csv(
                 path, infer_schema_length=10000, schema_overrides={"item_id": pl.String}
             )
+        _check_jsonl_keys(path)
         return pl.read_ndjson(path, infer_schema_length=10000)
     except UserError:
         raise
@@ -126,6 +130,43 @@ def _read(path: Path, compact: bool = False) -> pl.DataFrame:
             f"{path}: cannot be read as {fmt}: {first}",
             "check the file is complete and in that format",
         ) from None
+
+
+def _refuse_duplicate_columns(path: Path, names: list[str]) -> None:
+    """A repeated column name would be renamed or dropped by the reader: refuse it instead."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise UserError(
+                f"{path}: column {name!r} appears more than once in the header",
+                "give every column a distinct name (drop or rename the copy)",
+            )
+        seen.add(name)
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file's first record, as written (a BOM is not part of a name)."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+        return next(csv.reader(fh), [])
+
+
+# JSONL objects checked for repeated keys (a JSON parser keeps the last copy silently); the first
+# lines suffice for files written by a program, and the check stays O(1) in the file size.
+JSONL_KEY_CHECK_LINES = 100
+
+
+def _check_jsonl_keys(path: Path) -> None:
+    def pairs(kv: list[tuple[str, object]]) -> dict:
+        _refuse_duplicate_columns(path, [k for k, _ in kv])
+        return dict(kv)
+
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for _, line in zip(range(JSONL_KEY_CHECK_LINES), fh):
+            if line.strip():
+                try:
+                    json.loads(line, object_pairs_hook=pairs)
+                except json.JSONDecodeError:
+                    return  # the reader names the bad line
 
 
 def _table_files(base: Path, name: str) -> list[Path]:
@@ -140,6 +181,12 @@ def _table_files(base: Path, name: str) -> list[Path]:
 def _resolve(path: str | Path) -> list[tuple[str, Path]]:
     """Map one user path to (role, file) pairs; role is responses, sentences or long."""
     p = Path(path)
+    try:
+        p.exists()
+    except (ValueError, OSError) as exc:  # a NUL byte, a name too long for the file system
+        raise UserError(
+            f"{str(p)!r}: not a usable path ({exc})", "pass a scored-run path"
+        ) from None
     if not p.exists():
         raise UserError(
             f"{p}: no such file or directory", "pass a scored-run directory or table file"
@@ -168,10 +215,45 @@ def _resolve(path: str | Path) -> list[tuple[str, Path]]:
     return [("long", f) for f in tables]
 
 
+def _is_categorical(dtype: pl.DataType) -> bool:
+    """Dictionary-encoded strings: pandas `category`, pyarrow `dictionary`, polars Enum."""
+    return isinstance(dtype, pl.Categorical | pl.Enum) or dtype in (pl.Categorical, pl.Enum)
+
+
+def _int_range_error(
+    df: pl.DataFrame, name: str, dtype: pl.DataType, path: Path
+) -> UserError | None:
+    """Integers that do not fit the contract's type (int32) would fail the cast deep in polars."""
+    info = np.iinfo(np.int32) if dtype == pl.Int32 else None
+    if info is None:
+        return None
+    col = df.get_column(name)
+    lo, hi = col.min(), col.max()
+    for value in (lo, hi):
+        if value is not None and not info.min <= value <= info.max:
+            what = (
+                "counts a response's sentences" if name == "n_sentences" else "numbers them from 0"
+            )
+            return UserError(
+                f"{path}: column {name!r} holds {value}, outside the 32-bit range of the contract",
+                f"{name} {what}; check the column holds what its name says",
+            )
+    return None
+
+
 def _conform(
-    df: pl.DataFrame, columns: dict[str, pl.DataType], path: Path, source: int
+    df: pl.DataFrame,
+    columns: dict[str, pl.DataType],
+    path: Path,
+    source: int,
+    compact: bool = False,
 ) -> pl.DataFrame:
-    """Check and cast the columns of one file to the contract's types."""
+    """Check and cast the columns of one file to the contract's types.
+
+    String columns may arrive dictionary-encoded (categorical): with `compact`, the key columns
+    of `COMPACT` are made categorical whatever the file held and every other string column plain,
+    so shards of either kind concatenate and compare by their text.
+    """
     missing = [c for c in columns if c not in df.columns and c not in OPTIONAL_DEFAULTS]
     if missing:
         raise UserError(
@@ -181,21 +263,31 @@ def _conform(
         )
     exprs = []
     for name, dtype in columns.items():
-        if name not in df.columns:
+        # An optional column written but left entirely empty (a blank CSV column, all None from
+        # pandas) says the same as a missing one.
+        absent = name not in df.columns or (
+            name in OPTIONAL_DEFAULTS and df.get_column(name).null_count() == df.height
+        )
+        if absent:
             default = OPTIONAL_DEFAULTS[name]
-            exprs.append(pl.lit(default, dtype=dtype).alias(name))
+            lit = pl.lit(default, dtype=dtype)
+            if compact and name in COMPACT and default is not None:
+                lit = lit.cast(pl.Categorical)
+            exprs.append(lit.alias(name))
             continue
         have = df.schema[name]
-        if dtype == pl.String and have == pl.Categorical:  # compact key column (see COMPACT)
-            exprs.append(pl.col(name))
+        if dtype == pl.String and (_is_categorical(have) or have in (pl.String, pl.Null)):
+            keep_compact = compact and name in COMPACT
+            exprs.append(pl.col(name).cast(pl.Categorical if keep_compact else pl.String))
             continue
-        if name == "item_id" and have != pl.String:
-            if not (have.is_integer() or have == pl.String):
+        if name == "item_id":
+            if not have.is_integer():
                 raise UserError(
                     f"{path}: column 'item_id' has type {have}",
                     "use strings or integers for item ids",
                 )
-            exprs.append(pl.col(name).cast(pl.String))
+            item = pl.col(name).cast(pl.String)
+            exprs.append(item.cast(pl.Categorical) if compact else item)
             continue
         if have == dtype:
             exprs.append(pl.col(name))
@@ -203,7 +295,6 @@ def _conform(
         ok = (
             (dtype == pl.Float64 and (have.is_numeric() or have == pl.Null))
             or (dtype == pl.Int32 and have.is_integer())
-            or (dtype == pl.String and have == pl.Null)
             or (dtype == pl.Boolean and have == pl.Null)
         )
         if dtype == pl.Boolean and have.is_integer():
@@ -214,6 +305,10 @@ def _conform(
                 f"{path}: column {name!r} has type {have}, expected {dtype}",
                 "fix the column's values (e.g. booleans true/false, numbers without quotes)",
             )
+        if dtype == pl.Int32:
+            err = _int_range_error(df, name, dtype, path)
+            if err is not None:
+                raise err
         exprs.append(pl.col(name).cast(dtype))
     return df.select(exprs).with_columns(pl.lit(source, dtype=pl.Int32).alias(SOURCE))
 
@@ -221,7 +316,7 @@ def _conform(
 def _split_long(df: pl.DataFrame, path: Path, source: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split one long table (both column sets) into responses and sentences."""
     resp = _conform(df, RESPONSE_COLUMNS, path, source)
-    sent = _conform(df, SENTENCE_COLUMNS, path, source)
+    sent = _conform(df, SENTENCE_COLUMNS, path, source, compact=True)
     per_key = resp.group_by(KEY).agg(
         pl.col("correct").n_unique().alias("_nc"), pl.col("n_sentences").n_unique().alias("_nn")
     )
@@ -272,7 +367,7 @@ def read_scored(paths: list[str | Path] | str | Path, pool: bool = False) -> Sco
             if role == "responses":
                 responses.append(_conform(df, RESPONSE_COLUMNS, f, source))
             elif role == "sentences":
-                sentences.append(_conform(df, SENTENCE_COLUMNS, f, source))
+                sentences.append(_conform(df, SENTENCE_COLUMNS, f, source, compact=True))
             else:
                 r, s = _split_long(df, f, source)
                 responses.append(r)
@@ -351,17 +446,24 @@ def validate(run: ScoredRun) -> ScoredRun:
     """
     r, s = run.responses, run.sentences
     for table, df, cols in (
-        ("responses", r, ["model", "task", "item_id", "correct", "n_sentences"]),
-        ("sentences", s, ["model", "task", "item_id", "sentence_idx", "marker"]),
+        ("responses", r, [*KEY, "correct", "n_sentences"]),
+        ("sentences", s, [*KEY, "sentence_idx", "marker"]),
     ):
         counts = df.select(pl.col(cols).null_count()).row(0)
         for c, k in zip(cols, counts):
             if k:
                 nulls = df.filter(pl.col(c).is_null())
+                fix = (
+                    "every row needs a value there (missing confidences go in 'confidence' as null)"
+                )
+                if c in OPTIONAL_DEFAULTS:
+                    fix = f"fill it on every row, or leave the column out (it then reads {OPTIONAL_DEFAULTS[c]!r})"
                 raise UserError(
                     f"{_where(run, nulls)}: column {c!r} has {k} empty value(s) in the {table} table",
-                    "every row needs a value there (missing confidences go in 'confidence' as null)",
+                    fix,
                 )
+        for c in KEY:
+            _refuse_blank(run, df, c, table)
     for c in ("confidence", "decisiveness"):
         bad_expr = pl.col(c).is_nan() | pl.col(c).is_infinite() | (pl.col(c) < 0) | (pl.col(c) > 1)
         if s.select(bad_expr.any()).item():
@@ -377,10 +479,11 @@ def validate(run: ScoredRun) -> ScoredRun:
             f"{_where(run, neg)}: column 'n_sentences' has negative values",
             "use the response's sentence count",
         )
-    if s.select((pl.col("marker").str.len_bytes() == 0).any()).item():
-        empty_marker = s.filter(pl.col("marker").str.len_bytes() == 0)
+    blank_marker = pl.col("marker").str.strip_chars().str.len_bytes() == 0
+    if s.select(blank_marker.any()).item():
+        empty_marker = s.filter(blank_marker)
         raise UserError(
-            f"{_where(run, empty_marker)}: column 'marker' has {empty_marker.height} empty string(s)",
+            f"{_where(run, empty_marker)}: column 'marker' has {empty_marker.height} empty or blank value(s)",
             f"write {NO_HEDGE!r} for a sentence with no hedge",
         )
 
@@ -420,10 +523,10 @@ def validate(run: ScoredRun) -> ScoredRun:
             f"{row['item_id']!r} whose n_sentences is {nsent[k]}",
             "sentence_idx counts from 0 and must be below the response's n_sentences",
         )
-    # (response, sentence, marker) rows: unique (a scan within each response's rows).
+    # (response, sentence, marker) rows: unique; and n_sentences is the response's own count.
     marker_code = linked.get_column("marker").cast(pl.Categorical).to_physical().to_numpy()
     ptr, order = kernels.by_response(r_np, r.height)
-    first = kernels.first_duplicate(ptr, order, sidx, marker_code)
+    first, n_seen = kernels.sentence_rows(ptr, order, sidx, marker_code)
     if first >= 0:
         row = linked.row(int(first), named=True)
         dup = linked.filter(
@@ -431,6 +534,7 @@ def validate(run: ScoredRun) -> ScoredRun:
             & pl.Series(r_np == r_np[first])
         )  # fmt: skip
         _raise_duplicate(run, dup, [*KEY, "sentence_idx", "marker"], "(item, sentence, marker)")
+    _check_sentence_counts(run, r.get_column("n_sentences").to_numpy(), n_seen)
     # A task with responses but not a single sentence row cannot give any MIC.
     has_rows = np.zeros(r.height, dtype=bool)
     has_rows[r_np] = True
@@ -450,6 +554,47 @@ def validate(run: ScoredRun) -> ScoredRun:
     # Later stages need only these sentence columns: let the string keys go.
     slim = s.select("sentence_idx", "marker", "confidence", "decisiveness", SOURCE)
     return ScoredRun(r, slim.with_columns(pl.Series("_r", r_np)), run.files)
+
+
+# No response has a million sentences: a count above this is a wrong column or a corrupt value,
+# and it would pass for a response whose sentences are all missing.
+MAX_SENTENCES = 1_000_000
+
+
+def _check_sentence_counts(run: ScoredRun, n_sentences: np.ndarray, n_seen: np.ndarray) -> None:
+    """n_sentences must be the number of sentences the response has rows for.
+
+    Every sentence has at least one row (marker `<no_hedge>` when it carries no hedge; missing
+    confidences are null), so a larger count would invent sentences: f(r) = 1 - sum / |S(r)|
+    drifts to 1 as |S(r)| grows. A response without any row only needs a sane count.
+    """
+    bad = ((n_seen > 0) & (n_sentences != n_seen)) | (n_sentences > MAX_SENTENCES)
+    if not bad.any():
+        return
+    k = int(np.flatnonzero(bad)[0])
+    rows = run.responses.filter(pl.Series(bad))
+    row = run.responses.row(k, named=True)
+    raise UserError(
+        f"{_where(run, rows)}: column 'n_sentences' is {n_sentences[k]} for item {row['item_id']!r} "
+        f"(task {row['task']!r}), which has rows for {n_seen[k]} sentence(s); {rows.height} response(s) disagree",
+        f"n_sentences counts the response's sentences, each with at least one row (marker {NO_HEDGE!r} "
+        f"when it has no hedge), and is at most {MAX_SENTENCES:,}",
+    )
+
+
+def _refuse_blank(run: ScoredRun, df: pl.DataFrame, name: str, table: str) -> None:
+    """A key made of white space only names nothing (and prints as nothing): refuse it.
+
+    Checked on the distinct values, so a categorical column of 1e7 rows costs a few lookups.
+    """
+    distinct = df.get_column(name).unique().drop_nulls().cast(pl.String)
+    blank = distinct.filter(distinct.str.strip_chars().str.len_bytes() == 0)
+    if blank.len():
+        rows = df.filter(pl.col(name).cast(pl.String).is_in(blank.implode()))
+        raise UserError(
+            f"{_where(run, rows)}: column {name!r} has {rows.height} blank value(s) in the {table} table",
+            f"give every row a {name} that is not empty or white space",
+        )
 
 
 def _string_hash(col: pl.Series, seed: int) -> np.ndarray:

@@ -32,12 +32,28 @@ def by_response(s_r: np.ndarray, n_responses: int) -> tuple[np.ndarray, np.ndarr
     return ptr, order
 
 
+# A response with more rows than this is sorted (O(k log k)) instead of scanned pairwise: below it
+# the pairwise scan is faster, above it a single long response (300k rows) would take minutes.
+SMALL_RESPONSE = 32
+
+
+@nb.njit(cache=True)
+def _stable_sort_rows(rows: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """`rows` ordered by key[rows], ties kept in their given order (a stable merge sort)."""
+    keys = np.empty(len(rows), dtype=np.int64)
+    for j in range(len(rows)):
+        keys[j] = key[rows[j]]
+    return rows[np.argsort(keys, kind="mergesort")]
+
+
 @nb.njit(cache=True)
 def faithfulness(ptr, order, s_sidx, s_conf, s_dec, n_sentences):
     """f(r) and c(r) per response from sentence-level values (docs/method.md §2).
 
     A sentence's marker rows repeat its confidence and decisiveness: each sentence counts once.
-    Sums run in sentence order, so the result does not depend on row order.
+    Sums run in sentence order, so the result does not depend on row order. Valid rows are put in
+    sentence order by an insertion sort for short responses and a stable merge sort for long ones
+    (the same order: both keep ties in row order).
     """
     n = len(ptr) - 1
     f = np.full(n, np.nan)
@@ -52,15 +68,19 @@ def faithfulness(ptr, order, s_sidx, s_conf, s_dec, n_sentences):
         for j in range(a, b):
             i = order[j]
             if not (np.isnan(s_conf[i]) or np.isnan(s_dec[i])):
-                # insertion by sentence index
-                p = m
-                while p > 0 and s_sidx[idx[p - 1]] > s_sidx[i]:
-                    idx[p] = idx[p - 1]
-                    p -= 1
-                idx[p] = i
+                if k <= SMALL_RESPONSE:  # insertion by sentence index
+                    p = m
+                    while p > 0 and s_sidx[idx[p - 1]] > s_sidx[i]:
+                        idx[p] = idx[p - 1]
+                        p -= 1
+                    idx[p] = i
+                else:
+                    idx[m] = i
                 m += 1
         if m == 0:
             continue
+        if k > SMALL_RESPONSE:
+            idx[:m] = _stable_sort_rows(idx[:m], s_sidx)
         gap = 0.0
         conf = 0.0
         nv = 0
@@ -198,18 +218,42 @@ def hash_link(response_keys: np.ndarray, row_keys: np.ndarray) -> tuple[np.ndarr
 
 
 @nb.njit(cache=True)
-def first_duplicate(ptr, order, sentence_idx, marker_code):
-    """Row index of the first (sentence_idx, marker) pair repeated within one response, or -1.
+def sentence_rows(ptr, order, sentence_idx, marker_code):
+    """Per response: the first repeated (sentence_idx, marker) row, and the distinct sentences.
 
-    Rows of a response are few: a quadratic scan per response is cheaper than a global hash set
-    (which would cost hundreds of MB at 1e7 rows).
+    Returns (row, n_seen): `row` is the index of a row whose (sentence_idx, marker) pair occurs
+    earlier in the same response, or -1; `n_seen[r]` is the number of distinct sentence indices
+    among response r's rows (valid only when `row` is -1). Short responses are scanned pairwise
+    (no allocation); long ones are sorted by (sentence_idx, marker), O(k log k). A global hash
+    set would cost hundreds of MB at 1e7 rows. `sentence_idx` must be non-negative.
     """
-    for r in range(len(ptr) - 1):
+    n = len(ptr) - 1
+    n_seen = np.zeros(n, dtype=np.int64)
+    for r in range(n):
         a, b = ptr[r], ptr[r + 1]
-        for j in range(a, b):
-            i = order[j]
-            for k in range(a, j):
-                q = order[k]
-                if sentence_idx[q] == sentence_idx[i] and marker_code[q] == marker_code[i]:
-                    return i
-    return -1
+        if b - a <= SMALL_RESPONSE:
+            for j in range(a, b):
+                i = order[j]
+                new_sentence = True
+                for k in range(a, j):
+                    q = order[k]
+                    if sentence_idx[q] == sentence_idx[i]:
+                        new_sentence = False
+                        if marker_code[q] == marker_code[i]:
+                            return i, n_seen
+                if new_sentence:
+                    n_seen[r] += 1
+            continue
+        rows = order[a:b]
+        pair = np.empty(b - a, dtype=np.int64)  # (sentence_idx, marker) packed in 64 bits
+        for j in range(b - a):
+            i = rows[j]
+            pair[j] = (np.int64(sentence_idx[i]) << 32) | np.int64(marker_code[i])
+        perm = np.argsort(pair, kind="mergesort")
+        n_seen[r] = 1
+        for j in range(1, len(perm)):
+            if pair[perm[j]] == pair[perm[j - 1]]:
+                return rows[perm[j]], n_seen
+            if (pair[perm[j]] >> 32) != (pair[perm[j - 1]] >> 32):
+                n_seen[r] += 1
+    return -1, n_seen

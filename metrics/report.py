@@ -1185,11 +1185,22 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         UserError: RUN_DIR is not a run or has no analysis yet (the message names the command to
             run first), or an input file is unreadable.
     """
+    import os
+    import tempfile
+
+    from metrics.guards import check_output_file
+
+    path = check_output_file(out if out is not None else Path(run_dir) / "report.html")
     inputs = load_inputs(run_dir)
-    path = Path(out) if out is not None else Path(run_dir) / "report.html"
     page = render_report(inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    # A unique temp name beside the target, removed whatever happens: no `report.html.tmp` left.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path

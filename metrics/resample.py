@@ -34,6 +34,7 @@ from metrics import kernels as akernels
 from metrics.bootstrap import item_keys, stratum_keys
 from metrics.bootstrap.kernels import BLOCK, _fill_multinomial_counts, _fill_poisson, _prepare
 from metrics.bootstrap.kernels import weighted_group_sums as _weighted_group_sums
+from metrics.bootstrap.rng import KEY_ESC, KEY_SEP
 from metrics.core import N_BINS, Tables
 from metrics.encode import Encoded
 
@@ -56,8 +57,11 @@ def response_keys(responses: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     The split is part of the item's identity: a run whose ids repeat across splits (parity mode
     reads both) still has one key per item, and two models get the same key for the same item.
     """
+    split = pl.col("split").cast(pl.String)  # escaped: (split, item_id) pairs never collide
+    split = split.str.replace_all(KEY_ESC, KEY_ESC * 2, literal=True)
+    split = split.str.replace_all(KEY_SEP, KEY_ESC + KEY_SEP, literal=True)
     pairs = responses.select(
-        "task", pl.concat_str(["split", "item_id"], separator="\x1f").alias("_item")
+        "task", pl.concat_str([split, "item_id"], separator=KEY_SEP).alias("_item")
     )
     uniq = pairs.unique()
     keys = item_keys(uniq.get_column("task").to_numpy(), uniq.get_column("_item").to_numpy())

@@ -444,8 +444,13 @@ def _prepare(
         # Items sorted by (stratum, key); stratum s occupies strat_ptr[s]:strat_ptr[s + 1], and the
         # j-th draw of stratum s is keyed by (seed, stratum key, j).
         sorted_strata = strata[order]
-        starts = np.flatnonzero(np.r_[True, sorted_strata[1:] != sorted_strata[:-1]])
-        strat_ptr = np.r_[starts, n_items].astype(np.int64) if n_items else np.zeros(1, np.int64)
+        # No items (a group without evaluation items): no strata either, and every sum is 0.
+        starts = (
+            np.flatnonzero(np.r_[True, sorted_strata[1:] != sorted_strata[:-1]])
+            if n_items
+            else np.zeros(0, dtype=np.int64)
+        )
+        strat_ptr = np.r_[starts, n_items].astype(np.int64)
         positions = np.arange(n_items, dtype=np.uint64) - np.repeat(
             starts, np.diff(strat_ptr)
         ).astype(np.uint64)

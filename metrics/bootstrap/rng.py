@@ -293,11 +293,38 @@ def _hash_strings(values: np.ndarray) -> np.ndarray:
     return hashed[inverse.reshape(-1)]
 
 
+#: Separator of the parts of a key text, and the escape that keeps it unambiguous.
+KEY_SEP = "\x1f"
+KEY_ESC = "\x1e"
+
+
+def escape_key_part(part: str) -> str:
+    """`part` with `KEY_ESC` and `KEY_SEP` escaped: unchanged for text without either.
+
+    In ``escape_key_part(a) + KEY_SEP + b`` the first unescaped separator ends `a`, so two
+    different pairs (a, b) never give the same text, whatever control characters they hold;
+    names without those two characters keep the text (and the keys) they always had.
+    """
+    if KEY_ESC in part or KEY_SEP in part:
+        return part.replace(KEY_ESC, KEY_ESC + KEY_ESC).replace(KEY_SEP, KEY_ESC + KEY_SEP)
+    return part
+
+
+def _as_strings(values: npt.ArrayLike) -> np.ndarray:
+    # Object arrays of Python str: a numpy "U" array would drop trailing NUL characters, and
+    # "a\x00" would become "a".
+    arr = np.asarray(values, dtype=object).reshape(-1)
+    if not all(type(v) is str for v in arr):
+        arr = np.array([str(v) for v in arr], dtype=object)
+    return arr
+
+
 def item_keys(tasks: npt.ArrayLike, item_ids: npt.ArrayLike) -> np.ndarray:
-    """Stable 64-bit keys of items: blake2b of ``task + "\\x1f" + item_id``.
+    """Stable 64-bit keys of items: blake2b of ``escape_key_part(task) + "\\x1f" + item_id``.
 
     The first 8 bytes of the digest, read little endian, so a key depends only on the two
-    strings: not on the process (unlike ``hash``), the row order or the machine.
+    strings: not on the process (unlike ``hash``), the row order or the machine. The escape
+    makes the pair unambiguous (see :func:`escape_key_part`).
 
     Args:
         tasks: Task name per row (array-like of str).
@@ -311,8 +338,8 @@ def item_keys(tasks: npt.ArrayLike, item_ids: npt.ArrayLike) -> np.ndarray:
     """
     from engine.errors import UserError
 
-    tasks_arr = np.asarray(tasks).astype(str).reshape(-1)
-    ids_arr = np.asarray(item_ids).astype(str).reshape(-1)
+    tasks_arr = _as_strings(tasks)
+    ids_arr = _as_strings(item_ids)
     if tasks_arr.shape != ids_arr.shape:
         raise UserError(
             f"item_keys: tasks has {tasks_arr.size} entries but item_ids has {ids_arr.size}",
@@ -320,8 +347,9 @@ def item_keys(tasks: npt.ArrayLike, item_ids: npt.ArrayLike) -> np.ndarray:
         )
     if tasks_arr.size == 0:
         return np.zeros(0, dtype=np.uint64)
-    combined = np.char.add(np.char.add(tasks_arr, "\x1f"), ids_arr)
-    return _hash_strings(combined)
+    escaped = {t: escape_key_part(t) + KEY_SEP for t in set(tasks_arr.tolist())}
+    prefix = np.array([escaped[t] for t in tasks_arr.tolist()], dtype=object)
+    return _hash_strings(prefix + ids_arr)  # elementwise str concatenation
 
 
 def stratum_keys(strata: npt.ArrayLike) -> np.ndarray:
@@ -333,7 +361,7 @@ def stratum_keys(strata: npt.ArrayLike) -> np.ndarray:
     Returns:
         A uint64 array with one key per entry.
     """
-    arr = np.asarray(strata).astype(str).reshape(-1)
+    arr = _as_strings(strata)
     if arr.size == 0:
         return np.zeros(0, dtype=np.uint64)
     return _hash_strings(arr)
