@@ -8,6 +8,8 @@ items, so the sharded result equals the single-process one up to the order of ad
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -33,13 +35,92 @@ def shard_bounds(ptr: np.ndarray, n_shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def ray_group_sums(address: str | None = None, n_shards: int | None = None) -> Callable:
+# How long `--ray ADDRESS` waits for the cluster's head to answer before giving up: Ray's own
+# connect loop retries for minutes without a word.
+CONNECT_TIMEOUT_S = 30.0
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise a one-line `UserError` unless something listens at the Ray address (HOST:PORT).
+
+    Args:
+        address: the `--ray` address, `HOST:PORT` or `ray://HOST:PORT`.
+        timeout: seconds to wait for the TCP connection.
+    """
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    fix = "pass the head node's HOST:PORT (printed by `ray start --head`), or --ray alone for a local Ray"
+    if not sep or not host or not port.isdigit():
+        raise UserError(f"--ray {address!r} is not a HOST:PORT address", fix)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except TimeoutError:
+        raise UserError(
+            f"--ray {address}: no answer within {timeout:.0f} s (unreachable host or firewall)", fix
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"--ray {address}: cannot connect ({reason})", fix) from None
+
+
+def _connect(address: str, timeout: float) -> None:
+    """Join the cluster at `address`, giving up after `timeout` seconds.
+
+    Ray's connect loop does not return while something answers TCP but is not (yet) a Ray head,
+    and it ignores SIGTERM meanwhile: it runs in a daemon thread, abandoned on timeout (the
+    process then exits with the error; the thread holds no data of ours).
+    """
+    import threading
+
+    from engine.runner import init_ray
+
+    errors: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            init_ray(address)
+        except BaseException as exc:  # reported by the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=connect, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise UserError(
+            f"--ray {address}: the Ray cluster did not accept the connection within {timeout:.0f} s",
+            "check the address is the Ray head's GCS port (`ray status` on the head prints it)",
+        )
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, ConnectionError | TimeoutError | RuntimeError):
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(
+                f"--ray {address}: {first}", "check the address is the Ray head's GCS port"
+            ) from None
+        raise exc
+
+
+def ray_group_sums(
+    address: str | None = None,
+    n_shards: int | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+) -> Callable:
     """A `group_sums` function for `metrics.analyze` that runs each item shard as a Ray task.
 
     Args:
         address: Ray cluster address; None starts (or joins) a local Ray.
         n_shards: shards per call (default: the cluster's CPU count, at least 2).
+        connect_timeout: seconds to wait for the cluster at `address` to answer; checked here,
+            before any analysis starts.
+
+    Raises:
+        UserError: nothing answers at `address` within `connect_timeout`.
     """
+    if address:
+        started = time.monotonic()  # one budget for both steps
+        check_reachable(address, connect_timeout)
+        _connect(address, max(1.0, connect_timeout - (time.monotonic() - started)))
 
     def group_sums(ptr, keys, strata, group, values, seed, n_boot, scheme, n_groups):
         if scheme != "poisson":
