@@ -51,7 +51,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     host, sep, port = target.rpartition(":")
     fix = "pass the head node's HOST:PORT (printed by `ray start --head`), or --ray alone for a local Ray"
     if not sep or not host or not port.isdigit():
-        raise UserError(f"--ray {address!r} is not a HOST:PORT address", fix)
+        raise UserError(f"--ray {address} is not a HOST:PORT address", fix)
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass

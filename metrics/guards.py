@@ -25,10 +25,13 @@ T_ = TypeVar("T_")
 def _probe(path: Path, option: str) -> None:
     """Raise a `UserError` for a path the OS cannot even look up (NUL byte, name too long)."""
     try:
-        path.exists()
+        os.stat(path)  # not Path.exists(), which answers False for a NUL byte
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # reported below, with the file that is in the way
     except (ValueError, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
         raise UserError(
-            f"{option} {str(path)!r} is not a usable path ({exc})",
+            f"{option} {str(path)!r} is not a usable path ({reason})",
             "pass a plain directory or file name",
         ) from None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,10 +183,13 @@ def _resolve(path: str | Path) -> list[tuple[str, Path]]:
     """Map one user path to (role, file) pairs; role is responses, sentences or long."""
     p = Path(path)
     try:
-        p.exists()
+        os.stat(p)  # not Path.exists(), which answers False for a NUL byte
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     except (ValueError, OSError) as exc:  # a NUL byte, a name too long for the file system
+        reason = getattr(exc, "strerror", None) or str(exc)
         raise UserError(
-            f"{str(p)!r}: not a usable path ({exc})", "pass a scored-run path"
+            f"{str(p)!r}: not a usable path ({reason})", "pass a scored-run path"
         ) from None
     if not p.exists():
         raise UserError(
