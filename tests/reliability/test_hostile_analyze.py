@@ -139,10 +139,16 @@ def same(a: tuple[dict, pl.DataFrame], b: tuple[dict, pl.DataFrame]) -> bool:
     return a[0] == b[0] and a[1].equals(b[1])
 
 
-def with_value(df: pl.DataFrame, column: str, value: object, rows: int = 3) -> pl.DataFrame:
-    """`df` with `column` set to `value` on its first `rows` rows."""
-    idx = pl.int_range(pl.len()) < rows
-    return df.with_columns(pl.when(idx).then(pl.lit(value)).otherwise(pl.col(column)).alias(column))
+def with_value(
+    df: pl.DataFrame, column: str, value: object, items: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """`df` with `column` set to `value` on the rows of `items` (keys; default: its first 3)."""
+    items = (items if items is not None else df.head(3)).select(KEY).unique()
+    flagged = df.join(items.with_columns(_hit=pl.lit(True)), on=KEY, how="left")
+    flagged = flagged.with_columns(pl.col("_hit").fill_null(False))
+    return flagged.with_columns(
+        pl.when(pl.col("_hit")).then(pl.lit(value)).otherwise(pl.col(column)).alias(column)
+    ).drop("_hit")
 
 
 # ----------------------------------------------------------------------------- 1. empty keys
@@ -166,10 +172,11 @@ EMPTY_KEYS = {
 def test_null_or_blank_key_values_are_refused(case: str, base, cli: Cli) -> None:
     table, column, value = EMPTY_KEYS[case]
     resp, sent = base
+    items = resp.head(3)  # the same responses in both tables: no orphan rows
     if table in ("responses", "both"):
-        resp = with_value(resp, column, value)
+        resp = with_value(resp, column, value, items)
     if table in ("sentences", "both"):
-        sent = with_value(sent, column, value)
+        sent = with_value(sent, column, value, items)
     data = write_run(cli.tmp / "run", resp, sent)
     assert_one_line(*cli.analyze(data), column, str(data))
 
