@@ -47,3 +47,72 @@ def test_faithfulness_kernel_equals_polars(run):
     np.testing.assert_array_equal(np.isnan(f), np.isnan(enc.r_f))
     np.testing.assert_allclose(enc.r_f, f, rtol=1e-12, equal_nan=True)
     np.testing.assert_allclose(enc.r_c, c, rtol=1e-12, equal_nan=True)
+
+
+def _random_rows(rng: np.random.Generator, sizes: list[int]):
+    """Rows of responses with the given row counts, shuffled, 1-3 markers per sentence."""
+    s_r, sidx, marker = [], [], []
+    for r, k in enumerate(sizes):
+        n_sent = max(1, k // 2)
+        for _ in range(k):
+            s_r.append(r)
+            sidx.append(int(rng.integers(0, n_sent)))
+            marker.append(int(rng.integers(0, 3)))
+    perm = rng.permutation(len(s_r))
+    return (np.array(s_r, np.int64)[perm], np.array(sidx, np.int32)[perm],
+            np.array(marker, np.uint32)[perm])  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sentence_rows_equals_polars(seed):
+    """Duplicates and distinct sentences per response, for short (pairwise scan) and long
+    (sorted) responses alike."""
+    import polars as pl
+
+    from metrics import kernels
+
+    rng = np.random.default_rng(seed)
+    sizes = [1, 3, kernels.SMALL_RESPONSE, kernels.SMALL_RESPONSE + 1, 500, 0, 7]
+    s_r, sidx, marker = _random_rows(rng, sizes)
+    df = pl.DataFrame({"r": s_r, "s": sidx, "m": marker})
+    ptr, order = kernels.by_response(s_r, len(sizes))
+    first, n_seen = kernels.sentence_rows(ptr, order, sidx, marker)
+    dup = df.with_row_index().filter(pl.struct("r", "s", "m").is_duplicated())
+    if dup.height:
+        assert first in set(dup["index"].to_list())
+        # Without duplicates: the distinct sentences of each response.
+        keep = df.with_row_index().unique(subset=["r", "s", "m"], keep="first").sort("index")
+        s_r, sidx, marker = (keep[c].to_numpy() for c in ("r", "s", "m"))
+        df = keep.drop("index")
+        ptr, order = kernels.by_response(s_r.astype(np.int64), len(sizes))
+        first, n_seen = kernels.sentence_rows(ptr, order, sidx, marker)
+    assert first == -1
+    expect = np.zeros(len(sizes), np.int64)
+    counts = df.group_by("r").agg(pl.col("s").n_unique())
+    expect[counts["r"].to_numpy()] = counts["s"].to_numpy()
+    np.testing.assert_array_equal(n_seen, expect)
+
+
+def test_faithfulness_of_long_responses_equals_polars():
+    """Long responses (sorted, not insertion-scanned) in shuffled row order."""
+    import polars as pl
+
+    from metrics import kernels
+
+    rng = np.random.default_rng(5)
+    sizes = [kernels.SMALL_RESPONSE + 1, 400, 3]
+    s_r, sidx, _ = _random_rows(rng, sizes)
+    n = len(sizes)
+    # One confidence and decisiveness per sentence, repeated over its rows; some missing.
+    per_sentence = rng.random((n, 1000, 2))
+    per_sentence[rng.random((n, 1000)) < 0.1, 0] = np.nan
+    conf, dec = per_sentence[s_r, sidx, 0], per_sentence[s_r, sidx, 1]
+    n_sentences = np.array([sidx[s_r == r].max() + 1 for r in range(n)], np.int64)
+    ptr, order = kernels.by_response(s_r, n)
+    f, c = kernels.faithfulness(ptr, order, sidx, conf, dec, n_sentences)
+    ref = pl.DataFrame({"_r": s_r, "sentence_idx": sidx, "confidence": conf, "decisiveness": dec})
+    f_ref, c_ref = faithfulness_reference(
+        ref.with_columns(pl.col("confidence").fill_nan(None)), n_sentences, n
+    )
+    np.testing.assert_array_equal(f, f_ref)
+    np.testing.assert_array_equal(c, c_ref)
