@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,26 +221,20 @@ def bootstrap_progress(
     """Yield `items` (the groups), with a progress line and ETA on stderr for long bootstraps.
 
     Short bootstraps (estimated under `PROGRESS_AFTER_S`) print nothing. The line shows the
-    up-front estimate until the first group is done, then the measured rate.
+    up-front estimate of memory and time, and tqdm's rate and ETA over the groups done.
     """
     if est is None or est.seconds < PROGRESS_AFTER_S:
         yield from items
         return
     from tqdm import tqdm
 
-    print(
-        f"mic analyze: {label} of {est.n_boot:,} replicates x {n_items} group(s): "
-        f"estimated {_duration(est.seconds)} and {_gb(est.peak_bytes)} at the peak",
-        file=sys.stderr,
-        flush=True,
+    # One line on stderr: the up-front estimate in the description, then tqdm's own rate and ETA
+    # from the groups done.
+    desc = (
+        f"{label}: {est.n_boot:,} replicates, estimated {_duration(est.seconds)} and "
+        f"{_gb(est.peak_bytes)} at the peak"
     )
-    started = time.monotonic()
-    with tqdm(total=n_items, unit="group", file=sys.stderr, desc=label, leave=False) as bar:
+    with tqdm(total=n_items, unit="group", file=sys.stderr, desc=desc) as bar:
         for item in items:
             yield item
             bar.update(1)
-    print(
-        f"mic analyze: {label} done in {_duration(time.monotonic() - started)}",
-        file=sys.stderr,
-        flush=True,
-    )
