@@ -302,7 +302,9 @@ def test_split_and_item_that_would_join_to_the_same_key(base, cli: Cli) -> None:
     orig_s = rows.with_columns(split=pl.lit("x\x1fy"), item_id=pl.lit("z"))
     resp2 = pl.concat([resp, orig_r, twin_r])
     sent2 = pl.concat([sent, orig_s, twin_s])
-    code, err = cli.analyze(write_run(cli.tmp / "run", resp2, sent2), "--bootstrap", "20")
+    # Parity mode: every response is resampled, whatever its split.
+    data = write_run(cli.tmp / "run", resp2, sent2)
+    code, err = cli.analyze(data, "--bootstrap", "20", "--mode", "parity")
     assert code == 0, err
 
 
