@@ -23,6 +23,7 @@ from engine.errors import UserError
 from metrics.bootstrap import bca_interval, mean_acceleration, percentile_interval
 from metrics.bootstrap._validate import check_level, check_method, check_n_boot, check_scheme
 from metrics.core import Tables, compute_tables
+from metrics.debias import debias, metric_bounds
 from metrics.encode import Encoded, encode, with_dropped_markers
 from metrics.guards import bootstrap_progress, check_bootstrap, check_output_dir
 from metrics.io import read_scored
@@ -110,36 +111,40 @@ def _num(x) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
-def metric_entry(metric: Metric, level: float = 0.95) -> dict:
-    """A metric as `metrics.json` shapes it: value, ci, n (+ extras), or null with a reason.
+def metric_entry(metric: Metric, level: float = 0.95, name: str = "") -> dict:
+    """A metric as `metrics.json` shapes it, or null with a reason.
 
-    With bootstrap replicates (values[1:]), the interval is the percentile interval of the
-    replicate metric values (a metric is a nonlinear function of the whole MIC tensor: no
-    closed-form acceleration, so no BCa).
+    Keys: `value` (the plug-in number; the seed's in parity mode), `debiased` (bootstrap
+    bias-corrected), `se` (bootstrap standard error), `ci` (interval for the population value,
+    containing `debiased`), `ci_method`, `n` and the metric's extras. Without replicates the
+    last four are null. See `metrics.debias` for the method and docs/statistics.md for why.
     """
     extra = {
         k: (_num(v) if isinstance(v, float | np.floating) else v) for k, v in metric.extra.items()
     }
+    empty = {"debiased": None, "se": None, "ci": None, "ci_method": None}
     if metric.values is None:
-        return {"value": None, "ci": None, "reason": metric.reason, **extra}
+        return {"value": None, **empty, "reason": metric.reason, **extra}
     value = _num(metric.values[0])
     if value is None:
-        return {"value": None, "ci": None, "reason": "undefined for these data (NaN)", **extra}
-    entry = {"value": value, "ci": None, "n": metric.n, **extra}
+        return {"value": None, **empty, "reason": "undefined for these data (NaN)", **extra}
+    entry = {"value": value, **empty, "n": metric.n, **extra}
     reps = metric.values[1:]
     if len(reps):
-        if np.isnan(reps).all():
-            entry["ci_reason"] = (
-                "not resampled (per-response errors would need every row per replicate)"
-            )
+        est = debias(value, reps, level, metric_bounds(name))
+        if est.ci is None:
+            entry["ci_reason"] = "fewer than 2 bootstrap replicates define this metric"
         else:
-            iv = percentile_interval(reps, level, theta_hat=np.float64(metric.values[0]))
-            entry["ci"] = [_num(iv.low), _num(iv.high)]
-            entry["ci_method"] = "percentile"
-            if bool(iv.degenerate):
+            entry.update(
+                debiased=_num(est.debiased),
+                se=_num(est.se),
+                ci=[_num(est.ci[0]), _num(est.ci[1])],
+                ci_method=est.ci_method,
+            )
+            if est.degenerate:
                 entry["ci_degenerate"] = True
-            if int(iv.n_dropped):
-                entry["ci_undefined_replicates"] = int(iv.n_dropped)
+            if est.n_dropped:
+                entry["ci_undefined_replicates"] = est.n_dropped
     return entry
 
 
@@ -370,7 +375,9 @@ def analyze(
                 )
             task_block[enc.tasks[t]] = block
         models.setdefault(model, {})[prompt] = {
-            "metrics": {name: metric_entry(m, level) for name, m in sorted(metrics.items())},
+            "metrics": {
+                name: metric_entry(m, level, name) for name, m in sorted(metrics.items())
+            },
             "tasks": task_block,
             "shared_markers": [enc.markers[m] for m in np.flatnonzero(view.shared)],
         }
@@ -396,7 +403,7 @@ def analyze(
                     "mic": ci_method,
                     "accuracy": ci_method,
                     "cmfg": "percentile",
-                    "metrics": "percentile",
+                    "metrics": "basic (bootstrap bias-corrected; docs/statistics.md)",
                 },
             }
         )

@@ -14,7 +14,9 @@ B. evaluation rows -> MAE cells. |MIC_b(m, A) - c| summed over the rows of (task
    needs, per replicate, only the weighted prefix sums of the rows sorted by c and a binary search
    for MIC_b(m, A): S(mu) = mu W(<=mu) - C(<=mu) + (C - C(<=mu)) - mu (W - W(<=mu)). One pass over
    the evaluation rows per block of replicates gives modes 1, 3 and 4. Mode 2 (per-response means)
-   would need every row for every reference task and replicate; it gets no interval.
+   resamples the responses' point errors exactly and adds the reference MICs' change through its
+   first-order sensitivity (`_mode2_terms`): exact re-evaluation would need every row for every
+   reference task and replicate.
 
 Every metric is then a function of these replicate tensors (metrics.seven), so all metric
 intervals come from the same replicates.
@@ -48,7 +50,7 @@ class GroupReplicates:
     mic: np.ndarray  # [B, T, M]
     accuracy: np.ndarray  # [B, T]
     cmfg: np.ndarray  # [B, T]
-    mae: dict[int, np.ndarray]  # mode -> [B, T, T] (mode 2: NaN)
+    mae: dict[int, np.ndarray]  # mode -> [B, T, T] (mode 2: linearized in the MICs)
 
 
 def response_keys(responses: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -154,9 +156,10 @@ def _accumulate(run_w, run_c, w_items, row_item, row_conf, start, stop):
 @nb.njit(parallel=True, cache=True)
 def _mae_blocks(
     seg_ptr, seg_t, seg_m, row_item, row_conf, streams, rep_keys, use_counts, sorted_items,
-    strat_ptr, draw_keys, mic_reps, usable, n_boot,
+    strat_ptr, draw_keys, mic_reps, usable, n_boot, resp_t, resp_e,
 ):  # fmt: skip
-    """MAE sums per replicate: out[b, k, A, B] for k = mode-1 (ΣS, ΣW), mode-3 (Σ, n), mode-4 (Σ, n).
+    """MAE sums per replicate: out[b, k, A, B] for k = mode-1 (ΣS, ΣW), mode-3 (Σ, n), mode-4 (Σ, n),
+    mode-2 (Σ w e_r, Σ w) with e_r the response's mean error at the point MICs (`resp_e`).
 
     Per block of replicates and per (task B, marker m) segment of rows sorted by confidence: the
     positions of every MIC_b(m, A) among the sorted confidences come first (binary searches, no
@@ -166,7 +169,7 @@ def _mae_blocks(
     T = usable.shape[0]
     n_blocks = (n_boot + BLOCK - 1) // BLOCK
     n_items = streams.shape[0]
-    out = np.zeros((n_boot, 6, T, T))
+    out = np.zeros((n_boot, 8, T, T))
     for blk in nb.prange(n_blocks):
         b0 = blk * BLOCK
         nb_ = min(BLOCK, n_boot - b0)
@@ -184,6 +187,17 @@ def _mae_blocks(
                 _fill_poisson(streams[i], rep_keys, b0, ws)
                 for t in range(BLOCK):
                     w_items[i, t] = np.uint16(ws[t])
+        # Mode 2: weighted sums of each response's mean error (weights already drawn).
+        for i in range(n_items):
+            tb = resp_t[i]
+            for a in range(T):
+                e = resp_e[i, a]
+                if np.isnan(e):
+                    continue
+                for t in range(nb_):
+                    w = np.float64(w_items[i, t])
+                    out[b0 + t, 6, a, tb] += w * e
+                    out[b0 + t, 7, a, tb] += w
         q_pos = np.empty(T * BLOCK, dtype=np.int64)
         q_w = np.empty(T * BLOCK)
         q_c = np.empty(T * BLOCK)
@@ -252,7 +266,43 @@ def _mae_blocks(
     return out
 
 
-def _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic_reps, usable):
+def _mode2_terms(t, m, conf, item, n_items, point_mic, usable, T, M):
+    """Each evaluation response's mean error per reference task A at the point MICs, and the
+    sensitivity of the Mode 2 cells to each MIC.
+
+    Mode 2 averages per-response mean errors e_r(A) = mean over r's rows of |MIC(m, A) - c|;
+    re-evaluating every row for every replicate's MICs would cost rows x B x T. Instead the
+    replicate's evaluation weights resample the responses exactly and the reference side enters
+    linearly: d e_r / d MIC(m, A) = (1/n_r) Σ sign(MIC(m, A) - c) over r's rows of marker m, so
+    cell*(A, B) = Σ w e_r / Σ w + Σ_m D[A, B, m] (MIC*(m, A) - MIC(m, A)), D the mean over B's
+    responses (a first-order delta term; the bootstrap bias correction handles the rest).
+
+    Returns:
+        resp_e [n_items, T] (NaN: no scored row) and D [T, T, M].
+    """
+    resp_e = np.full((n_items, T), np.nan)
+    sens = np.zeros((T, T, M))
+    resp_task = np.zeros(n_items, dtype=np.int64)
+    resp_task[item] = t
+    for a in range(T):
+        ok = usable[a, m]
+        if not ok.any():
+            continue
+        mu = point_mic[a, m[ok]]
+        it = item[ok]
+        n_r = np.bincount(it, minlength=n_items).astype(np.float64)
+        has = n_r > 0
+        e = np.bincount(it, weights=np.abs(mu - conf[ok]), minlength=n_items)
+        resp_e[has, a] = e[has] / n_r[has]
+        s = np.sign(mu - conf[ok]) / n_r[it]
+        n_resp = np.bincount(resp_task[has], minlength=T).astype(np.float64)
+        d = np.bincount(t[ok] * M + m[ok], weights=s, minlength=T * M).reshape(T, M)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sens[a] = np.where(n_resp[:, None] > 0, d / n_resp[:, None], 0.0)
+    return resp_e, sens, resp_task
+
+
+def _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic_reps, usable, point_mic):
     T = enc.n_tasks
     M = enc.n_markers
     resp = np.flatnonzero((enc.r_g == g) & enc.r_eval)
@@ -281,6 +331,9 @@ def _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic_reps, usable
     p = _prepare(None, keys[resp], eval_strata, None, None, seed, n_boot, scheme, None)
     multinomial = scheme == "multinomial"
     n = len(resp)
+    resp_e, sens, resp_task = _mode2_terms(
+        t, m, conf, local[enc.s_r[idx]], n, point_mic, usable, T, M
+    )
     out = _mae_blocks(
         seg_ptr, seg_t, seg_m, row_item, row_conf,
         np.zeros(n, dtype=np.uint64) if multinomial else p["streams"],
@@ -288,12 +341,13 @@ def _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic_reps, usable
         p["sorted_items"] if multinomial else np.zeros(1, np.int64),
         p["strat_ptr"] if multinomial else np.zeros(1, np.int64),
         p["draw_keys"] if multinomial else np.zeros(1, np.uint64),
-        mic_reps, usable, n_boot,
+        mic_reps, usable, n_boot, resp_task, resp_e,
     )  # fmt: skip
+    shift = np.where(usable, mic_reps - point_mic, 0.0)  # [B, A, M]
     with np.errstate(invalid="ignore", divide="ignore"):
         mae = {
             1: out[:, 0] / out[:, 1],
-            2: np.full((n_boot, T, T), np.nan),
+            2: out[:, 6] / out[:, 7] + np.einsum("bam,anm->ban", np.nan_to_num(shift), sens),
             3: out[:, 2] / out[:, 3],
             4: out[:, 4] / out[:, 5],
         }
@@ -317,7 +371,9 @@ def group_replicates(
     """All replicate tensors of group `g` (see the module docstring)."""
     mic, accuracy, cmfg = _pass_a(enc, g, keys, strata, seed, n_boot, scheme, parity, group_sums)
     usable = valid[g] & ~np.isnan(point.mic[g])
-    mae = _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic, usable)
+    mae = _pass_b(
+        enc, g, keys, strata, seed, n_boot, scheme, parity, mic, usable, point.mic[g]
+    )
     return GroupReplicates(mic, accuracy, cmfg, mae)
 
 
