@@ -23,10 +23,10 @@ from engine.errors import UserError
 from metrics.bootstrap import bca_interval, mean_acceleration, percentile_interval
 from metrics.bootstrap._validate import check_level, check_method, check_n_boot, check_scheme
 from metrics.core import Tables, compute_tables
-from metrics.debias import debias, metric_bounds
+from metrics.debias import debias, metric_bounds, on_fisher_scale
 from metrics.encode import Encoded, encode, with_dropped_markers
 from metrics.guards import bootstrap_progress, check_bootstrap, check_output_dir
-from metrics.io import read_scored
+from metrics.io import ScoredRun, read_scored
 from metrics.resample import (
     GroupReplicates,
     group_replicates,
@@ -34,7 +34,7 @@ from metrics.resample import (
     mic_acceleration,
     response_keys,
 )
-from metrics.seven import Metric, seven_metrics
+from metrics.seven import Metric, attach_noise_corrections, seven_metrics
 
 MODES = ("heldout", "parity")
 PRESETS = ("mic", "marcon")
@@ -84,7 +84,11 @@ def group_views(enc: Encoded, tables: Tables, valid: np.ndarray) -> list[GroupVi
 
 
 def group_metrics(
-    view: GroupView, tables: Tables, parity: bool, reps: GroupReplicates | None = None
+    view: GroupView,
+    tables: Tables,
+    parity: bool,
+    reps: GroupReplicates | None = None,
+    level: float = 0.95,
 ) -> dict[str, Metric]:
     """The seven metrics of one group: values[0] is the point estimate, values[1:] replicates."""
     g, t = view.g, view.tasks
@@ -101,7 +105,11 @@ def group_metrics(
             mode: (np.concatenate([mean, reps.mae[mode][:, t][:, :, t]]), std, n)
             for mode, (mean, std, n) in mae.items()
         }
-    return seven_metrics(mic, view.usable, view.shared, acc, cmfg, mae, parity)
+    metrics = seven_metrics(mic, view.usable, view.shared, acc, cmfg, mae, parity)
+    if reps is not None:
+        ev = np.concatenate([reps.point_eval_mean[t][None], reps.eval_mean[:, t]])
+        attach_noise_corrections(metrics, mic, ev, view.usable, view.shared, level)
+    return metrics
 
 
 def _num(x) -> float | None:
@@ -131,7 +139,16 @@ def metric_entry(metric: Metric, level: float = 0.95, name: str = "") -> dict:
     entry = {"value": value, **empty, "n": metric.n, **extra}
     reps = metric.values[1:]
     if len(reps):
-        est = debias(value, reps, level, metric_bounds(name))
+        base = metric.values if metric.corrected is None else metric.corrected
+        est = debias(
+            float(base[0]),
+            base[1:],
+            level,
+            metric_bounds(name),
+            already_debiased=metric.corrected is not None,
+            fisher=on_fisher_scale(name),
+            reaches_lower=metric.reaches_zero,
+        )
         if est.ci is None:
             entry["ci_reason"] = "fewer than 2 bootstrap replicates define this metric"
         else:
@@ -273,7 +290,8 @@ def analyze(
     """Compute MIC tables and the seven metrics of one or more scored runs.
 
     Args:
-        scored: scored-run directories or long-table files (one path or a list).
+        scored: scored-run directories or long-table files (one path or a list), or a
+            `ScoredRun` already in memory (e.g. from `metrics.simulate.sample`).
         out: output directory for `metrics.json` and `mic.parquet` (None: write nothing).
         mode: "heldout" (MICs from `ref_split`, MAE on `eval_split`) or "parity" (the seed).
         threshold: marker count threshold tau.
@@ -304,7 +322,7 @@ def analyze(
             "--bootstrap is implemented for --preset mic", "drop --bootstrap or use --preset mic"
         )
     check_output_dir(out)
-    run = read_scored(scored, pool=pool)
+    run = scored if isinstance(scored, ScoredRun) else read_scored(scored, pool=pool)
     parity = mode == "parity"
     if not parity:
         check_split_names(run.responses, ref_split, eval_split)
@@ -350,7 +368,7 @@ def analyze(
         if preset == "marcon":
             metrics = marcon_metrics(enc, mt, g, view.tasks)
         else:
-            metrics = group_metrics(view, tables, parity, reps)
+            metrics = group_metrics(view, tables, parity, reps, level)
         group_values[g] = metrics
         n_eval = np.bincount(enc.r_t[enc.r_eval & (enc.r_g == g)], minlength=enc.n_tasks)
         task_block = {}
@@ -375,9 +393,7 @@ def analyze(
                 )
             task_block[enc.tasks[t]] = block
         models.setdefault(model, {})[prompt] = {
-            "metrics": {
-                name: metric_entry(m, level, name) for name, m in sorted(metrics.items())
-            },
+            "metrics": {name: metric_entry(m, level, name) for name, m in sorted(metrics.items())},
             "tasks": task_block,
             "shared_markers": [enc.markers[m] for m in np.flatnonzero(view.shared)],
         }

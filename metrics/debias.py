@@ -12,6 +12,12 @@ it). What this module does instead, per metric:
   the replicates' spread around their own mean, reflected around the plug-in value, i.e. centred
   on the bias-corrected estimate. Its coverage on known-truth populations is in
   docs/statistics.md (benchmarks/coverage.py).
+* MAC and MCC are corrected on the Fisher z (atanh) scale and mapped back.
+* The CVs are noise-corrected first (`metrics.seven.attach_noise_corrections`): the estimate is
+  the corrected statistic and the interval is the replicates' spread centred on it.
+* A CV or Mode 4 MAE whose data cannot reject a population value of 0 gets an interval that
+  reaches 0 (a bootstrap test of "every difference is 0": |.| and a standard deviation are
+  biased up at 0 by about the noise, which no bias correction removes).
 * The metric's range clips both (an MAE or a CV is >= 0, a correlation lies in [-1, 1]): a
   metric whose population value sits on the boundary (I-AvgMAE Mode 4 of a stable model is 0)
   gets an interval that reaches the boundary instead of crossing it.
@@ -25,7 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from metrics.seven import CLIP
+
 CI_METHOD = "basic"
+CI_METHOD_CORRECTED = "noise-corrected, basic spread"
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,13 @@ class Estimate:
     n_replicates: int
     n_dropped: int
     degenerate: bool = False
+
+
+def on_fisher_scale(name: str) -> bool:
+    """MAC and MCC (and variants): per-marker correlations over a few tasks, whose bootstrap
+    distribution is skewed; corrected on the atanh scale (measured: better coverage there; MRC,
+    whose population value can sit at 1, is not)."""
+    return name.startswith(("MAC", "MCC"))
 
 
 def metric_bounds(name: str) -> tuple[float, float]:
@@ -55,6 +71,10 @@ def debias(
     replicates: np.ndarray,
     level: float = 0.95,
     bounds: tuple[float, float] = (-np.inf, np.inf),
+    *,
+    already_debiased: bool = False,
+    fisher: bool = False,
+    reaches_lower: bool = False,
 ) -> Estimate:
     """Bootstrap bias correction and basic interval of one statistic.
 
@@ -63,6 +83,14 @@ def debias(
         replicates: the statistic on each bootstrap replicate (NaN replicates are dropped).
         level: confidence level.
         bounds: the statistic's range; the estimate and interval are clipped to it.
+        already_debiased: `theta_hat` is a noise-corrected statistic (see
+            `metrics.seven.attach_noise_corrections`): keep it as the estimate and centre the
+            replicates' spread on it, [theta_hat - (q_hi - mean), theta_hat + (mean - q_lo)],
+            instead of correcting its bias a second time.
+        fisher: a correlation: correct and reflect on the atanh scale, where its sampling
+            distribution is close to symmetric, and map back with tanh.
+        reaches_lower: the data are consistent with the population value sitting on the lower
+            bound (a test, see `metrics.seven.consistent_with_zero`): the interval extends to it.
 
     Returns:
         The `Estimate` (all None when fewer than 2 replicates are finite).
@@ -74,15 +102,37 @@ def debias(
         return Estimate(None, None, None, None, n_ok, len(reps) - n_ok)
     reps = reps[ok]
     lo_b, hi_b = bounds
+    if fisher:
+        back = debias(
+            float(np.arctanh(np.clip(theta_hat, -CLIP, CLIP))),
+            np.arctanh(np.clip(reps, -CLIP, CLIP)),
+            level,
+            already_debiased=already_debiased,
+        )
+        if back.ci is None:
+            return back
+        return Estimate(
+            float(np.tanh(back.debiased)),
+            float(np.std(reps, ddof=1)),
+            (float(np.tanh(back.ci[0])), float(np.tanh(back.ci[1]))),
+            back.ci_method + " (Fisher z)",
+            back.n_replicates,
+            len(replicates) - n_ok,
+            back.degenerate,
+        )
     alpha = (1.0 - level) / 2.0
     q_lo, q_hi = np.quantile(reps, [alpha, 1.0 - alpha])
     center = float(np.mean(reps))
     if q_hi - q_lo <= 0:  # every replicate equal: nothing to correct, a point interval
         v = float(np.clip(theta_hat, lo_b, hi_b))
         return Estimate(v, 0.0, (v, v), CI_METHOD, n_ok, len(replicates) - n_ok, True)
-    debiased = float(np.clip(2.0 * theta_hat - center, lo_b, hi_b))
-    low = float(np.clip(2.0 * theta_hat - q_hi, lo_b, hi_b))
-    high = float(np.clip(2.0 * theta_hat - q_lo, lo_b, hi_b))
+    est = theta_hat if already_debiased else 2.0 * theta_hat - center
+    debiased = float(np.clip(est, lo_b, hi_b))
+    low = float(np.clip(est - (q_hi - center), lo_b, hi_b))
+    high = float(np.clip(est + (center - q_lo), lo_b, hi_b))
+    if reaches_lower:
+        low = lo_b
     low, high = min(low, debiased), max(high, debiased)
     se = float(np.std(reps, ddof=1))
-    return Estimate(debiased, se, (low, high), CI_METHOD, n_ok, len(replicates) - n_ok)
+    method = CI_METHOD_CORRECTED if already_debiased else CI_METHOD
+    return Estimate(debiased, se, (low, high), method, n_ok, len(replicates) - n_ok)

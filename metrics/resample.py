@@ -51,6 +51,8 @@ class GroupReplicates:
     accuracy: np.ndarray  # [B, T]
     cmfg: np.ndarray  # [B, T]
     mae: dict[int, np.ndarray]  # mode -> [B, T, T] (mode 2: linearized in the MICs)
+    eval_mean: np.ndarray  # [B, T, M] mean confidence of a marker's evaluation rows (Mode 4)
+    point_eval_mean: np.ndarray  # [T, M] the same at the point estimate
 
 
 def response_keys(responses: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -156,10 +158,13 @@ def _accumulate(run_w, run_c, w_items, row_item, row_conf, start, stop):
 @nb.njit(parallel=True, cache=True)
 def _mae_blocks(
     seg_ptr, seg_t, seg_m, row_item, row_conf, streams, rep_keys, use_counts, sorted_items,
-    strat_ptr, draw_keys, mic_reps, usable, n_boot, resp_t, resp_e,
+    strat_ptr, draw_keys, mic_reps, usable, n_boot, resp_t, resp_e, resp_e1, resp_n1, eval_mean,
 ):  # fmt: skip
     """MAE sums per replicate: out[b, k, A, B] for k = mode-1 (ΣS, ΣW), mode-3 (Σ, n), mode-4 (Σ, n),
-    mode-2 (Σ w e_r, Σ w) with e_r the response's mean error at the point MICs (`resp_e`).
+    mode-2 (Σ w e_r, Σ w) with e_r the response's mean error at the point MICs (`resp_e`), and
+    the same for Mode 1's linearization (Σ w Σ_rows e, Σ w n_rows).
+    Also fills eval_mean[b, B, m], the replicate's mean confidence of marker m's rows in task B
+    (NaN where no row weighs; only markers some reference task can score).
 
     Per block of replicates and per (task B, marker m) segment of rows sorted by confidence: the
     positions of every MIC_b(m, A) among the sorted confidences come first (binary searches, no
@@ -169,7 +174,7 @@ def _mae_blocks(
     T = usable.shape[0]
     n_blocks = (n_boot + BLOCK - 1) // BLOCK
     n_items = streams.shape[0]
-    out = np.zeros((n_boot, 8, T, T))
+    out = np.zeros((n_boot, 10, T, T))
     for blk in nb.prange(n_blocks):
         b0 = blk * BLOCK
         nb_ = min(BLOCK, n_boot - b0)
@@ -194,10 +199,14 @@ def _mae_blocks(
                 e = resp_e[i, a]
                 if np.isnan(e):
                     continue
+                e_sum = resp_e1[i, a]
+                n_rows = resp_n1[i, a]
                 for t in range(nb_):
                     w = np.float64(w_items[i, t])
                     out[b0 + t, 6, a, tb] += w * e
                     out[b0 + t, 7, a, tb] += w
+                    out[b0 + t, 8, a, tb] += w * e_sum
+                    out[b0 + t, 9, a, tb] += w * n_rows
         q_pos = np.empty(T * BLOCK, dtype=np.int64)
         q_w = np.empty(T * BLOCK)
         q_c = np.empty(T * BLOCK)
@@ -244,6 +253,9 @@ def _mae_blocks(
                 q_w[q] = run_w[t]
                 q_c[q] = run_c[t]
             _accumulate(run_w, run_c, w_items, row_item, row_conf, lo + j, lo + n)
+            for t in range(nb_):
+                if run_w[t] > 0:
+                    eval_mean[b0 + t, tb, m] = run_c[t] / run_w[t]
             for q in range(T * BLOCK):
                 if q_pos[q] < 0:
                     continue
@@ -277,11 +289,19 @@ def _mode2_terms(t, m, conf, item, n_items, point_mic, usable, T, M):
     cell*(A, B) = Σ w e_r / Σ w + Σ_m D[A, B, m] (MIC*(m, A) - MIC(m, A)), D the mean over B's
     responses (a first-order delta term; the bootstrap bias correction handles the rest).
 
+    The same quantities for Mode 1 (row-weighted: a response's error sum and row count, and
+    D1 = Σ sign / rows of B) give Mode 1's linearization, whose gap to the exact Mode 1
+    replicate estimates the curvature Mode 2's linearization leaves out.
+
     Returns:
-        resp_e [n_items, T] (NaN: no scored row) and D [T, T, M].
+        resp_e [n_items, T] (NaN: no scored row), resp_e1 and resp_n1 [n_items, T] (error sum
+        and rows), D and D1 [T, T, M], and each response's task.
     """
     resp_e = np.full((n_items, T), np.nan)
+    resp_e1 = np.zeros((n_items, T))
+    resp_n1 = np.zeros((n_items, T))
     sens = np.zeros((T, T, M))
+    sens1 = np.zeros((T, T, M))
     resp_task = np.zeros(n_items, dtype=np.int64)
     resp_task[item] = t
     for a in range(T):
@@ -294,12 +314,18 @@ def _mode2_terms(t, m, conf, item, n_items, point_mic, usable, T, M):
         has = n_r > 0
         e = np.bincount(it, weights=np.abs(mu - conf[ok]), minlength=n_items)
         resp_e[has, a] = e[has] / n_r[has]
-        s = np.sign(mu - conf[ok]) / n_r[it]
+        resp_e1[:, a] = e
+        resp_n1[:, a] = n_r
+        sign = np.sign(mu - conf[ok])
         n_resp = np.bincount(resp_task[has], minlength=T).astype(np.float64)
-        d = np.bincount(t[ok] * M + m[ok], weights=s, minlength=T * M).reshape(T, M)
+        n_rows = np.bincount(t[ok], minlength=T).astype(np.float64)
+        cell = t[ok] * M + m[ok]
+        d = np.bincount(cell, weights=sign / n_r[it], minlength=T * M).reshape(T, M)
+        d1 = np.bincount(cell, weights=sign, minlength=T * M).reshape(T, M)
         with np.errstate(invalid="ignore", divide="ignore"):
             sens[a] = np.where(n_resp[:, None] > 0, d / n_resp[:, None], 0.0)
-    return resp_e, sens, resp_task
+            sens1[a] = np.where(n_rows[:, None] > 0, d1 / n_rows[:, None], 0.0)
+    return resp_e, resp_e1, resp_n1, sens, sens1, resp_task
 
 
 def _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic_reps, usable, point_mic):
@@ -331,9 +357,14 @@ def _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic_reps, usable
     p = _prepare(None, keys[resp], eval_strata, None, None, seed, n_boot, scheme, None)
     multinomial = scheme == "multinomial"
     n = len(resp)
-    resp_e, sens, resp_task = _mode2_terms(
+    resp_e, resp_e1, resp_n1, sens, sens1, resp_task = _mode2_terms(
         t, m, conf, local[enc.s_r[idx]], n, point_mic, usable, T, M
     )
+    eval_mean = np.full((n_boot, T, M), np.nan)
+    cell = t * M + m
+    n_rows = np.bincount(cell, minlength=T * M)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        point_eval = (np.bincount(cell, weights=conf, minlength=T * M) / n_rows).reshape(T, M)
     out = _mae_blocks(
         seg_ptr, seg_t, seg_m, row_item, row_conf,
         np.zeros(n, dtype=np.uint64) if multinomial else p["streams"],
@@ -341,7 +372,7 @@ def _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic_reps, usable
         p["sorted_items"] if multinomial else np.zeros(1, np.int64),
         p["strat_ptr"] if multinomial else np.zeros(1, np.int64),
         p["draw_keys"] if multinomial else np.zeros(1, np.uint64),
-        mic_reps, usable, n_boot, resp_task, resp_e,
+        mic_reps, usable, n_boot, resp_task, resp_e, resp_e1, resp_n1, eval_mean,
     )  # fmt: skip
     shift = np.where(usable, mic_reps - point_mic, 0.0)  # [B, A, M]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -351,7 +382,12 @@ def _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic_reps, usable
             3: out[:, 2] / out[:, 3],
             4: out[:, 4] / out[:, 5],
         }
-    return mae
+        # Mode 2's linearization misses the curvature of |MIC - c| (the O(1/n) bias the
+        # bootstrap is there to measure); Mode 1 has the same rows and the same curvature and
+        # is resampled exactly: add Mode 1's second-order remainder of the same replicate.
+        lin1 = out[:, 8] / out[:, 9] + np.einsum("bam,anm->ban", np.nan_to_num(shift), sens1)
+        mae[2] = mae[2] + (mae[1] - lin1)
+    return mae, eval_mean, point_eval
 
 
 def group_replicates(
@@ -371,10 +407,10 @@ def group_replicates(
     """All replicate tensors of group `g` (see the module docstring)."""
     mic, accuracy, cmfg = _pass_a(enc, g, keys, strata, seed, n_boot, scheme, parity, group_sums)
     usable = valid[g] & ~np.isnan(point.mic[g])
-    mae = _pass_b(
+    mae, eval_mean, point_eval = _pass_b(
         enc, g, keys, strata, seed, n_boot, scheme, parity, mic, usable, point.mic[g]
     )
-    return GroupReplicates(mic, accuracy, cmfg, mae)
+    return GroupReplicates(mic, accuracy, cmfg, mae, eval_mean, point_eval)
 
 
 # ------------------------------------------------------------------------- BCa accelerations

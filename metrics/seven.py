@@ -18,12 +18,20 @@ CLIP = 0.9999
 
 @dataclass
 class Metric:
-    """One metric: a value per replicate, or a reason it is undefined."""
+    """One metric: a value per replicate, or a reason it is undefined.
+
+    `corrected`, when set, is a noise-corrected version of the statistic (point first, then
+    replicates, like `values`): the debiased estimate and interval are built on it, while
+    `values[0]` stays the plug-in number. `reaches_zero`: the data are consistent with a
+    population value of 0 (see `attach_noise_corrections`), so the interval extends to 0.
+    """
 
     values: np.ndarray | None
     n: int | None = None
     reason: str | None = None
     extra: dict = field(default_factory=dict)
+    corrected: np.ndarray | None = None
+    reaches_zero: bool = False
 
     @classmethod
     def undefined(cls, reason: str, **extra) -> Metric:
@@ -171,29 +179,42 @@ def marker_task_correlation(
     return out
 
 
-def cv(values: np.ndarray, mask: np.ndarray, axis: int) -> np.ndarray:
-    """Coefficient of variation (sample std, ddof 1, / mean) of `values` where `mask`, along axis."""
+def cv(
+    values: np.ndarray, mask: np.ndarray, axis: int, noise: np.ndarray | None = None
+) -> np.ndarray:
+    """Coefficient of variation (sample std, ddof 1, / mean) of `values` where `mask`, along axis.
+
+    With `noise` (the sampling variance of each value, broadcastable), the variance is
+    noise-corrected: E[s^2] = s_true^2 + mean(noise) for independent errors, so
+    sqrt(max(0, s^2 - mean(noise))) / mean.
+    """
     x = np.where(mask, values, np.nan)
     with _quiet():
         k = np.sum(mask, axis=axis)
         mean = np.nanmean(x, axis=axis)
-        std = np.nanstd(x, axis=axis, ddof=1)
-        out = std / mean
+        var = np.nanvar(x, axis=axis, ddof=1)
+        if noise is not None:
+            v = np.where(mask & np.isfinite(x), np.broadcast_to(noise, x.shape), np.nan)
+            var = np.maximum(var - np.nanmean(v, axis=axis), 0.0)
+        out = np.sqrt(var) / mean
     return np.where((k >= 2) & (mean != 0), out, np.nan)
 
 
-def cv_metrics(mic: np.ndarray, usable: np.ndarray, shared: np.ndarray) -> dict[str, Metric]:
+def cv_metrics(
+    mic: np.ndarray, usable: np.ndarray, shared: np.ndarray, noise: np.ndarray | None = None
+) -> dict[str, Metric]:
     """I-AvgCV, I-AvgCV (shared) and C-AvgCV.
 
     Args:
         mic: [R, T, M] MICs.
         usable: [T, M] valid markers with a defined MIC.
         shared: [M] shared markers.
+        noise: [T, M] sampling variance of each MIC (noise-corrected CVs, see `cv`).
     """
     _, T, M = mic.shape
     out: dict[str, Metric] = {}
     for name, mask in (("I-AvgCV", usable), ("I-AvgCV (shared)", usable & shared[None, :])):
-        per_task = cv(mic, np.broadcast_to(mask, mic.shape), axis=2)  # [R, T]
+        per_task = cv(mic, np.broadcast_to(mask, mic.shape), axis=2, noise=noise)  # [R, T]
         ok = np.isfinite(per_task[0])
         if not ok.any():
             out[name] = Metric.undefined("no task has 2 or more markers with a positive mean MIC")
@@ -205,7 +226,10 @@ def cv_metrics(mic: np.ndarray, usable: np.ndarray, shared: np.ndarray) -> dict[
         out["C-AvgCV"] = Metric.undefined("no shared marker (valid in every task)")
     else:
         per_marker = cv(
-            mic[:, :, shared], np.ones((1, T, int(shared.sum())), dtype=bool), axis=1
+            mic[:, :, shared],
+            np.ones((1, T, int(shared.sum())), dtype=bool),
+            axis=1,
+            noise=None if noise is None else noise[:, shared],
         )  # [R, S]
         ok = np.isfinite(per_marker[0])
         if not ok.any():
@@ -288,3 +312,78 @@ def seven_metrics(
     out["MAC"] = out["MAC-S-all"]
     out["MCC"] = out["MCC-S-all"]
     return out
+
+
+def consistent_with_zero(d: np.ndarray, level: float = 0.95) -> bool:
+    """Whether the data cannot reject that every population entry of `d` is 0.
+
+    Args:
+        d: [R, K] differences, point estimate first, then bootstrap replicates.
+        level: 1 - the test's size.
+
+    The statistic is S = Σ d_k^2 / v_k (v_k the replicate variance); its null distribution is
+    that of the centred replicates, S*_b = Σ (d*_bk - d_k)^2 / v_k, which keeps the correlation
+    between entries (two Mode 4 cells share a reference MIC). Not rejected when S <= the level
+    quantile of S*.
+    """
+    point, reps = d[0], d[1:]
+    with _quiet():
+        v = np.nanvar(reps, axis=0, ddof=1)
+    ok = np.isfinite(point) & np.isfinite(v) & (v > 0)
+    if not ok.any() or len(reps) < 2:
+        return False
+    s_obs = float(np.sum(point[ok] ** 2 / v[ok]))
+    s_star = np.nansum((reps[:, ok] - point[ok]) ** 2 / v[ok], axis=1)
+    return s_obs <= float(np.quantile(s_star, level))
+
+
+def attach_noise_corrections(
+    metrics: dict[str, Metric],
+    mic: np.ndarray,
+    eval_mean: np.ndarray,
+    usable: np.ndarray,
+    shared: np.ndarray,
+    level: float = 0.95,
+) -> None:
+    """Noise-corrected CVs and boundary tests for the CVs and Mode 4 MAEs (in place).
+
+    * CVs: the sampling variance of each MIC (from the replicates) is taken out of the spread
+      (`cv` with `noise`); the corrected statistic is evaluated on the point estimate and on
+      every replicate (`Metric.corrected`).
+    * A CV and a Mode 4 MAE are 0 exactly when the MICs they compare are equal; |.| and the
+      standard deviation are biased up there by about the noise, which no bias correction
+      removes. `Metric.reaches_zero` records that the data are consistent with that boundary
+      (`consistent_with_zero` on the differences): the interval then extends to 0.
+
+    Args:
+        metrics: the group's metrics (modified in place).
+        mic: [R, T, M] MICs, point estimate first.
+        eval_mean: [R, T, M] mean confidence of each marker's evaluation rows, point first.
+        usable: [T, M]; shared: [M].
+        level: the intervals' level.
+    """
+    with _quiet():
+        mic_var = np.nan_to_num(np.nanvar(mic[1:], axis=0, ddof=1))  # [T, M]
+    for name, m in cv_metrics(mic, usable, shared, noise=mic_var).items():
+        if metrics.get(name) is not None and metrics[name].values is not None:
+            metrics[name].corrected = m.values
+    R, T, _ = mic.shape
+    with _quiet():
+        within = np.where(usable, mic, np.nan)
+        d_task = within - np.nanmean(within, axis=2, keepdims=True)  # I-AvgCV: markers in a task
+        d_shared = np.where(usable & shared, d_task, np.nan)
+        across = mic[:, :, shared] - np.nanmean(mic[:, :, shared], axis=1, keepdims=True)
+    tests = {
+        "I-AvgCV": d_task.reshape(R, -1),
+        "I-AvgCV (shared)": d_shared.reshape(R, -1),
+        "C-AvgCV": across.reshape(R, -1),
+    }
+    d = mic[:, :, None, :] - eval_mean[:, None, :, :]  # [R, A, B, M]
+    d = np.where(usable[None, :, None, :], d, np.nan)
+    diag = np.eye(T, dtype=bool)
+    tests["I-AvgMAE (Mode 4)"] = d[:, diag].reshape(R, -1)
+    tests["C-AvgMAE (Mode 4)"] = d[:, ~diag].reshape(R, -1)
+    for name, diff in tests.items():
+        metric = metrics.get(name)
+        if metric is not None and metric.values is not None and diff.shape[1]:
+            metric.reaches_zero = consistent_with_zero(diff, level)

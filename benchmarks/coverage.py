@@ -1,0 +1,131 @@
+"""Coverage of the metric intervals on known-truth populations (metrics.simulate).
+
+    python benchmarks/coverage.py [--reps 200] [--n-boot 400] [--sizes 100 300 1000]
+
+For each population and each number of items per task (half reference, half evaluation), draws
+R scored runs, analyzes each in-process with B bootstrap replicates (held-out mode, threshold
+10), and reports per metric: the share of nominal-95 % intervals that contain the population
+value (coverage), the mean interval width, and the mean plug-in and debiased errors in units of
+the bootstrap standard error (bias / se). Populations:
+
+* ``example``: 4 tasks x 10 markers, Zipf(0.8) marker frequencies, task shifts of sd 0.08;
+  I-AvgMAE Mode 4 is 0 (reference and evaluation halves of one population).
+* ``stable``: markers mean the same in every task (task shift 0): C-AvgMAE Mode 4 and C-AvgCV
+  are 0 as well, MRC is 1, MAC / MCC are undefined (constant MIC across tasks).
+* ``near-constant``: 5 tasks x 14 markers, a longer tail (Zipf 1.1), noisier confidences
+  (kappa 8), more two-marker sentences, and a frequent marker whose level is nearly constant
+  across tasks (C-AvgCV has a near-0 term).
+
+Targets: every headline metric and every MAE mode within [0.92, 0.98] at 300 and 1,000 items.
+Single-threaded numba (NUMBA_NUM_THREADS=1), as the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+# This file is named like the `coverage` package numba imports: take its folder off the path.
+_here = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+sys.path.insert(0, str(_here.parent))
+
+import polars as pl  # noqa: E402
+
+from metrics.simulate import coverage_study, standard_populations  # noqa: E402
+
+HEADLINE = ("I-AvgMAE", "C-AvgMAE", "MRC", "MAC", "MCC", "I-AvgCV", "C-AvgCV")
+MODES = tuple(f"{p}-AvgMAE (Mode {m})" for m in (1, 2, 3, 4) for p in ("I", "C"))
+OTHERS = ("I-AvgCV (shared)", "MAC-P-all", "MCC-P-all", "MRC-S-sig", "MAC-S-sig", "MCC-S-sig")
+TARGET = (0.92, 0.98)
+
+
+def summarize(df: pl.DataFrame) -> pl.DataFrame:
+    """Coverage, mean width, mean truth and bias / se per metric."""
+    return df.group_by("metric").agg(
+        pl.len().alias("R"),
+        pl.col("covered").mean().alias("coverage"),
+        (pl.col("ci_hi") - pl.col("ci_lo")).mean().alias("width"),
+        pl.col("truth").mean().alias("truth"),
+        ((pl.col("value") - pl.col("truth")) / pl.col("se")).mean().alias("plugin_bias_se"),
+        ((pl.col("debiased") - pl.col("truth")) / pl.col("se")).mean().alias("debiased_bias_se"),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=200, help="simulated runs R per cell")
+    ap.add_argument("--n-boot", type=int, default=400, help="bootstrap replicates B per run")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
+    ap.add_argument("--populations", nargs="+", default=list(standard_populations()))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="write the per-run rows (parquet)")
+    args = ap.parse_args(argv)
+    pops = standard_populations()
+    names = [*HEADLINE, *MODES[2:], *OTHERS]  # Mode 1 is the headline I/C-AvgMAE
+    frames = []
+    t0 = time.perf_counter()
+    for pname in args.populations:
+        for n in args.sizes:
+            df = coverage_study(pops[pname], n, args.reps, n_boot=args.n_boot, seed=args.seed)
+            frames.append(summarize(df).with_columns(population=pl.lit(pname), items=pl.lit(n)))
+            if args.out is not None:
+                args.out.mkdir(parents=True, exist_ok=True)
+                df.write_parquet(args.out / f"{pname}-{n}.parquet")
+            print(f"  {pname} n={n}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    table = pl.concat(frames)
+    print(f"Coverage of nominal 95% intervals (R = {args.reps} runs per cell, B = {args.n_boot})")
+    print("cov = share of intervals containing the population value; w = mean width; '-' = "
+          "undefined in this population")  # fmt: skip
+    fails = []
+    for pname in args.populations:
+        print(f"\npopulation {pname}")
+        header = f"{'metric':<20}" + "".join(f"{f'n={n}':>22}" for n in args.sizes)
+        print(header)
+        for name in names:
+            cells = []
+            for n in args.sizes:
+                row = table.filter(
+                    (pl.col("population") == pname) & (pl.col("items") == n)
+                    & (pl.col("metric") == name)
+                )  # fmt: skip
+                if row.height == 0:
+                    cells.append(f"{'-':>22}")
+                    continue
+                cov, w = row["coverage"][0], row["width"][0]
+                mark = ""
+                if name in HEADLINE or name in MODES:
+                    if n >= 300 and not TARGET[0] <= cov <= TARGET[1]:
+                        mark = "*"
+                        fails.append((pname, n, name, cov))
+                cells.append(f"{f'{cov:.3f}{mark} w={w:.3f}':>22}")
+            print(f"{name:<20}" + "".join(cells))
+    print("\nbias / se (mean over runs; plug-in -> debiased), n = " + str(args.sizes[-1]))
+    last = table.filter(pl.col("items") == args.sizes[-1])
+    for pname in args.populations:
+        part = last.filter(pl.col("population") == pname)
+        bits = []
+        for name in (*HEADLINE, "I-AvgMAE (Mode 4)", "C-AvgMAE (Mode 4)"):
+            row = part.filter(pl.col("metric") == name)
+            if row.height:
+                bits.append(
+                    f"{name} {row['plugin_bias_se'][0]:+.2f}->{row['debiased_bias_se'][0]:+.2f}"
+                )
+        print(f"  {pname}: " + "; ".join(bits))
+    print(f"\n* outside [{TARGET[0]}, {TARGET[1]}] at n >= 300 (headline metrics and MAE modes): "
+          f"{len(fails)}")  # fmt: skip
+    for f in fails:
+        print(f"  {f[0]} n={f[1]} {f[2]}: {f[3]:.3f}")
+    print(f"wall {time.perf_counter() - t0:.0f} s")
+    cmd = shlex.join([sys.executable, *sys.argv])
+    print(f"command: {cmd}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
