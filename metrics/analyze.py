@@ -23,7 +23,7 @@ from engine.errors import UserError
 from metrics.bootstrap import bca_interval, mean_acceleration, percentile_interval
 from metrics.bootstrap._validate import check_level, check_method, check_n_boot, check_scheme
 from metrics.core import Tables, compute_tables
-from metrics.debias import debias, metric_bounds, on_fisher_scale
+from metrics.debias import debias, is_correlation, metric_bounds, on_fisher_scale
 from metrics.encode import Encoded, encode, with_dropped_markers
 from metrics.guards import bootstrap_progress, check_bootstrap, check_output_dir
 from metrics.io import ScoredRun, read_scored
@@ -145,7 +145,7 @@ def metric_entry(metric: Metric, level: float = 0.95, name: str = "") -> dict:
             base[1:],
             level,
             metric_bounds(name),
-            already_debiased=metric.corrected is not None,
+            already_debiased=metric.corrected is not None or is_correlation(name),
             fisher=on_fisher_scale(name),
             reaches_lower=metric.reaches_zero,
         )

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metrics.seven import CLIP
+from metrics.seven import CLIP, Metric
 
 CI_METHOD = "basic"
 CI_METHOD_CORRECTED = "noise-corrected, basic spread"
@@ -55,6 +55,11 @@ def on_fisher_scale(name: str) -> bool:
     distribution is skewed; corrected on the atanh scale (measured: better coverage there; MRC,
     whose population value can sit at 1, is not)."""
     return name.startswith(("MAC", "MCC"))
+
+
+def is_correlation(name: str) -> bool:
+    """MRC, MAC, MCC and their variants: not bias-corrected (see the module docstring)."""
+    return name.startswith(("MRC", "MAC", "MCC"))
 
 
 def metric_bounds(name: str) -> tuple[float, float]:
@@ -136,3 +141,57 @@ def debias(
     se = float(np.std(reps, ddof=1))
     method = CI_METHOD_CORRECTED if already_debiased else CI_METHOD
     return Estimate(debiased, se, (low, high), method, n_ok, len(replicates) - n_ok)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A paired difference a - b of one metric between two groups on shared items."""
+
+    plugin: float
+    debiased: float
+    ci: tuple[float, float]
+    p_value: float
+    ci_method: str
+
+
+def paired_difference(
+    a: Metric, b: Metric, level: float = 0.95, name: str = ""
+) -> Difference | None:
+    """Debiased difference, basic interval and two-sided p-value of a - b.
+
+    The two groups' replicates come from the same item draws (the counter RNG is keyed by the
+    item), so d*_r = a*_r - b*_r is the paired bootstrap distribution of the difference. As for
+    one metric: debiased = 2 D - mean(d*) (D the difference of the
+    statistics the metric's interval is built on: noise-corrected for the CVs, which are not
+    corrected a second time, nor are the correlations), interval [debiased - (q_hi - mean), debiased + (mean - q_lo)],
+    and the p-value that inverts it: the share of reflected replicates
+    debiased + mean(d*) - d*_r on either side of 0, doubled (with the +1 of a bootstrap test).
+
+    Returns:
+        The `Difference`, or None when either metric has no finite replicates.
+    """
+    if a.values is None or b.values is None:
+        return None
+    noise = a.corrected is not None and b.corrected is not None
+    xa = a.corrected if noise else a.values
+    xb = b.corrected if noise else b.values
+    corrected = noise or is_correlation(name)
+    d0 = float(xa[0] - xb[0])
+    reps = xa[1:] - xb[1:]
+    reps = reps[np.isfinite(reps)]
+    if len(reps) < 2 or not np.isfinite(d0):
+        return None
+    center = float(np.mean(reps))
+    est = d0 if corrected else 2.0 * d0 - center
+    alpha = (1.0 - level) / 2.0
+    q_lo, q_hi = np.quantile(reps, [alpha, 1.0 - alpha])
+    reflected = est + center - reps
+    below = (1 + np.sum(reflected <= 0)) / (len(reps) + 1)
+    above = (1 + np.sum(reflected >= 0)) / (len(reps) + 1)
+    return Difference(
+        plugin=float(a.values[0] - b.values[0]),
+        debiased=est,
+        ci=(est - (q_hi - center), est + (center - q_lo)),
+        p_value=float(min(1.0, 2 * min(below, above))),
+        ci_method=CI_METHOD_CORRECTED if corrected else CI_METHOD,
+    )

@@ -316,7 +316,10 @@ def _mode2_terms(t, m, conf, item, n_items, point_mic, usable, T, M):
         resp_e[has, a] = e[has] / n_r[has]
         resp_e1[:, a] = e
         resp_n1[:, a] = n_r
-        sign = np.sign(mu - conf[ok])
+        gap = mu - conf[ok]
+        # |MIC - c| has no derivative at a tie; a MIC that equals c mathematically may differ
+        # from it in the last bits depending on summation order: count ties as 0 either way.
+        sign = np.where(np.abs(gap) <= 1e-12, 0.0, np.sign(gap))
         n_resp = np.bincount(resp_task[has], minlength=T).astype(np.float64)
         n_rows = np.bincount(t[ok], minlength=T).astype(np.float64)
         cell = t[ok] * M + m[ok]

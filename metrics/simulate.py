@@ -519,3 +519,46 @@ def coverage_study(
                 }
             )  # fmt: skip
     return pl.DataFrame(rows)
+
+
+def comparison_study(
+    pop_a: Population,
+    pop_b: Population,
+    n_items: int,
+    reps: int,
+    *,
+    n_boot: int = 400,
+    seed: int = 0,
+    threshold: int = 10,
+    level: float = 0.95,
+) -> pl.DataFrame:
+    """Draw `reps` runs of two models (from `pop_a` and `pop_b`) answering the same items and
+    compare them (`analyze(..., compare=True)`).
+
+    With pop_a == pop_b every paired test's null hypothesis holds: its rejection rate at alpha
+    should be alpha. With a planted difference, the rejection rate is the test's power.
+
+    Returns:
+        One row per (run, metric) of the paired bootstrap tests: p_value, p_holm,
+        diff_debiased, ci_lo, ci_hi, and the population difference `truth_diff`.
+    """
+    from metrics.analyze import analyze
+
+    truth_a, truth_b = population_values(pop_a), population_values(pop_b)
+    frames = []
+    for r in range(reps):
+        res = analyze(
+            sample({"model-a": pop_a, "model-b": pop_b}, n_items, seed + r),
+            bootstrap=n_boot, seed=seed + r, threshold=threshold, level=level, compare=True,
+        )  # fmt: skip
+        table = res.comparisons.filter(pl.col("test") == "paired bootstrap")
+        truth = [
+            None if truth_a.get(m) is None or truth_b.get(m) is None else truth_a[m] - truth_b[m]
+            for m in table.get_column("metric").to_list()
+        ]
+        frames.append(
+            table.select(
+                "metric", "p_value", "p_holm", "diff_debiased", "ci_lo", "ci_hi"
+            ).with_columns(pl.lit(r).alias("run"), pl.Series("truth_diff", truth, pl.Float64))
+        )
+    return pl.concat(frames)
