@@ -23,7 +23,15 @@ from engine.errors import UserError
 from metrics.bootstrap import bca_interval, mean_acceleration, percentile_interval
 from metrics.bootstrap._validate import check_level, check_method, check_n_boot, check_scheme
 from metrics.core import Tables, compute_tables
-from metrics.debias import debias, is_correlation, metric_bounds, on_fisher_scale
+    CI_METHOD,
+    CI_METHOD_CORRECTED,
+    CI_METHOD_PLUGIN,
+    debias,
+    is_correlation,
+    metric_bounds,
+    on_fisher_scale,
+)
+from metrics.debias import (
 from metrics.encode import Encoded, encode, with_dropped_markers
 from metrics.guards import bootstrap_progress, check_bootstrap, check_output_dir
 from metrics.io import ScoredRun, read_scored
@@ -146,6 +154,13 @@ def metric_entry(metric: Metric, level: float = 0.95, name: str = "") -> dict:
             level,
             metric_bounds(name),
             already_debiased=metric.corrected is not None or is_correlation(name),
+            method=(
+                CI_METHOD_CORRECTED
+                if metric.corrected is not None
+                else CI_METHOD_PLUGIN
+                if is_correlation(name)
+                else CI_METHOD
+            ),
             fisher=on_fisher_scale(name),
             reaches_lower=metric.reaches_zero,
         )
@@ -317,10 +332,6 @@ def analyze(
     scheme = check_scheme(scheme)
     if compare and n_boot == 0:
         raise UserError("--compare needs bootstrap replicates", "add --bootstrap 1000 (or more)")
-    if n_boot and preset != "mic":
-        raise UserError(
-            "--bootstrap is implemented for --preset mic", "drop --bootstrap or use --preset mic"
-        )
     check_output_dir(out)
     run = scored if isinstance(scored, ScoredRun) else read_scored(scored, pool=pool)
     parity = mode == "parity"
@@ -352,7 +363,12 @@ def analyze(
     models: dict[str, dict] = {}
     group_values: dict[int, dict[str, Metric]] = {}
     if preset == "marcon":
-        from metrics.marcon import marcon_metrics, marcon_tables
+        from metrics.marcon import (
+            marcon_metrics,
+            marcon_replicate_sums,
+            marcon_sums,
+            marcon_tables,
+        )
 
         mt = marcon_tables(enc, threshold)
     for view in bootstrap_progress(views, len(views), estimate):
@@ -366,7 +382,23 @@ def analyze(
             )  # fmt: skip
             mic_ci[:, g] = _mic_intervals(enc, g, tables.mic[g], reps.mic, ci_method, level)
         if preset == "marcon":
-            metrics = marcon_metrics(enc, mt, g, view.tasks)
+            sums = marcon_sums(enc, mt, g)
+            if n_boot:
+                sums = sums.join(
+                    marcon_replicate_sums(
+                        enc,
+                        mt,
+                        g,
+                        keys,
+                        strata,
+                        seed=seed,
+                        n_boot=n_boot,
+                        scheme=scheme,
+                        parity=parity,
+                        group_sums=group_sums or local_group_sums,
+                    )  # fmt: skip
+                )
+            metrics = marcon_metrics(enc, mt, g, view.tasks, sums)
         else:
             metrics = group_metrics(view, tables, parity, reps, level)
         group_values[g] = metrics

@@ -1,28 +1,30 @@
 """From a metric's bootstrap replicates to a debiased estimate, a standard error and an interval.
 
 The seven metrics are nonlinear plug-in statistics: |MIC - c| and the CVs absorb the sampling noise
-of the MICs (they are biased up), a Spearman of noisy MICs shrinks towards 0. The bootstrap
+of the MICs (they are biased up), a Spearman of noisy MICs moves with the noise. The bootstrap
 replicates carry the same bias again, so a percentile interval of the replicates sits on the
 wrong side of the plug-in value and misses the population value (docs/statistics.md measures
-it). What this module does instead, per metric:
+it). What this module does instead (methods chosen by coverage on known-truth populations,
+benchmarks/coverage.py):
 
-* ``debiased = 2 theta_hat - mean(theta*)``: the bootstrap bias correction (Efron & Tibshirani,
-  section 10.2), which removes the O(1/n) bias term.
-* ``ci`` = the basic (reverse-percentile) interval ``[2 theta_hat - q_hi, 2 theta_hat - q_lo]``:
-  the replicates' spread around their own mean, reflected around the plug-in value, i.e. centred
-  on the bias-corrected estimate. Its coverage on known-truth populations is in
-  docs/statistics.md (benchmarks/coverage.py).
-* MAC and MCC are corrected on the Fisher z (atanh) scale and mapped back.
-* The CVs are noise-corrected first (`metrics.seven.attach_noise_corrections`): the estimate is
-  the corrected statistic and the interval is the replicates' spread centred on it.
+* MAE (all modes) and ECE: ``debiased = 2 theta_hat - mean(theta*)``, the bootstrap bias
+  correction (Efron & Tibshirani, section 10.2), and the basic (reverse-percentile) interval
+  ``[2 theta_hat - q_hi, 2 theta_hat - q_lo]``: the replicates' spread reflected around the plug-in
+  value, i.e. centred on the bias-corrected estimate. ``ci_method``: "bootstrap bias-corrected,
+  basic".
+* CVs: noise-corrected first (`metrics.seven.attach_noise_corrections`: the MICs' sampling
+  variance is taken out of their spread); the corrected value is the estimate and the interval is
+  the replicates' spread centred on it. "noise-corrected, basic spread".
+* Correlations (MRC, MAC, MCC): no bias correction (a rank correlation's bootstrap bias estimate
+  is noisier than its bias; measured: worse coverage and a null rejection rate far above alpha in
+  paired comparisons); the interval is the replicates' spread centred on the plug-in value, on
+  the Fisher z scale for MAC and MCC. "plug-in, basic spread".
 * A CV or Mode 4 MAE whose data cannot reject a population value of 0 gets an interval that
   reaches 0 (a bootstrap test of "every difference is 0": |.| and a standard deviation are
   biased up at 0 by about the noise, which no bias correction removes).
-* The metric's range clips both (an MAE or a CV is >= 0, a correlation lies in [-1, 1]): a
-  metric whose population value sits on the boundary (I-AvgMAE Mode 4 of a stable model is 0)
-  gets an interval that reaches the boundary instead of crossing it.
-* The debiased estimate always lies inside its interval (if the replicates are so skewed that
-  their mean falls outside their own central quantiles, the interval is widened to include it).
+* The metric's range clips the estimate and interval (an MAE or a CV is >= 0, a correlation lies
+  in [-1, 1]), and the debiased estimate always lies inside its interval (if the replicates are so
+  skewed that their mean falls outside their own central quantiles, the interval is widened).
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ import numpy as np
 
 from metrics.seven import CLIP, Metric
 
-CI_METHOD = "basic"
+# `ci_method` names: how the estimate was debiased, then how the interval was formed.
+CI_METHOD = "bootstrap bias-corrected, basic"
 CI_METHOD_CORRECTED = "noise-corrected, basic spread"
+CI_METHOD_PLUGIN = "plug-in, basic spread"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ def debias(
     bounds: tuple[float, float] = (-np.inf, np.inf),
     *,
     already_debiased: bool = False,
+    method: str | None = None,
     fisher: bool = False,
     reaches_lower: bool = False,
 ) -> Estimate:
@@ -92,6 +97,7 @@ def debias(
             `metrics.seven.attach_noise_corrections`): keep it as the estimate and centre the
             replicates' spread on it, [theta_hat - (q_hi - mean), theta_hat + (mean - q_lo)],
             instead of correcting its bias a second time.
+        method: the `ci_method` to report (default: from `already_debiased`).
         fisher: a correlation: correct and reflect on the atanh scale, where its sampling
             distribution is close to symmetric, and map back with tanh.
         reaches_lower: the data are consistent with the population value sitting on the lower
@@ -113,6 +119,7 @@ def debias(
             np.arctanh(np.clip(reps, -CLIP, CLIP)),
             level,
             already_debiased=already_debiased,
+            method=method,
         )
         if back.ci is None:
             return back
@@ -130,7 +137,8 @@ def debias(
     center = float(np.mean(reps))
     if q_hi - q_lo <= 0:  # every replicate equal: nothing to correct, a point interval
         v = float(np.clip(theta_hat, lo_b, hi_b))
-        return Estimate(v, 0.0, (v, v), CI_METHOD, n_ok, len(replicates) - n_ok, True)
+        label = method or (CI_METHOD_CORRECTED if already_debiased else CI_METHOD)
+        return Estimate(v, 0.0, (v, v), label, n_ok, len(replicates) - n_ok, True)
     est = theta_hat if already_debiased else 2.0 * theta_hat - center
     debiased = float(np.clip(est, lo_b, hi_b))
     low = float(np.clip(est - (q_hi - center), lo_b, hi_b))
@@ -139,7 +147,7 @@ def debias(
         low = lo_b
     low, high = min(low, debiased), max(high, debiased)
     se = float(np.std(reps, ddof=1))
-    method = CI_METHOD_CORRECTED if already_debiased else CI_METHOD
+    method = method or (CI_METHOD_CORRECTED if already_debiased else CI_METHOD)
     return Estimate(debiased, se, (low, high), method, n_ok, len(replicates) - n_ok)
 
 
@@ -193,5 +201,5 @@ def paired_difference(
         debiased=est,
         ci=(est - (q_hi - center), est + (center - q_lo)),
         p_value=float(min(1.0, 2 * min(below, above))),
-        ci_method=CI_METHOD_CORRECTED if corrected else CI_METHOD,
+        ci_method=CI_METHOD_CORRECTED if noise else CI_METHOD_PLUGIN if corrected else CI_METHOD,
     )
