@@ -192,21 +192,31 @@ def _mae_blocks(
                 _fill_poisson(streams[i], rep_keys, b0, ws)
                 for t in range(BLOCK):
                     w_items[i, t] = np.uint16(ws[t])
-        # Mode 2: weighted sums of each response's mean error (weights already drawn).
+        # Mode 2: weighted sums of each response's mean error (weights already drawn), into a
+        # block-local array with the replicate innermost (contiguous, vectorizable).
+        acc2 = np.zeros((T, T, 4, BLOCK))
+        wf = np.empty(BLOCK)
         for i in range(n_items):
             tb = resp_t[i]
+            for t in range(BLOCK):
+                wf[t] = np.float64(w_items[i, t])
             for a in range(T):
                 e = resp_e[i, a]
                 if np.isnan(e):
                     continue
                 e_sum = resp_e1[i, a]
                 n_rows = resp_n1[i, a]
-                for t in range(nb_):
-                    w = np.float64(w_items[i, t])
-                    out[b0 + t, 6, a, tb] += w * e
-                    out[b0 + t, 7, a, tb] += w
-                    out[b0 + t, 8, a, tb] += w * e_sum
-                    out[b0 + t, 9, a, tb] += w * n_rows
+                row = acc2[tb, a]
+                for t in range(BLOCK):
+                    row[0, t] += wf[t] * e
+                    row[1, t] += wf[t]
+                    row[2, t] += wf[t] * e_sum
+                    row[3, t] += wf[t] * n_rows
+        for tb in range(T):
+            for a in range(T):
+                for c in range(4):
+                    for t in range(nb_):
+                        out[b0 + t, 6 + c, a, tb] = acc2[tb, a, c, t]
         q_pos = np.empty(T * BLOCK, dtype=np.int64)
         q_w = np.empty(T * BLOCK)
         q_c = np.empty(T * BLOCK)
