@@ -268,15 +268,21 @@ def _ci_of(entry: dict | None) -> tuple[float, float] | None:
 
 
 def _metric_cell(entry: dict | None) -> str:
-    """One metric as HTML: value, interval (or the missing-interval note), n; or the reason."""
+    """One metric as HTML: plug-in value, `debiased [ci]` (or the missing-interval note), n; or
+    the reason."""
     if not entry:
         return '<td class="muted">absent</td>'
     if entry.get("value") is None:
         reason = entry.get("reason") or "undefined"
         return f'<td class="muted">n/a<br><span class="ci">{_e(reason)}</span></td>'
     ci = _ci_of(entry)
+    # The interval is for the population value and sits around the debiased estimate (the
+    # plug-in value is biased; docs/statistics.md): show them together, beside the plug-in.
+    debiased = entry.get("debiased")
+    label = "" if debiased is None else f"debiased {_num(debiased)} "
+    title = f' title="{_e(entry["ci_method"])}"' if entry.get("ci_method") else ""
     ci_html = (
-        f'<br><span class="ci">[{_e(_num(ci[0]))}, {_e(_num(ci[1]))}]</span>'
+        f'<br><span class="ci"{title}>{_e(label)}[{_e(_num(ci[0]))}, {_e(_num(ci[1]))}]</span>'
         if ci
         else f'<br><span class="ci muted" title="{_e(NO_INTERVAL)}">no interval</span>'
     )

@@ -21,6 +21,10 @@ def _fmt(entry: dict | None) -> str:
     text = f"{entry['value']:.3f}"
     ci = entry.get("ci")
     if ci and ci[0] is not None:
+        # The interval is for the population value, around the debiased estimate.
+        debiased = entry.get("debiased")
+        if debiased is not None:
+            text += f"  debiased {debiased:.3f}"
         text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
     return text
 
