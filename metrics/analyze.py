@@ -451,7 +451,7 @@ def analyze(
                     "mic": ci_method,
                     "accuracy": ci_method,
                     "cmfg": "percentile",
-                    "metrics": "basic (bootstrap bias-corrected; docs/statistics.md)",
+                    "metrics": "per metric: see its ci_method (docs/statistics.md)",
                 },
             }
         )
