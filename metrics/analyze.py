@@ -23,6 +23,7 @@ from engine.errors import UserError
 from metrics.bootstrap import bca_interval, mean_acceleration, percentile_interval
 from metrics.bootstrap._validate import check_level, check_method, check_n_boot, check_scheme
 from metrics.core import Tables, compute_tables
+from metrics.debias import (
     CI_METHOD,
     CI_METHOD_CORRECTED,
     CI_METHOD_PLUGIN,
@@ -31,7 +32,6 @@ from metrics.core import Tables, compute_tables
     metric_bounds,
     on_fisher_scale,
 )
-from metrics.debias import (
 from metrics.encode import Encoded, encode, with_dropped_markers
 from metrics.guards import bootstrap_progress, check_bootstrap, check_output_dir
 from metrics.io import ScoredRun, read_scored
