@@ -36,7 +36,7 @@ for _key, _value in {
 
 
 def _spec(args: argparse.Namespace, task_file: Path, k: int) -> Any:
-    from engine.spec import validate
+    from engine.config.sweep import validate
 
     return validate(
         {
@@ -62,7 +62,7 @@ def _spec(args: argparse.Namespace, task_file: Path, k: int) -> Any:
 
 
 def _task_file(directory: Path, prompts: int) -> Path:
-    from engine.items import builtin_task_names, builtin_task_path
+    from engine.tasks.builtin import builtin_task_names, builtin_task_path
 
     questions = []
     for name in builtin_task_names():
@@ -82,8 +82,8 @@ def _task_file(directory: Path, prompts: int) -> Path:
 def _plain(args: argparse.Namespace, spec: Any) -> dict[str, float]:
     from vllm import LLM, SamplingParams
 
-    from engine.tiny_model import resolve_model
-    from engine.units import plan_units
+    from engine.generate.tiny_model import resolve_model
+    from engine.generate.units import plan_units
 
     units = plan_units(spec)
     prompts = [{"prompt": f"Question: {q}\nAnswer:"} for u in units for q in u.questions]
@@ -121,7 +121,7 @@ def _plain(args: argparse.Namespace, spec: Any) -> dict[str, float]:
 
 
 def _mic_run(args: argparse.Namespace, task_file: Path, k: int, out: Path) -> dict[str, Any]:
-    from engine.runner import run_sweep
+    from engine.generate.runner import run_sweep
 
     summary = run_sweep(_spec(args, task_file, k), str(out), actors=1, progress=False)
     model = summary["models"]["bench"]

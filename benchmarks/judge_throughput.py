@@ -47,15 +47,15 @@ def main() -> int:
 
     import polars as pl
 
-    from engine.judges import VLLMJudge
-    from engine.score import (
+    from engine.score.judges.prompts import consistency_prompt
+    from engine.score.judges.vllm import VLLMJudge
+    from engine.score.pipeline import (
         SENTENCE_COLS,
         TINY_JUDGE_ENGINE_ARGS,
         consistency_logprob_values,
         consistency_pairs,
         load_run,
     )
-    from engine.stages.prompts import consistency_prompt
 
     run_dir = Path(args.run_dir)
     sentences_file = run_dir / "stages" / "sentences" / "sentences.parquet"

@@ -1,13 +1,13 @@
 """`mic score`, `mic study` and `mic demo`: a sweep spec to generations, a scored run and MICs.
 
-A *study spec* is a sweep spec (engine.spec) whose tasks may also name a bundled sample task
+A *study spec* is a sweep spec (engine.config.sweep) whose tasks may also name a bundled sample task
 (`source = "sample:sample_facts"`) or a registry task of the two studies
 (`source = "registry:popqa"`, loaded from the Hugging Face hub). `mic study` prepares those tasks
 as plain JSONL files in `DIR/tasks/` (question with the task's instruction and lettered options,
 gold answers, split) and then runs, resuming each stage that is already done:
 
     DIR/tasks/*.jsonl       prepared task files (kept; a hub task is loaded once)
-    DIR/run.json, shards/   generation (`engine.runner.run_sweep`, resumable by unit)
+    DIR/run.json, shards/   generation (`engine.generate.runner.run_sweep`, resumable by unit)
     DIR/stages/*            scoring stages (`engine.score.score_run`, resumable by stage)
     DIR/scored/             the scored run (docs/method.md §8)
     DIR/analysis/           `metrics.analyze` output (metrics.json, mic.parquet)
@@ -198,8 +198,8 @@ def check_study_spec(path: str | Path, overrides: list[str] | None = None) -> di
     Raises:
         UserError: Any problem, naming the key.
     """
-    from engine.score import settings_from
-    from engine.spec import apply_overrides, read_raw, validate
+    from engine.config.sweep import apply_overrides, read_raw, validate
+    from engine.score.pipeline import settings_from
     from engine.tasks.registry import get_task
     from engine.tasks.samples import SAMPLE_TASKS
 
@@ -257,12 +257,12 @@ def plan_study(
         tokens_per_second: Assumed generated tokens/s per replica for the time estimate.
 
     Returns:
-        The plan report (`engine.runner.plan_report`) plus `estimated_tasks`.
+        The plan report (`engine.generate.runner.plan_report`) plus `estimated_tasks`.
     """
     import tempfile
 
-    from engine.runner import plan_report
-    from engine.spec import apply_overrides, read_raw, validate
+    from engine.config.sweep import apply_overrides, read_raw, validate
+    from engine.generate.runner import plan_report
     from engine.tasks.loaders import DEFAULT_LIMIT
     from engine.tasks.registry import get_task
 
@@ -330,9 +330,9 @@ def run_study(
     Returns:
         Paths and timings: run, scored, analysis, report (or None), seconds per stage.
     """
-    from engine.runner import run_sweep
-    from engine.score import score_run, settings_from
-    from engine.spec import apply_overrides, read_raw, validate
+    from engine.config.sweep import apply_overrides, read_raw, validate
+    from engine.generate.runner import run_sweep
+    from engine.score.pipeline import score_run, settings_from
 
     spec_path = Path(spec_path)
     out_dir = Path(out)
@@ -357,7 +357,7 @@ def run_study(
             spec, out_dir, new_run=new_run, keep_model=same[0] if same else None, progress=progress
         )
         if backend is not None:
-            from engine.judges import VLLMJudge
+            from engine.score.judges.vllm import VLLMJudge
 
             judge = VLLMJudge(backend=backend, top_k=settings.top_k, chat=settings.chat)
     else:
@@ -406,7 +406,7 @@ def run_local(
 ) -> tuple[dict[str, Any], Any | None]:
     """Generate in this process, one model at a time, with no Ray (small machines, the demo).
 
-    Same units, shards, done-records and manifest as `engine.runner.run_sweep` (a run started one
+    Same units, shards, done-records and manifest as `engine.generate.runner.run_sweep` (a run started one
     way resumes the other way); per-request seeds make the rows identical.
 
     Args:
@@ -419,10 +419,10 @@ def run_local(
     Returns:
         (a small summary, the kept `VLLMBackend` or None).
     """
-    from engine.actors import GenerationActor, vllm_backend_factory
-    from engine.runner import ModelStats, write_summary
-    from engine.store import RunStore
-    from engine.units import plan_units
+    from engine.generate.actors import GenerationActor, vllm_backend_factory
+    from engine.generate.runner import ModelStats, write_summary
+    from engine.generate.store import RunStore
+    from engine.generate.units import plan_units
 
     units = plan_units(spec)
     store = RunStore(str(out))
@@ -452,7 +452,7 @@ def run_local(
             except UserError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear line
-                from engine.runner import root_cause
+                from engine.generate.runner import root_cause
 
                 raise UserError(
                     f"model {model.name!r} ({model.path}) cannot be loaded: {root_cause(exc)}",
@@ -549,7 +549,12 @@ def run_demo(out: str | Path = "mic-demo", progress: bool = True) -> dict[str, A
 
 
 def _judge_flags(p: argparse.ArgumentParser) -> None:
-    from engine.score import CONFIDENCE_MODES, CORRECTNESS_MODES, DECISIVENESS_MODES, EXTRACT_MODES
+    from engine.score.pipeline import (
+        CONFIDENCE_MODES,
+        CORRECTNESS_MODES,
+        DECISIVENESS_MODES,
+        EXTRACT_MODES,
+    )
 
     p.add_argument("--extract", choices=EXTRACT_MODES, default=None, help="marker extraction")
     p.add_argument(
@@ -669,7 +674,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from engine.score import score_run
+    from engine.score.pipeline import score_run
 
     result = score_run(args.run_dir, _judges_of(args), redo=args.redo)
     ledger = sum(result.errors.values())
@@ -700,7 +705,7 @@ def _study(args: argparse.Namespace) -> int:
             "mic study needs --out DIR", "e.g. mic study configs/demo.toml --out runs/demo"
         )
     if args.plan:
-        from engine.runner import format_plan
+        from engine.generate.runner import format_plan
 
         print(format_plan(plan_study(args.spec, args.out, args.overrides)))
         return 0

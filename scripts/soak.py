@@ -47,12 +47,12 @@ KEY = ["model", "task", "split", "prompt", "item_id", "sample_idx"]
 
 def _driver_main(argv: list[str]) -> int:
     """`mic run` with the fake engine (the --small mode's driver process)."""
-    import engine.runner
-    from engine.actors import fake_backend_factory
+    import engine.generate.runner
     from engine.cli import main
+    from engine.generate.actors import fake_backend_factory
 
-    engine.runner.run_sweep = functools.partial(
-        engine.runner.run_sweep, backend_factory=fake_backend_factory, ray_num_cpus=2
+    engine.generate.runner.run_sweep = functools.partial(
+        engine.generate.runner.run_sweep, backend_factory=fake_backend_factory, ray_num_cpus=2
     )
     return main(["run", *argv])
 
@@ -192,7 +192,7 @@ def check(out: Path, expected_rows: int, units: int) -> list[tuple[str, bool, st
     """The final checks: (what, passed, detail)."""
     import polars as pl
 
-    from engine.verify import verify_run
+    from engine.generate.verify import verify_run
 
     checks = []
     report = verify_run(str(out))
@@ -227,10 +227,10 @@ def same_tokens(out: Path, small: bool, spec_args: list[str], seed: int) -> tupl
     import polars as pl
     import pyarrow.ipc as ipc
 
-    from engine.actors import vllm_backend_factory
-    from engine.backend import ENGINE_ENV, FakeBackend
-    from engine.spec import load_spec
-    from engine.units import plan_units
+    from engine.config.sweep import load_spec
+    from engine.generate.actors import vllm_backend_factory
+    from engine.generate.backends.vllm import ENGINE_ENV, FakeBackend
+    from engine.generate.units import plan_units
 
     for key, value in ENGINE_ENV.items():
         os.environ.setdefault(key, value)
@@ -276,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
     args = parser.parse_args(argv)
 
-    from engine.runner import plan_report
-    from engine.spec import load_spec
+    from engine.config.sweep import load_spec
+    from engine.generate.runner import plan_report
 
     spec_args = _spec_args(args.small)
     overrides = [spec_args[i + 1] for i, a in enumerate(spec_args) if a == "--set"]

@@ -37,7 +37,7 @@ def _mic_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The tiny model, built once per session into the cache directory."""
-    from engine.tiny_model import resolve_model
+    from engine.generate.tiny_model import resolve_model
 
     return Path(resolve_model("builtin:tiny"))
 
@@ -52,7 +52,7 @@ class EngineHolder:
     def get(self) -> Any:
         """Return the engine, building it if needed."""
         if self.backend is None:
-            from engine.backend import VLLMBackend
+            from engine.generate.backends.vllm import VLLMBackend
 
             self.backend = VLLMBackend(str(self.model_dir), dict(TINY_ENGINE_ARGS), max_logprobs=20)
         return self.backend

@@ -52,9 +52,9 @@ def test_tiny_model_is_deterministic_and_idempotent(tmp_path: Path, capsys) -> N
 def test_chat_template_rendering(tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    from engine.backend import render_prompts
-    from engine.spec import validate
-    from engine.units import plan_units
+    from engine.config.sweep import validate
+    from engine.generate.backends.vllm import render_prompts
+    from engine.generate.units import plan_units
 
     raw = make_raw_spec(prompts=[{"id": "p", "template": "Q: {question}", "system": "Be brief."}])
     unit = plan_units(validate(raw))[0]

@@ -23,8 +23,8 @@ def test_one_actor_per_gpu_writes_exact_rows(tmp_path: Path) -> None:
     import polars as pl
     import ray
 
-    from engine.runner import run_sweep
-    from engine.spec import validate
+    from engine.config.sweep import validate
+    from engine.generate.runner import run_sweep
 
     gpus = _cuda_devices()
     spec = validate(

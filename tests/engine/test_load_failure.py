@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import make_raw_spec, write_toml
 
-from engine.backend import hub_env
+from engine.generate.backends.vllm import hub_env
 
 
 def _mic(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 from engine_helpers import make_raw_spec
 
-from engine.actors import fake_backend_factory
+from engine.config.sweep import validate
 from engine.contract import GENERATIONS
 from engine.errors import UserError
-from engine.runner import run_sweep
-from engine.spec import validate
+from engine.generate.actors import fake_backend_factory
+from engine.generate.runner import run_sweep
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from engine_helpers import make_raw_spec, write_toml
 
+from engine.config.sweep import apply_overrides, load_spec, validate
 from engine.errors import UserError
-from engine.items import builtin_task_names, load_items
-from engine.spec import apply_overrides, load_spec, validate
-from engine.units import plan_units
+from engine.generate.units import plan_units
+from engine.tasks.builtin import builtin_task_names, load_items
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,7 +109,7 @@ def test_units_and_seeds_do_not_depend_on_chunking() -> None:
 
 
 def test_resources_refuse_gpus_that_do_not_exist() -> None:
-    from engine.runner import _actor_resources
+    from engine.generate.runner import _actor_resources
 
     model = validate(make_raw_spec()).models[0]
     with pytest.raises(UserError, match="has none"):

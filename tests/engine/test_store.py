@@ -13,12 +13,12 @@ import pyarrow.ipc as ipc
 import pytest
 from engine_helpers import make_raw_spec
 
-from engine.backend import FakeBackend
+from engine.config.sweep import apply_overrides, validate
 from engine.contract import GENERATIONS
 from engine.errors import UserError
-from engine.spec import apply_overrides, validate
-from engine.store import RunStore
-from engine.units import plan_units
+from engine.generate.backends.vllm import FakeBackend
+from engine.generate.store import RunStore
+from engine.generate.units import plan_units
 
 
 def _unit_table(unit_index: int = 0) -> tuple[str, pa.Table]:

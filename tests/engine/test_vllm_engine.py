@@ -21,9 +21,9 @@ import polars as pl
 import pytest
 from engine_helpers import make_raw_spec, write_toml
 
+from engine.config.sweep import apply_overrides, validate
 from engine.contract import GENERATIONS
-from engine.spec import apply_overrides, validate
-from engine.units import plan_units
+from engine.generate.units import plan_units
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 pytest.importorskip("vllm")
@@ -131,7 +131,7 @@ def two_actor_run(
     engine_holder: Any, ray_local: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """An uninterrupted run of KILL_SPEC by two Ray actors (the reference of the kill test)."""
-    from engine.runner import run_sweep
+    from engine.generate.runner import run_sweep
 
     engine_holder.release()
     out = tmp_path_factory.mktemp("two-actors") / "out"

@@ -213,7 +213,7 @@ def test_ray_shards_equal_local(tmp_path):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from engine.distributed import ray_group_sums
+    from engine.cluster import ray_group_sums
 
     local = analyze(EXAMPLE, bootstrap=48, seed=4).metrics_json["models"]
     was_running = ray.is_initialized()  # another test's Ray session: leave it up

@@ -13,16 +13,16 @@ from __future__ import annotations
 import functools
 import sys
 
-import engine.runner
-from engine.actors import fake_backend_factory
+import engine.generate.runner
 from engine.cli import main
+from engine.generate.actors import fake_backend_factory
 
 
 def run(argv: list[str]) -> int:
     """Run `mic run SPEC --out OUT ...` with `fake_backend_factory` on a 2-CPU local Ray."""
     spec, out, *extra = argv
-    engine.runner.run_sweep = functools.partial(
-        engine.runner.run_sweep, backend_factory=fake_backend_factory, ray_num_cpus=2
+    engine.generate.runner.run_sweep = functools.partial(
+        engine.generate.runner.run_sweep, backend_factory=fake_backend_factory, ray_num_cpus=2
     )
     return main(["run", spec, "--out", out, *extra])
 

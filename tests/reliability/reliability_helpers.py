@@ -48,10 +48,10 @@ def write_run_without_ray(out: Path, raw: dict, finished: int | None = None) -> 
     Returns:
         The planned units.
     """
-    from engine.backend import FakeBackend
-    from engine.spec import validate
-    from engine.store import RunStore
-    from engine.units import plan_units
+    from engine.config.sweep import validate
+    from engine.generate.backends.vllm import FakeBackend
+    from engine.generate.store import RunStore
+    from engine.generate.units import plan_units
 
     spec = validate(raw)
     units = plan_units(spec)

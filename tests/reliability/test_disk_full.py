@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from reliability_helpers import assert_exactly_once, fake_driver, fake_raw_spec, write_toml
 
-from engine.verify import verify_run
+from engine.generate.verify import verify_run
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,7 @@ from reliability_helpers import (
     write_toml,
 )
 
-from engine.verify import verify_run
+from engine.generate.verify import verify_run
 
 pytestmark = pytest.mark.slow
 
@@ -150,9 +150,9 @@ def test_second_driver_is_refused_and_a_stale_lock_is_taken_over(
 def test_actor_sigkilled_mid_unit_is_replaced_and_its_unit_retried(
     ray_local: Any, tmp_path: Path
 ) -> None:
-    from engine.actors import fake_backend_factory
-    from engine.runner import run_sweep
-    from engine.spec import validate
+    from engine.config.sweep import validate
+    from engine.generate.actors import fake_backend_factory
+    from engine.generate.runner import run_sweep
 
     raw = fake_raw_spec(tmp_path, chunk_size=8, seconds=0.4)
     log = tmp_path / "units.log"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import UserError
-from engine.store import STALE_EMPTY_LOCK_SECONDS, RunStore
+from engine.generate.store import STALE_EMPTY_LOCK_SECONDS, RunStore
 
 
 @pytest.mark.parametrize("content", ["", '{"pid": ', "null"])
@@ -36,7 +36,7 @@ def test_a_lock_that_cannot_be_written_leaves_no_file(tmp_path: Path, monkeypatc
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("engine.store.json.dump", full)
+    monkeypatch.setattr("engine.generate.store.json.dump", full)
     with pytest.raises(OSError):
         with store.locked():
             pass
@@ -51,7 +51,7 @@ def test_a_reused_pid_does_not_hold_the_lock(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from engine.store import _process_start_ticks
+    from engine.generate.store import _process_start_ticks
 
     store = RunStore(tmp_path / "run")
     lock = tmp_path / "run" / ".lock"

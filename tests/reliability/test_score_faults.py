@@ -19,7 +19,7 @@ from reliability_helpers import REPO, driver_env
 
 from engine.cli import main
 from engine.errors import UserError
-from engine.score import score_run
+from engine.score.pipeline import score_run
 
 sys.path.insert(0, str(REPO / "tests" / "study"))
 from study_helpers import FakeJudge, fake_run  # noqa: E402
@@ -28,7 +28,7 @@ SCORER = """
 import sys, time
 sys.path.insert(0, {study!r})
 from study_helpers import FakeJudge
-from engine.score import score_run
+from engine.score.pipeline import score_run
 
 class SlowJudge(FakeJudge):
     def next_token_logprobs(self, prompts):

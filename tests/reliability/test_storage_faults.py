@@ -17,12 +17,12 @@ from reliability_helpers import (
     write_run_without_ray,
 )
 
-from engine.actors import fake_backend_factory
-from engine.backend import FakeBackend
 from engine.cli import main
-from engine.spec import validate
-from engine.store import RunStore
-from engine.verify import verify_run
+from engine.config.sweep import validate
+from engine.generate.actors import fake_backend_factory
+from engine.generate.backends.vllm import FakeBackend
+from engine.generate.store import RunStore
+from engine.generate.verify import verify_run
 
 ROWS = 180 * 2  # items x samples of fake_raw_spec
 
@@ -138,7 +138,7 @@ def test_verify_of_a_non_run_is_a_user_error(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_resume_redoes_exactly_the_damaged_units(ray_local: Any, tmp_path: Path) -> None:
-    from engine.runner import run_sweep
+    from engine.generate.runner import run_sweep
 
     out, reference = tmp_path / "run", tmp_path / "reference"
     raw = fake_raw_spec(tmp_path)

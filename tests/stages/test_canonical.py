@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.contract import NO_HEDGE
-from engine.stages.canonical import apply_canonical_map, build_canonical_map, normalize_marker
+from engine.score.rules.canonical import apply_canonical_map, build_canonical_map, normalize_marker
 
 
 def test_surface_rules() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import UserError
-from engine.stages.correctness import (
+from engine.score.rules.correctness import (
     extract_choice,
     extract_number,
     extract_yesno,

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from engine.contract import NO_HEDGE
-from engine.stages.extract import (
+from engine.score.rules.extract import (
     extract_markers,
     markers_for_sentences,
     sentence_markers,
     tokenize,
 )
-from engine.stages.lexicon import HAND_ENTRIES, lexicon
+from engine.score.rules.lexicon import HAND_ENTRIES, lexicon
 
 LABELED = Path(__file__).parent / "data" / "lexicon_labeled.jsonl"
 CATEGORIES = ("hedged", "unhedged", "negated", "multi")

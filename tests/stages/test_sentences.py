@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.stages.sentences import split_responses, split_sentences
+from engine.score.rules.sentences import split_responses, split_sentences
 
 
 def _texts(text: str, **kw: bool) -> list[str]:

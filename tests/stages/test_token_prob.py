@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from engine.stages.sentences import split_sentences
-from engine.stages.token_prob import (
+from engine.score.rules.sentences import split_sentences
+from engine.score.rules.token_prob import (
     response_sentence_confidences,
     sentence_confidences,
     token_offsets_from_pieces,

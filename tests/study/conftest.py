@@ -34,6 +34,6 @@ def _study_mic_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
     """The tiny model directory (built once per session)."""
-    from engine.tiny_model import resolve_model
+    from engine.generate.tiny_model import resolve_model
 
     return Path(resolve_model("builtin:tiny"))

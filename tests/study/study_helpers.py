@@ -8,10 +8,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.backend import FakeBackend
-from engine.spec import validate
-from engine.store import RunStore
-from engine.units import plan_units
+from engine.config.sweep import validate
+from engine.generate.backends.vllm import FakeBackend
+from engine.generate.store import RunStore
+from engine.generate.units import plan_units
 
 SAMPLES = Path(__file__).resolve().parents[2] / "engine" / "data" / "samples"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.http_backend import HTTPJudge, HTTPSettings, OpenAICompatClient
+from engine.generate.backends.http import HTTPJudge, HTTPSettings, OpenAICompatClient
 
 
 def _free_port() -> int:
@@ -160,8 +160,8 @@ def test_http_judge_matches_transformers(vllm_server: str, tiny_dir: Path) -> No
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.score import consistency_logprob_values
-    from engine.stages.prompts import consistency_prompt
+    from engine.score.judges.prompts import consistency_prompt
+    from engine.score.pipeline import consistency_logprob_values
 
     judge = HTTPJudge(HTTPSettings(vllm_server, "tiny", api_key_env="", concurrency=4))
     from test_judge_engine import ASSERTIONS as assertions

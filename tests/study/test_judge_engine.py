@@ -26,8 +26,8 @@ ASSERTIONS = [
 @pytest.fixture(scope="module")
 def judge(tiny_dir: Path):
     """One in-process vLLM judge on the tiny model for this module."""
-    from engine.judges import VLLMJudge
-    from engine.score import TINY_JUDGE_ENGINE_ARGS
+    from engine.score.judges.vllm import VLLMJudge
+    from engine.score.pipeline import TINY_JUDGE_ENGINE_ARGS
 
     j = VLLMJudge(str(tiny_dir), TINY_JUDGE_ENGINE_ARGS)
     yield j
@@ -38,9 +38,9 @@ def test_logprob_consistency_matches_transformers(judge, tiny_dir: Path) -> None
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.judges import NO, YES
-    from engine.score import consistency_logprob_values
-    from engine.stages.prompts import consistency_prompt
+    from engine.score.judges.prompts import consistency_prompt
+    from engine.score.judges.vllm import NO, YES
+    from engine.score.pipeline import consistency_logprob_values
 
     prompts = [consistency_prompt(c, a) for c in CONTEXTS for a in ASSERTIONS]
     values = consistency_logprob_values(judge, prompts)
@@ -69,8 +69,8 @@ def test_logprob_consistency_matches_transformers(judge, tiny_dir: Path) -> None
 
 
 def test_decisiveness_and_sampled_readings(judge) -> None:
-    from engine.judges import RATING_WORDS, expected_rating
-    from engine.stages.prompts import consistency_prompt, decisiveness_prompt
+    from engine.score.judges.prompts import consistency_prompt, decisiveness_prompt
+    from engine.score.judges.vllm import RATING_WORDS, expected_rating
 
     ids = judge.token_ids_for(RATING_WORDS)
     tops = judge.next_token_logprobs([decisiveness_prompt(s) for s in ASSERTIONS])

@@ -1,4 +1,4 @@
-"""`engine.score` on an in-process fake run with a fake judge: structure, resume, ledger, modes."""
+"""`engine.score.pipeline` on an in-process fake run with a fake judge: structure, resume, ledger, modes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ from study_helpers import FakeJudge, fake_run
 
 from engine.contract import RESPONSES, SENTENCES
 from engine.errors import UserError
-from engine.judges import expected_rating, parse_markers, parse_verdict, yes_no_probability
-from engine.score import (
+from engine.score.judges.vllm import (
+    expected_rating,
+    parse_markers,
+    parse_verdict,
+    yes_no_probability,
+)
+from engine.score.pipeline import (
     consistency_pairs,
     infer_answer_type,
     load_run,
@@ -170,7 +175,7 @@ def test_llm_extraction_and_correctness_modes_ledger_unreadable_output(fresh_run
 
 
 def test_llm_canonicalization_keeps_only_sub_phrases(fresh_run: Path) -> None:
-    from engine.judges import parse_canonical
+    from engine.score.judges.vllm import parse_canonical
 
     assert parse_canonical(" fairly certain\nExpression: x", "I am fairly certain") == (
         "fairly certain"
@@ -186,7 +191,7 @@ class _DeadJudge(FakeJudge):
     """A judge whose server never answers: every call fails (as with an unreachable --judge-url)."""
 
     def next_token_logprobs(self, prompts):  # type: ignore[no-untyped-def]
-        from engine.judges import CallFailure
+        from engine.score.judges.vllm import CallFailure
 
         self.calls.append(list(prompts))
         return [CallFailure("gave up after 6 attempts: ConnectError") for _ in prompts]
@@ -223,7 +228,7 @@ def test_a_minority_of_failed_calls_is_reported_not_fatal(fresh_run: Path) -> No
 
     class _Flaky(FakeJudge):
         def next_token_logprobs(self, prompts):  # type: ignore[no-untyped-def]
-            from engine.judges import CallFailure
+            from engine.score.judges.vllm import CallFailure
 
             out = super().next_token_logprobs(prompts)
             return [CallFailure("HTTP 503") if i % 5 == 0 else o for i, o in enumerate(out)]

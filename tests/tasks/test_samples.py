@@ -7,7 +7,7 @@ import json
 import pytest
 
 from engine.errors import UserError
-from engine.stages.correctness import is_correct
+from engine.score.rules.correctness import is_correct
 from engine.tasks.samples import SAMPLE_TASKS, load_sample_task
 
 

@@ -131,7 +131,7 @@ def ray_group_sums(
             )
         import ray
 
-        from engine.runner import init_ray
+        from engine.generate.runner import init_ray
 
         init_ray(address)
         k = n_shards or max(2, int(ray.cluster_resources().get("CPU", 2)))

@@ -16,7 +16,7 @@ phrases of doubt and certainty). Guideline the lexicon and the labeled test set 
 
 Entries come from a hand-written list (`HAND_ENTRIES`) and from small frames that combine a subject
 ("i am", "it is"), an optional negator and an optional degree word with a modal adjective
-(`_frame_entries`); `lexicon()` returns the union. Negation handling is in `engine.stages.extract`.
+(`_frame_entries`); `lexicon()` returns the union. Negation handling is in `engine.score.rules.extract`.
 """
 
 from __future__ import annotations

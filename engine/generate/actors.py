@@ -16,17 +16,17 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from engine.backend import Backend, FakeBackend, VLLMBackend
-from engine.spec import ModelSpec
-from engine.store import RunStore, is_storage_error
-from engine.units import WorkUnit
+from engine.config.sweep import ModelSpec
+from engine.generate.backends.vllm import Backend, FakeBackend, VLLMBackend
+from engine.generate.store import RunStore, is_storage_error
+from engine.generate.units import WorkUnit
 
 BackendFactory = Callable[[ModelSpec, int], Backend]
 
 
 def vllm_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
     """Build the default backend: the model's `vllm.LLM` (resolving `builtin:` names)."""
-    from engine.tiny_model import resolve_model
+    from engine.generate.tiny_model import resolve_model
 
     return VLLMBackend(
         resolve_model(model.path),

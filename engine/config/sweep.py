@@ -510,7 +510,7 @@ def _check_unique(values: list[str], section: str, key: str, source: str) -> Non
 
 def _resolve_model_path(path: str, key: str, source: str, base_dir: Path) -> str:
     if path.startswith(BUILTIN_PREFIX):
-        from engine.tiny_model import BUILTIN_MODELS
+        from engine.generate.tiny_model import BUILTIN_MODELS
 
         if path not in BUILTIN_MODELS:
             raise UserError(
@@ -534,7 +534,7 @@ def _resolve_model_path(path: str, key: str, source: str, base_dir: Path) -> str
 
 def _resolve_task_source(task_source: str, key: str, source: str, base_dir: Path) -> str:
     if task_source.startswith(BUILTIN_PREFIX):
-        from engine.items import builtin_task_names
+        from engine.tasks.builtin import builtin_task_names
 
         name = task_source[len(BUILTIN_PREFIX) :]
         if name not in builtin_task_names():

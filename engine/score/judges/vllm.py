@@ -65,7 +65,7 @@ class VLLMJudge:
         engine_args: Extra `vllm.LLM` keyword arguments (prefix caching is turned on by default).
         top_k: Next-token alternatives read per prompt (at most the engine's max_logprobs, 20).
         chat: Wrap each prompt as one user turn of the tokenizer's chat template.
-        backend: Reuse this already-started `engine.backend.VLLMBackend` instead of starting one.
+        backend: Reuse this already-started `engine.generate.backends.vllm.VLLMBackend` instead of starting one.
     """
 
     def __init__(
@@ -76,8 +76,8 @@ class VLLMJudge:
         chat: bool = False,
         backend: Any | None = None,
     ) -> None:
-        from engine.backend import VLLMBackend
-        from engine.tiny_model import resolve_model
+        from engine.generate.backends.vllm import VLLMBackend
+        from engine.generate.tiny_model import resolve_model
 
         if backend is None:
             args = {"enable_prefix_caching": True, **dict(engine_args or {})}

@@ -54,7 +54,7 @@ _BASE_SENTENCES = [
 
 def _training_sentences() -> list[str]:
     """Return the tokenizer's training text: fixed sentences plus the built-in questions."""
-    from engine.items import builtin_task_names, builtin_task_path
+    from engine.tasks.builtin import builtin_task_names, builtin_task_path
 
     lines = list(_BASE_SENTENCES)
     for name in builtin_task_names():

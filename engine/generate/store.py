@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
+from engine.config.sweep import SweepSpec
 from engine.errors import UserError
-from engine.spec import SweepSpec
 
 SHARDS = "shards"
 DONE = "done"
@@ -258,7 +258,7 @@ class RunStore:
 
         Args:
             spec: The sweep spec of this run.
-            units: The planned work units (`engine.units.WorkUnit`).
+            units: The planned work units (`engine.generate.units.WorkUnit`).
             new_run: Replace a stored run of a different spec (see `check_run`).
 
         Returns:

@@ -3,7 +3,7 @@
 `OpenAICompatClient` sends `/completions` requests with asyncio + httpx: at most `concurrency`
 requests in flight, retries with exponential backoff and jitter on connection errors, timeouts,
 429 and 5xx (a `Retry-After` header is honoured), and per-prompt errors returned in place of
-results so one bad prompt never fails a batch. `HTTPJudge` implements `engine.judges.Judge` on it.
+results so one bad prompt never fails a batch. `HTTPJudge` implements `engine.score.judges.vllm.Judge` on it.
 
 The API key is read from an environment variable (named by `api_key_env`) and only ever placed in
 the Authorization header: it is not stored in settings, manifests, ledgers, reprs or error messages.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import UserError, redact_url, scrub
-from engine.judges import CallFailure
+from engine.score.judges.vllm import CallFailure
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -155,11 +155,11 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class HTTPJudge:
-    """`engine.judges.Judge` over an OpenAI-compatible server.
+    """`engine.score.judges.vllm.Judge` over an OpenAI-compatible server.
 
     Servers return top logprobs as token *strings*, so tokens are keyed by their normalized text
     (stripped, lowercased): "yes" and " Yes" are one key, their probabilities summed. The key
-    plays the role of the token id in `engine.judges.yes_no_probability` / `expected_rating`.
+    plays the role of the token id in `engine.score.judges.vllm.yes_no_probability` / `expected_rating`.
 
     Args:
         settings: Server and policy.

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from engine.config.sweep import BUILTIN_PREFIX, TaskSpec
 from engine.errors import UserError
-from engine.spec import BUILTIN_PREFIX, TaskSpec
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.backend import ENGINE_ENV, STOP_STRING_MODE, check_model_available, hub_env
+from engine.config.sweep import ModelSpec, SweepSpec
 from engine.errors import UserError
-from engine.spec import ModelSpec, SweepSpec
-from engine.store import RunStore, is_storage_error
-from engine.units import WorkUnit, plan_units
+from engine.generate.backends.vllm import (
+    ENGINE_ENV,
+    STOP_STRING_MODE,
+    check_model_available,
+    hub_env,
+)
+from engine.generate.store import RunStore, is_storage_error
+from engine.generate.units import WorkUnit, plan_units
 
 
 class RunIncomplete(RuntimeError):
@@ -219,7 +224,7 @@ def _start_ray(
 
 
 def engine_env(spec: SweepSpec) -> dict[str, str]:
-    """Environment defaults of the engine processes of `spec` (see `engine.backend.hub_env`)."""
+    """Environment defaults of the engine processes of `spec` (see `engine.generate.backends.vllm.hub_env`)."""
     return {**ENGINE_ENV, **hub_env([m.path for m in spec.models])}
 
 
@@ -436,7 +441,7 @@ def _run_model(
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    from engine.actors import GenerationActor
+    from engine.generate.actors import GenerationActor
 
     env = engine_env(spec)
     replicas = min(actors or model.replicas, len(units))

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from engine.contract import GENERATIONS, TOPK_ENTRY, with_metadata
 from engine.errors import UserError
-from engine.units import WorkUnit
+from engine.generate.units import WorkUnit
 
 # Settings recorded in shard metadata and run summaries.
 STOP_STRING_MODE = "cut after decoding (tokens kept up to the token completing the stop string)"

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from engine.errors import UserError
-from engine.store import DONE, SHARDS, DoneRecord, RunStore
+from engine.generate.store import DONE, SHARDS, DoneRecord, RunStore
 
 ROW_KEY = ("model", "task", "split", "prompt", "item_id", "sample_idx")
 STATES = (
@@ -144,8 +144,8 @@ class VerifyReport:
 
 
 def _plan(store: RunStore) -> tuple[str, list[Any]]:
-    from engine.spec import validate
-    from engine.units import plan_units
+    from engine.config.sweep import validate
+    from engine.generate.units import plan_units
 
     stored = store.read_json("run.json")
     if not isinstance(stored, dict) or "full" not in stored:

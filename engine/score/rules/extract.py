@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from engine.contract import NO_HEDGE
-from engine.stages.lexicon import DEGREE_WORDS, NEGATORS, lexicon
+from engine.score.rules.lexicon import DEGREE_WORDS, NEGATORS, lexicon
 
 _TOKEN = re.compile(r"\d+(?:\.\d+)?%?|[a-z]+(?:'[a-z]+)*", re.IGNORECASE)
 

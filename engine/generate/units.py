@@ -11,8 +11,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from engine.items import Item, load_items
-from engine.spec import ModelSpec, PromptSpec, SweepSpec, canonical_json
+from engine.config.sweep import ModelSpec, PromptSpec, SweepSpec, canonical_json
+from engine.tasks.builtin import Item, load_items
 
 _SEED_MASK = (1 << 62) - 1  # leaves room for base + sample index below 2**63
 

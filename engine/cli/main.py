@@ -80,7 +80,7 @@ def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
 def _analysis_kwargs(args: argparse.Namespace) -> dict:
     group_sums = None
     if args.ray is not None:
-        from engine.distributed import ray_group_sums
+        from engine.cluster import ray_group_sums
 
         group_sums = ray_group_sums(None if args.ray == "local" else args.ray)
     return dict(
@@ -157,8 +157,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_analyze, _
 
 
 def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
-    """Engine subcommands (run, plan, tiny-model, bench), defined in `engine.commands`."""
-    from engine.commands import add_engine_commands
+    """Engine subcommands (run, plan, tiny-model, bench), defined in `engine.cli.run`."""
+    from engine.cli.run import add_engine_commands
 
     add_engine_commands(sub)
 
@@ -177,8 +177,8 @@ _COMMANDS.append(_add_study_commands)
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:
-    """`mic verify RUN_DIR`, defined in `engine.verify`."""
-    from engine.verify import add_subcommands
+    """`mic verify RUN_DIR`, defined in `engine.generate.verify`."""
+    from engine.generate.verify import add_subcommands
 
     add_subcommands(sub)
 
@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:
-        from engine.store import is_storage_error
+        from engine.generate.store import is_storage_error
 
         if not is_storage_error(exc):
             raise
@@ -289,7 +289,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"mic {args.command}: interrupted; re-run the same command to resume", file=sys.stderr
         )
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """The engine's `mic` subcommands: run, plan, tiny-model, bench.
 
 Registered by `engine.cli` through `add_engine_commands`; each handler is a thin call into a
-library function with the same arguments (`engine.runner.run_sweep`, `engine.runner.plan_report`,
-`engine.tiny_model.build_tiny_model`, `engine.bench.run_bench`).
+library function with the same arguments (`engine.generate.runner.run_sweep`, `engine.generate.runner.plan_report`,
+`engine.generate.tiny_model.build_tiny_model`, `engine.generate.bench.run_bench`).
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engine.runner import RunIncomplete, run_sweep
-    from engine.spec import load_spec
+    from engine.config.sweep import load_spec
+    from engine.generate.runner import RunIncomplete, run_sweep
 
     spec = load_spec(args.spec, args.overrides)
     try:
@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from engine.runner import format_plan
+    from engine.generate.runner import format_plan
     from engine.study import plan_study
 
     report = plan_study(args.spec, None, args.overrides, args.tokens_per_second)
@@ -124,16 +124,16 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from engine.tiny_model import build_tiny_model
+    from engine.generate.tiny_model import build_tiny_model
 
     print(build_tiny_model(args.dir))
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from engine.bench import format_bench, run_bench
+    from engine.config.sweep import load_spec
     from engine.errors import UserError
-    from engine.spec import load_spec
+    from engine.generate.bench import format_bench, run_bench
 
     try:
         ks = [int(k) for k in args.logprobs.split(",") if k.strip()]

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from engine.contract import NO_HEDGE, RESPONSES, SENTENCES, with_metadata
 from engine.errors import StageFailed, UserError, redact_url
-from engine.judges import CallFailure
+from engine.score.judges.vllm import CallFailure
 
 STAGE_VERSION = "1"
 EXTRACT_MODES = ("lexicon", "llm")
@@ -66,7 +66,7 @@ class ScoreSettings:
         confidence: "consistency-logprob" (deterministic P(yes) / (P(yes) + P(no))),
             "consistency-sampled" (the seed's yes / no / n-a -> 1 / 0 / 0.5 at temperature 1) or
             "token_prob" (the response's own token probabilities).
-        correctness: "rule" (engine.stages.correctness) or "llm" (judge; ties to rule on failure).
+        correctness: "rule" (engine.score.rules.correctness) or "llm" (judge; ties to rule on failure).
         decisiveness: "llm" (few-shot rating, expected value under the judge's logprobs) or "none".
         model: Judge model (HF id, local path or `builtin:tiny`).
         engine_args: Extra `vllm.LLM` arguments of the judge engine.
@@ -412,7 +412,7 @@ def load_run(run_dir: str | Path, with_logprobs: bool = False) -> RunInputs:
     Raises:
         UserError: Not a run directory, or no finished units.
     """
-    from engine.store import RunStore
+    from engine.generate.store import RunStore
 
     run_dir = Path(run_dir)
     store = RunStore(str(run_dir))
@@ -471,8 +471,8 @@ def infer_answer_type(golds: Sequence[Sequence[str]]) -> str:
 
 def load_gold(spec_full: Mapping[str, Any], run_dir: Path) -> dict[str, dict[str, Any]]:
     """Task -> {"items": item id -> (question, answers), "path": file} from the run's task files."""
-    from engine.items import load_items
-    from engine.spec import validate
+    from engine.config.sweep import validate
+    from engine.tasks.builtin import load_items
 
     # Task files inside the run directory are stored relative to it (a moved run keeps working).
     spec = validate(dict(spec_full), source=f"{run_dir}/run.json", base_dir=Path(run_dir).resolve())
@@ -491,7 +491,7 @@ def load_gold(spec_full: Mapping[str, Any], run_dir: Path) -> dict[str, dict[str
 
 def stage_sentences(inputs: RunInputs, settings: ScoreSettings, log: bool) -> Stage:
     """Split each response (sample 0) into sentences; responses with an error row are dropped."""
-    from engine.stages.sentences import split_responses
+    from engine.score.rules.sentences import split_responses
 
     stage = Stage(
         inputs.run_dir,
@@ -530,9 +530,9 @@ def stage_markers(
     inputs: RunInputs, sentences: Stage, settings: ScoreSettings, judges: JudgePool, log: bool
 ) -> Stage:
     """Raw markers per sentence (one row per marker; `<no_hedge>` when none)."""
-    from engine.judges import parse_markers
-    from engine.stages.extract import markers_for_sentences
-    from engine.stages.prompts import extraction_prompt
+    from engine.score.judges.prompts import extraction_prompt
+    from engine.score.judges.vllm import parse_markers
+    from engine.score.rules.extract import markers_for_sentences
 
     llm = settings.extract == "llm"
     key = _hash(
@@ -592,14 +592,14 @@ def stage_canonical(
 ) -> Stage:
     """One raw -> canonical marker map per model, over all its tasks.
 
-    `rules`: the deterministic rules of `engine.stages.canonical`. `llm`: a judge first proposes a
+    `rules`: the deterministic rules of `engine.score.rules.canonical`. `llm`: a judge first proposes a
     short canonical form for each distinct raw marker (greedy, few-shot); a proposal is kept only
     when it is a sub-phrase of the raw marker (so the judge can shorten, never invent), and the
     rules then run over the merged forms. A rejected proposal is a ledger row.
     """
-    from engine.judges import parse_canonical
-    from engine.stages.canonical import build_canonical_map
-    from engine.stages.prompts import canonical_prompt
+    from engine.score.judges.prompts import canonical_prompt
+    from engine.score.judges.vllm import parse_canonical
+    from engine.score.rules.canonical import build_canonical_map
 
     llm = settings.canonical == "llm"
     key = _hash(
@@ -675,7 +675,7 @@ def stage_confidence(
     else:
 
         def compute(start: int, stop: int) -> pl.DataFrame:
-            from engine.judges import parse_verdict
+            from engine.score.judges.vllm import parse_verdict
 
             chunk = pairs.slice(start, stop - start)
             seeds = [
@@ -737,7 +737,7 @@ def consistency_pairs(generations: pl.DataFrame, sents: pl.DataFrame) -> pl.Data
 
 
 def _consistency_prompts(pairs: pl.DataFrame) -> Callable[[int, int], list[str]]:
-    from engine.stages.prompts import consistency_prompt
+    from engine.score.judges.prompts import consistency_prompt
 
     contexts = pairs.get_column("context").to_list()
     assertions = pairs.get_column("assertion").to_list()
@@ -754,13 +754,13 @@ def consistency_logprob_values(judge: Any, prompts: Sequence[str]) -> list[float
     """P(yes) / (P(yes) + P(no)) per prompt, or an error message (missing when neither is in top-k).
 
     Args:
-        judge: A `engine.judges.Judge`.
+        judge: A `engine.score.judges.vllm.Judge`.
         prompts: Consistency prompts.
 
     Returns:
         Per prompt: the value in [0, 1], or a string explaining why it is missing.
     """
-    from engine.judges import NO, YES, yes_no_probability
+    from engine.score.judges.vllm import NO, YES, yes_no_probability
 
     ids = judge.token_ids_for([YES, NO])
     out: list[float | str | None] = []
@@ -814,8 +814,8 @@ def _token_prob_confidence(
     """Per-sentence token probability from the response's stored chosen-token logprobs."""
     from transformers import AutoTokenizer
 
-    from engine.stages.token_prob import response_sentence_confidences
-    from engine.tiny_model import resolve_model
+    from engine.generate.tiny_model import resolve_model
+    from engine.score.rules.token_prob import response_sentence_confidences
 
     run = load_run(inputs.run_dir, with_logprobs=True)
     gen = run.generations.filter(pl.col("sample_idx") == 0)
@@ -870,7 +870,7 @@ def stage_correctness(
     inputs: RunInputs, sentences: Stage, settings: ScoreSettings, judges: JudgePool, log: bool
 ) -> Stage:
     """Per-response correctness: rule matchers, or a yes / no judge (rule result on failure)."""
-    from engine.stages.correctness import is_correct
+    from engine.score.rules.correctness import is_correct
 
     gold = load_gold(inputs.spec_full, inputs.run_dir)
     types = {
@@ -903,8 +903,8 @@ def stage_correctness(
         rule.append(is_correct(row["text"], item[1], types[row["task"]]))
     correct = list(rule)
     if settings.correctness == "llm" and rows:
-        from engine.judges import NO, YES, yes_no_probability
-        from engine.stages.prompts import correctness_prompt
+        from engine.score.judges.prompts import correctness_prompt
+        from engine.score.judges.vllm import NO, YES, yes_no_probability
 
         def compute(start: int, stop: int) -> pl.DataFrame:
             judge = judges.get()
@@ -948,8 +948,8 @@ def stage_decisiveness(
     inputs: RunInputs, sentences: Stage, settings: ScoreSettings, judges: JudgePool, log: bool
 ) -> Stage:
     """Per-sentence decisiveness in [0, 1]: expected few-shot rating under the judge's logprobs."""
-    from engine.judges import RATING_WORDS, expected_rating
-    from engine.stages.prompts import decisiveness_prompt
+    from engine.score.judges.prompts import decisiveness_prompt
+    from engine.score.judges.vllm import RATING_WORDS, expected_rating
 
     llm = settings.decisiveness == "llm"
     key = _hash(
@@ -1020,14 +1020,14 @@ class JudgePool:
     def get(self) -> Any:
         """The judge, started if needed."""
         if self.judge is None and self.settings.base_url:
-            from engine.http_backend import HTTPJudge, HTTPSettings
+            from engine.generate.backends.http import HTTPJudge, HTTPSettings
 
             s = self.settings
             http = HTTPSettings(s.base_url, s.model, s.api_key_env, s.concurrency, s.max_retries)
             print(f"score: judge {s.model} at {s.base_url}", file=sys.stderr, flush=True)
             self.judge = HTTPJudge(http, top_k=s.top_k)
         if self.judge is None:
-            from engine.judges import VLLMJudge
+            from engine.score.judges.vllm import VLLMJudge
 
             s = self.settings
             print(f"score: starting judge engine {s.model}", file=sys.stderr, flush=True)
@@ -1100,7 +1100,7 @@ def score_run(
             see `_score_run`.
         StageFailed: A judge stage failed more often than `settings.max_failed_share`.
     """
-    from engine.store import RunStore
+    from engine.generate.store import RunStore
 
     unknown = sorted(set(redo) - set(STAGE_NAMES))
     if unknown:
@@ -1156,7 +1156,7 @@ def _score_run(
     Args:
         run_dir: A run directory written by `mic run` / `mic study`.
         settings: Judge settings, or a `[judges]` table laid over the run's own (spec, study.json).
-        judge: A judge to use instead of starting a vLLM engine (a `engine.judges.Judge`).
+        judge: A judge to use instead of starting a vLLM engine (a `engine.score.judges.vllm.Judge`).
         log: Print one line per stage.
 
     Returns:

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.config.sweep import SweepSpec
 from engine.errors import UserError
-from engine.spec import SweepSpec
-from engine.units import WorkUnit, plan_units
+from engine.generate.units import WorkUnit, plan_units
 
 
 def bench_units(spec: SweepSpec, model_index: int, prompts: int, logprobs: int) -> list[WorkUnit]:
@@ -59,7 +59,7 @@ def run_bench(
     Returns:
         {"prompts", "n", "max_tokens", "models": {model: {k: measurement}}}.
     """
-    from engine.actors import vllm_backend_factory
+    from engine.generate.actors import vllm_backend_factory
 
     ks = list(dict.fromkeys(logprobs if logprobs is not None else [0, 1, 5, 20]))
     if prompts < 1 or any(k < 0 for k in ks):

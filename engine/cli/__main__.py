@@ -1,0 +1,7 @@
+"""`python -m engine.cli ...` runs the `mic` command line."""
+
+import sys
+
+from engine.cli.main import main
+
+sys.exit(main())

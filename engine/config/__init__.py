@@ -1,0 +1,1 @@
+"""Validated, frozen configuration: the sweep spec (`sweep`), built once from TOML plus overrides."""

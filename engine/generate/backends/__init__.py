@@ -1,0 +1,1 @@
+"""Generation backends: the vLLM engine, a deterministic fake, and an OpenAI-compatible HTTP client."""

@@ -1,0 +1,2 @@
+"""Judges: the prompts they are asked and the engines that answer (a local vLLM judge; HTTP lives in
+`engine.generate.backends.http`)."""
