@@ -1,28 +1,79 @@
-"""Bootstrap sums as Ray tasks over item shards (`mic analyze --bootstrap B --ray [ADDRESS]`).
+"""Ray: starting or joining a cluster, and the bootstrap's sums as Ray tasks over item shards.
 
-The analysis (`metrics`) never imports Ray: it takes a `group_sums` function, and this module
-supplies one that splits the items into shards, sums each shard in a Ray task and adds the
+`init_ray` is the one place Ray starts (generation, judges, `mic analyze --ray`).
+
+The analysis (`metrics`) never imports Ray: it takes a `group_sums` function, and `ray_group_sums`
+wraps the metrics' own shard kernel (passed in, so this module imports no metrics) into one that splits the items into shards, sums each shard in a Ray task and adds the
 partial sums on the driver. With Poisson(1) weights keyed by item, a replicate's sum is a sum over
 items, so the sharded result equals the single-process one up to the order of additions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from engine.errors import UserError
 
 
-def _shard_sums(ptr, keys, strata, group, values, seed, n_boot, scheme, n_groups):
-    from metrics.bootstrap import weighted_group_sums
+def init_ray(
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Start (or join) Ray: local by default, a cluster when given an address (the one place).
 
-    return weighted_group_sums(
-        ptr, keys, strata, group, values, seed, n_boot, scheme, n_groups=n_groups
-    )
+    Args:
+        ray_address: A cluster to join (None: a local Ray of this process).
+        num_cpus: Logical CPUs of the local Ray.
+        num_gpus: Logical GPUs of the local Ray (None: detected).
+        env: Environment defaults for the driver and the workers (the user's values win), e.g.
+            the generation engine's `engine_env(spec)`.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    for key, value in (env or {}).items():
+        os.environ.setdefault(key, value)
+    try:
+        _start_ray(ray, ray_address, num_cpus, num_gpus)
+    except KeyboardInterrupt:
+        # Ctrl-C while Ray starts: stop what was started (raylet agents outlive us otherwise).
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise
+
+
+def _start_ray(
+    ray: Any, ray_address: str | None, num_cpus: int | None, num_gpus: int | None
+) -> None:
+    if ray_address:
+        ray.init(address=ray_address, log_to_driver=True)
+    else:
+        kwargs: dict[str, Any] = {
+            "address": "local",  # never join a cluster found in RAY_ADDRESS or /tmp/ray by accident
+            "num_cpus": num_cpus or os.cpu_count() or 1,
+            "include_dashboard": False,
+            "object_store_memory": 200 << 20,
+            # Actor output (vLLM's start-up warnings, tracebacks of a failed load) goes to Ray's
+            # session logs; the driver prints progress and one line per failure itself.
+            "log_to_driver": False,
+        }
+        if num_gpus is not None:
+            kwargs["num_gpus"] = num_gpus
+        ray.init(**kwargs)
+
+
+def _shard_sums(kernel, ptr, keys, strata, group, values, seed, n_boot, scheme, n_groups):
+    return kernel(ptr, keys, strata, group, values, seed, n_boot, scheme, n_groups=n_groups)
 
 
 def shard_bounds(ptr: np.ndarray, n_shards: int) -> list[tuple[int, int]]:
@@ -73,8 +124,6 @@ def _connect(address: str, timeout: float) -> None:
     """
     import threading
 
-    from engine.runner import init_ray
-
     errors: list[BaseException] = []
 
     def connect() -> None:
@@ -102,6 +151,7 @@ def _connect(address: str, timeout: float) -> None:
 
 
 def ray_group_sums(
+    kernel: Callable,
     address: str | None = None,
     n_shards: int | None = None,
     connect_timeout: float = CONNECT_TIMEOUT_S,
@@ -109,6 +159,7 @@ def ray_group_sums(
     """A `group_sums` function for `metrics.analyze` that runs each item shard as a Ray task.
 
     Args:
+        kernel: The single-process sums of one shard (`metrics.bootstrap.weighted_group_sums`).
         address: Ray cluster address; None starts (or joins) a local Ray.
         n_shards: shards per call (default: the cluster's CPU count, at least 2).
         connect_timeout: seconds to wait for the cluster at `address` to answer; checked here,
@@ -131,8 +182,6 @@ def ray_group_sums(
             )
         import ray
 
-        from engine.generate.runner import init_ray
-
         init_ray(address)
         k = n_shards or max(2, int(ray.cluster_resources().get("CPU", 2)))
         task = ray.remote(num_cpus=1)(_shard_sums)
@@ -141,6 +190,7 @@ def ray_group_sums(
             r0, r1 = int(ptr[i0]), int(ptr[i1])
             refs.append(
                 task.remote(
+                    kernel,
                     ptr[i0 : i1 + 1] - r0,
                     keys[i0:i1],
                     strata[i0:i1],

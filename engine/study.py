@@ -19,7 +19,6 @@ generation run's identity (in `DIR/study.json`): changing a judge re-scores with
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import inspect
@@ -30,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
+from engine.tasks.sources import parse_source
 
-SAMPLE_PREFIX = "sample:"
-REGISTRY_PREFIX = "registry:"
-STUDY_TASK_KEYS = ("answer_type",)  # task keys of a study spec that the engine spec does not know
 ANALYSIS_KEYS = {
     "threshold": int,
     "mode": str,
@@ -74,10 +71,10 @@ def _task_items(entry: dict[str, Any], where: str) -> tuple[dict[str, list[Any]]
     source = str(entry["source"])
     splits = entry.get("splits", ["train", "test"])
     limit = entry.get("limit") or None
-    if source.startswith(SAMPLE_PREFIX):
+    kind, name = parse_source(source)
+    if kind == "sample":
         from engine.tasks.samples import SAMPLE_TASKS, load_sample_task
 
-        name = source[len(SAMPLE_PREFIX) :]
         if name not in SAMPLE_TASKS:
             raise UserError(
                 f"{where}.source names unknown sample task {name!r}",
@@ -89,7 +86,7 @@ def _task_items(entry: dict[str, Any], where: str) -> tuple[dict[str, list[Any]]
     from engine.tasks.loaders import DEFAULT_LIMIT, load_task
     from engine.tasks.registry import get_task
 
-    spec = get_task(source[len(REGISTRY_PREFIX) :])
+    spec = get_task(name)
     path = entry.get("path")  # a local export of the hub dataset; None loads from the hub
     items = {s: load_task(spec, s, path=path, limit=limit or DEFAULT_LIMIT) for s in splits}
     return items, spec.answer_type, spec.instruction
@@ -124,11 +121,12 @@ def prepare_study(
         where = f"{source}: tasks.{i}"
         declared = entry.pop("answer_type", None)
         src = str(entry["source"])
-        if not src.startswith((SAMPLE_PREFIX, REGISTRY_PREFIX)):
+        kind, src_name = parse_source(src)
+        if kind not in ("sample", "registry"):
             if declared:
                 answer_types.setdefault(entry.get("name", ""), declared)
             continue
-        name = entry.get("name") or src.split(":", 1)[1]
+        name = entry.get("name") or src_name
         target = out_dir / "tasks" / f"{name}.jsonl"
         sidecar = target.with_suffix(".source.json")
         wanted = {k: v for k, v in entry.items() if k != "path"} | {"path": entry.get("path")}
@@ -213,12 +211,13 @@ def check_study_spec(path: str | Path, overrides: list[str] | None = None) -> di
             continue
         entry.pop("answer_type", None)
         src = str(entry.get("source", ""))
-        if src.startswith(REGISTRY_PREFIX):
-            get_task(src[len(REGISTRY_PREFIX) :])
+        kind, src_name = parse_source(src)
+        if kind == "registry":
+            get_task(src_name)
             entry.pop("path", None)
             entry["source"] = "builtin:arithmetic"
-        elif src.startswith(SAMPLE_PREFIX):
-            if src[len(SAMPLE_PREFIX) :] not in SAMPLE_TASKS:
+        elif kind == "sample":
+            if src_name not in SAMPLE_TASKS:
                 raise UserError(
                     f"{path}: tasks.{i}.source names unknown sample task {src!r}",
                     f"use one of {['sample:' + n for n in SAMPLE_TASKS]}",
@@ -273,10 +272,10 @@ def plan_study(
         for i, entry in enumerate(raw.get("tasks") or []):
             if not isinstance(entry, dict):
                 continue
-            src = str(entry.get("source", ""))
-            if not src.startswith(REGISTRY_PREFIX) or entry.get("path") or out is not None:
+            kind, src_name = parse_source(str(entry.get("source", "")))
+            if kind != "registry" or entry.get("path") or out is not None:
                 continue
-            task = get_task(src[len(REGISTRY_PREFIX) :])
+            task = get_task(src_name)
             name = str(entry.get("name") or task.name)
             count = int(entry.get("limit") or DEFAULT_LIMIT)
             rows = [
@@ -543,198 +542,3 @@ def run_demo(out: str | Path = "mic-demo", progress: bool = True) -> dict[str, A
     if not spec.is_file():
         raise UserError(f"the demo spec {spec} is missing", "reinstall the mic-engine package")
     return run_study(spec, out, progress=progress, local=True)
-
-
-# ---- command line ---------------------------------------------------------------------------------
-
-
-def _judge_flags(p: argparse.ArgumentParser) -> None:
-    from engine.score.pipeline import (
-        CONFIDENCE_MODES,
-        CORRECTNESS_MODES,
-        DECISIVENESS_MODES,
-        EXTRACT_MODES,
-    )
-
-    p.add_argument("--extract", choices=EXTRACT_MODES, default=None, help="marker extraction")
-    p.add_argument(
-        "--canonical", choices=("rules", "llm"), default=None, help="marker canonicalization"
-    )
-    p.add_argument(
-        "--confidence", choices=CONFIDENCE_MODES, default=None, help="intrinsic confidence"
-    )
-    p.add_argument("--correctness", choices=CORRECTNESS_MODES, default=None)
-    p.add_argument("--decisiveness", choices=DECISIVENESS_MODES, default=None)
-    p.add_argument(
-        "--judge", default=None, metavar="MODEL", help="judge model (default builtin:tiny)"
-    )
-    p.add_argument("--batch-size", type=int, default=None, help="judge prompts per resumable batch")
-    p.add_argument(
-        "--judge-url",
-        default=None,
-        metavar="URL",
-        help="OpenAI-compatible server of the judge (key from $OPENAI_API_KEY or judges.api_key_env)",
-    )
-    p.add_argument(
-        "--max-failed-share",
-        type=float,
-        default=None,
-        metavar="F",
-        help="a judge stage with a larger share of failed calls is not done (default 0.5)",
-    )
-
-
-def _judges_of(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "extract": args.extract,
-        "canonical": args.canonical,
-        "confidence": args.confidence,
-        "correctness": args.correctness,
-        "decisiveness": args.decisiveness,
-        "model": args.judge,
-        "batch_size": args.batch_size,
-        "base_url": args.judge_url,
-        "max_failed_share": args.max_failed_share,
-    }
-
-
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Add `score`, `study` and `demo` to the `mic` parser."""
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser(
-        "score",
-        help="score a generation run: sentences, markers, confidence, correctness, decisiveness",
-        description=(
-            "Turn a run's generations into a scored run (RUN_DIR/scored/responses.parquet and "
-            "sentences.parquet). Each stage is resumable and skipped when done; per-item failures "
-            "go to RUN_DIR/stages/<stage>/errors.jsonl."
-        ),
-        epilog="example:\n  mic score runs/tiny --confidence consistency-logprob --decisiveness llm",
-        formatter_class=fmt,
-    )
-    p.add_argument("run_dir", help="a directory written by mic run / mic study")
-    p.add_argument(
-        "--redo",
-        action="append",
-        default=[],
-        metavar="STAGE",
-        help="run this stage again although it is done (repeatable): sentences, markers, "
-        "canonical, confidence, correctness, decisiveness",
-    )
-    _judge_flags(p)
-    p.set_defaults(handler=_score)
-
-    p = sub.add_parser(
-        "study",
-        help="generate -> score -> analyze -> report, resumable at every stage",
-        description=(
-            "Run a study spec end to end into DIR. Tasks may be sample:NAME (bundled) or "
-            "registry:NAME (Hugging Face hub). Re-running the same command resumes."
-        ),
-        epilog=(
-            "examples:\n  mic study configs/demo.toml --out runs/demo\n"
-            "  mic study configs/seed_study.toml --check"
-        ),
-        formatter_class=fmt,
-    )
-    p.add_argument("spec", help="study spec (.toml or .yaml)")
-    p.add_argument("--out", default=None, help="study directory (required unless --check)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--check", action="store_true", help="validate the spec offline; run nothing")
-    p.add_argument(
-        "--plan",
-        action="store_true",
-        help="prepare the tasks into --out and print the generation plan (mic plan); run nothing",
-    )
-    p.add_argument("--ray-address", default=None, help="join this Ray cluster for generation")
-    p.add_argument("--new-run", action="store_true", help="replace a run of a different spec")
-    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.add_argument(
-        "--local",
-        action="store_true",
-        help="generate in this process without Ray; a judge on the same model reuses its engine",
-    )
-    _judge_flags(p)
-    p.set_defaults(handler=_study)
-
-    p = sub.add_parser(
-        "demo",
-        help="the offline demo: tiny random model x bundled sample tasks, about 3 minutes on CPU",
-        description=(
-            "Run configs/demo.toml (the built-in tiny model over the bundled sample set) through "
-            "generate -> score -> analyze -> report, fully offline, and print the report's path."
-        ),
-        epilog="example:\n  mic demo --out mic-demo",
-        formatter_class=fmt,
-    )
-    p.add_argument("--out", default="mic-demo", help="output directory (default mic-demo)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(handler=_demo)
-
-
-def _score(args: argparse.Namespace) -> int:
-    from engine.score.pipeline import score_run
-
-    result = score_run(args.run_dir, _judges_of(args), redo=args.redo)
-    ledger = sum(result.errors.values())
-    print(
-        f"scored {result.responses} responses, {result.sentence_rows} sentence-marker rows in "
-        f"{result.seconds:.1f} s -> {result.scored_dir} ({ledger} items without a value, "
-        f"listed in {args.run_dir}/stages/*/errors.jsonl)"
-    )
-    print(result.failure_summary())
-    return 0
-
-
-def _print_study(result: dict[str, Any]) -> None:
-    times = ", ".join(f"{k} {v:.1f} s" for k, v in result["seconds"].items())
-    print(f"study done ({times})")
-    print(f"  scored run: {result['scored']} ({result['judge_failures']})")
-    print(f"  analysis:   {result['analysis']}/metrics.json, mic.parquet")
-    if result["report"]:
-        print(f"  report:     {result['report']}")
-
-
-def _study(args: argparse.Namespace) -> int:
-    if args.check:
-        print(json.dumps(check_study_spec(args.spec, args.overrides), indent=2))
-        return 0
-    if not args.out:
-        raise UserError(
-            "mic study needs --out DIR", "e.g. mic study configs/demo.toml --out runs/demo"
-        )
-    if args.plan:
-        from engine.generate.runner import format_plan
-
-        print(format_plan(plan_study(args.spec, args.out, args.overrides)))
-        return 0
-    result = run_study(
-        args.spec,
-        args.out,
-        args.overrides,
-        _judges_of(args),
-        ray_address=args.ray_address,
-        new_run=args.new_run,
-        report=not args.no_report,
-        progress=not args.quiet,
-        local=args.local,
-    )
-    _print_study(result)
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from metrics.summary import format_summary
-
-    started = time.perf_counter()
-    result = run_demo(args.out, progress=not args.quiet)
-    doc = json.loads((Path(result["analysis"]) / "metrics.json").read_text())
-    print(format_summary(doc))
-    print()
-    _print_study(result)
-    print(f"  wall time:  {time.perf_counter() - started:.0f} s\n")
-    print(DEMO_NOTE)
-    final = result["report"] or f"{result['analysis']}/metrics.json"
-    print(f"\n{final}")
-    return 0

@@ -1,6 +1,6 @@
 """The engine's `mic` subcommands: run, plan, tiny-model, bench.
 
-Registered by `engine.cli` through `add_engine_commands`; each handler is a thin call into a
+Registered by `engine.cli.main` through `add_subcommands`; each handler is a thin call into a
 library function with the same arguments (`engine.generate.runner.run_sweep`, `engine.generate.runner.plan_report`,
 `engine.generate.tiny_model.build_tiny_model`, `engine.generate.bench.run_bench`).
 """
@@ -12,7 +12,7 @@ import json
 import sys
 
 
-def add_engine_commands(sub: argparse._SubParsersAction) -> None:
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Add the engine subcommands to the `mic` parser."""
     fmt = argparse.RawDescriptionHelpFormatter
 

@@ -42,13 +42,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
+from engine.tasks.builtin import builtin_task_names
+from engine.tasks.sources import BUILTIN_PREFIX, parse_source
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODEL_NAMES = ("builtin:tiny",)  # built on first use by engine.generate.tiny_model
 
 # Fields that say *how* a sweep runs, not *what* it computes: they may change between a run
 # and its resume (a different GPU count or actor count) without making it a different run.
@@ -99,8 +101,8 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """One task (question set).
+class SweepTask:
+    """One task (question set) of a sweep.
 
     Attributes:
         name: Short id used in output rows.
@@ -176,7 +178,7 @@ class SweepSpec:
 
     run: RunSection
     models: tuple[ModelSpec, ...]
-    tasks: tuple[TaskSpec, ...]
+    tasks: tuple[SweepTask, ...]
     prompts: tuple[PromptSpec, ...]
     sampling: SamplingSpec
     judges: dict[str, Any] = field(default_factory=dict)
@@ -254,7 +256,7 @@ def canonical_json(data: Any) -> str:
 _SECTION_TYPES = {
     "run": RunSection,
     "models": ModelSpec,
-    "tasks": TaskSpec,
+    "tasks": SweepTask,
     "prompts": PromptSpec,
     "sampling": SamplingSpec,
 }
@@ -444,7 +446,7 @@ def validate(
         _build(ModelSpec, entry, f"models.{i}", source) for i, entry in enumerate(raw["models"])
     )
     tasks = tuple(
-        _build(TaskSpec, entry, f"tasks.{i}", source) for i, entry in enumerate(raw["tasks"])
+        _build(SweepTask, entry, f"tasks.{i}", source) for i, entry in enumerate(raw["tasks"])
     )
     prompts = tuple(
         _build(PromptSpec, entry, f"prompts.{i}", source) for i, entry in enumerate(raw["prompts"])
@@ -510,12 +512,10 @@ def _check_unique(values: list[str], section: str, key: str, source: str) -> Non
 
 def _resolve_model_path(path: str, key: str, source: str, base_dir: Path) -> str:
     if path.startswith(BUILTIN_PREFIX):
-        from engine.generate.tiny_model import BUILTIN_MODELS
-
-        if path not in BUILTIN_MODELS:
+        if path not in BUILTIN_MODEL_NAMES:
             raise UserError(
                 f"{source}: '{key}' names unknown model '{path}'",
-                f"use one of {sorted(BUILTIN_MODELS)}",
+                f"use one of {sorted(BUILTIN_MODEL_NAMES)}",
             )
         return path
     local = Path(path).expanduser()
@@ -533,10 +533,8 @@ def _resolve_model_path(path: str, key: str, source: str, base_dir: Path) -> str
 
 
 def _resolve_task_source(task_source: str, key: str, source: str, base_dir: Path) -> str:
-    if task_source.startswith(BUILTIN_PREFIX):
-        from engine.tasks.builtin import builtin_task_names
-
-        name = task_source[len(BUILTIN_PREFIX) :]
+    kind, name = parse_source(task_source)
+    if kind == "builtin":
         if name not in builtin_task_names():
             raise UserError(
                 f"{source}: '{key}' names unknown built-in task '{name}'",

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.cluster import init_ray
 from engine.config.sweep import ModelSpec, SweepSpec
 from engine.errors import UserError
 from engine.generate.backends.vllm import (
@@ -172,55 +173,6 @@ def format_plan(report: dict[str, Any], max_units: int = 20) -> str:
 
 
 # ---- run -----------------------------------------------------------------------------------------
-
-
-def init_ray(
-    ray_address: str | None = None,
-    num_cpus: int | None = None,
-    num_gpus: int | None = None,
-    env: dict[str, str] | None = None,
-) -> None:
-    """Start (or join) Ray: local by default, a cluster when given an address.
-
-    Args:
-        ray_address: A cluster to join (None: a local Ray of this process).
-        num_cpus: Logical CPUs of the local Ray.
-        num_gpus: Logical GPUs of the local Ray (None: detected).
-        env: Environment defaults for the driver and the workers (the user's values win).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    for key, value in {**ENGINE_ENV, **(env or {})}.items():
-        os.environ.setdefault(key, value)
-    try:
-        _start_ray(ray, ray_address, num_cpus, num_gpus)
-    except KeyboardInterrupt:
-        # Ctrl-C while Ray starts: stop what was started (raylet agents outlive us otherwise).
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        raise
-
-
-def _start_ray(
-    ray: Any, ray_address: str | None, num_cpus: int | None, num_gpus: int | None
-) -> None:
-    if ray_address:
-        ray.init(address=ray_address, log_to_driver=True)
-    else:
-        kwargs: dict[str, Any] = {
-            "address": "local",  # never join a cluster found in RAY_ADDRESS or /tmp/ray by accident
-            "num_cpus": num_cpus or os.cpu_count() or 1,
-            "include_dashboard": False,
-            "object_store_memory": 200 << 20,
-            # Actor output (vLLM's start-up warnings, tracebacks of a failed load) goes to Ray's
-            # session logs; the driver prints progress and one line per failure itself.
-            "log_to_driver": False,
-        }
-        if num_gpus is not None:
-            kwargs["num_gpus"] = num_gpus
-        ray.init(**kwargs)
 
 
 def engine_env(spec: SweepSpec) -> dict[str, str]:

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from engine.config.sweep import BUILTIN_MODEL_NAMES
 from engine.errors import UserError
 
 TINY_VERSION = "1"
@@ -156,7 +157,7 @@ def _build_cached_tiny() -> Path:
         return build_tiny_model(target)
 
 
-BUILTIN_MODELS = {"builtin:tiny": _build_cached_tiny}
+BUILTIN_MODELS = dict.fromkeys(BUILTIN_MODEL_NAMES, _build_cached_tiny)
 
 
 def resolve_model(path: str) -> str:

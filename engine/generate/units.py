@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config.sweep import ModelSpec, PromptSpec, SweepSpec, canonical_json
-from engine.tasks.builtin import Item, load_items
+from engine.tasks.loaders import load_items
+from engine.tasks.sources import Item
 
 _SEED_MASK = (1 << 62) - 1  # leaves room for base + sample index below 2**63
 
@@ -94,7 +95,7 @@ def unit_id_of(
         "task": task,
         "split": split,
         "prompt": {"id": prompt.id, "template": prompt.template, "system": prompt.system},
-        "item_ids": [i.id for i in items],
+        "item_ids": [i.item_id for i in items],
         "questions_sha256": texts,
         "sampling": sampling,
     }
@@ -131,10 +132,12 @@ def plan_units(spec: SweepSpec) -> list[WorkUnit]:
                                 split=split,
                                 prompt=prompt,
                                 chunk_index=index,
-                                item_ids=tuple(i.id for i in part),
+                                item_ids=tuple(i.item_id for i in part),
                                 questions=tuple(i.question for i in part),
                                 seeds=tuple(
-                                    item_seed(spec.sampling.seed, task.name, split, prompt.id, i.id)
+                                    item_seed(
+                                        spec.sampling.seed, task.name, split, prompt.id, i.item_id
+                                    )
                                     for i in part
                                 ),
                                 sampling=sampling,

@@ -472,7 +472,7 @@ def infer_answer_type(golds: Sequence[Sequence[str]]) -> str:
 def load_gold(spec_full: Mapping[str, Any], run_dir: Path) -> dict[str, dict[str, Any]]:
     """Task -> {"items": item id -> (question, answers), "path": file} from the run's task files."""
     from engine.config.sweep import validate
-    from engine.tasks.builtin import load_items
+    from engine.tasks.loaders import load_items
 
     # Task files inside the run directory are stored relative to it (a moved run keeps working).
     spec = validate(dict(spec_full), source=f"{run_dir}/run.json", base_dir=Path(run_dir).resolve())
@@ -481,7 +481,7 @@ def load_gold(spec_full: Mapping[str, Any], run_dir: Path) -> dict[str, dict[str
         items = {}
         for split_items in load_items(task).values():
             for item in split_items:
-                items[item.id] = (item.question, item.answers)
+                items[item.item_id] = (item.question, item.answers)
         out[task.name] = {"items": items, "source": task.source}
     return out
 

@@ -19,45 +19,29 @@ empty task, duplicate item ids.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.errors import UserError
 from engine.tasks.registry import Source, TaskSpec, get_task
+from engine.tasks.sources import Item, parse_source
+
+if TYPE_CHECKING:
+    from engine.config.sweep import SweepTask
 
 DEFAULT_SEED = 42
 DEFAULT_LIMIT = 5000
 ROLES = ("train", "test")
 LETTERS = "ABCDEFGHIJ"
 POPQA_RELATIONS = ("director", "screenwriter", "producer", "author", "place of birth", "occupation")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One question of a task.
-
-    Attributes:
-        task: Task name.
-        item_id: Unique id within the task.
-        question: Question text shown to the model (with lettered options for multiple choice).
-        answers: Gold answers (option letters for multiple choice, "yes" / "no" for yes / no).
-        split: The role the item plays: "train" or "test".
-        choices: Option texts in letter order, for multiple choice.
-    """
-
-    task: str
-    item_id: str
-    question: str
-    answers: tuple[str, ...]
-    split: str
-    choices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -398,14 +382,7 @@ def read_rows(path: str | Path) -> list[dict]:
         raise UserError(f"{path}: task file not found")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-        return rows
+        return [row for _, row in read_jsonl(path)]
     if suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, list) else list(data.get("data", []))
@@ -419,6 +396,71 @@ def read_rows(path: str | Path) -> list[dict]:
     raise UserError(
         f"{path}: unknown task file type {suffix!r}", "use .jsonl, .json, .parquet or .csv"
     )
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """The objects of a JSONL file with their line numbers (blank lines skipped).
+
+    Raises:
+        UserError: Naming the file and line of an unreadable file, a line that is not UTF-8, not
+            JSON or not an object.
+    """
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for lineno, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                "save the file as UTF-8",
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path}:{lineno}: not valid JSON ({exc})", "write one JSON object per line"
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(
+                f"{path}:{lineno}: a JSON {type(row).__name__}, not an object",
+                'write one object per line, e.g. {"id": "q1", "question": "..."}',
+            )
+        yield lineno, row
+
+
+def plain_item(
+    row: dict, cols: ColumnMap, *, task: str, item_id: str, split: str | None, seed: int
+) -> Item:
+    """The one rule that turns a plain task row into an `Item`.
+
+    The split is the row's split column when set, else ``split``, else the seeded 50/50 split by
+    item id (`assign_role`). Choices (when the map names a column) are appended to the question as
+    lettered options unless the question already lists them.
+
+    Args:
+        row: The raw row (the question column is known to be present).
+        cols: Column names.
+        task: Task name.
+        item_id: The row's item id.
+        split: Split of rows without a split column (None: seeded 50/50).
+        seed: Seed of the 50/50 split.
+
+    Returns:
+        The item (answers may be empty; callers that need gold answers check).
+    """
+    row_split = row.get(cols.split) if cols.split is not None else None
+    item_split = str(row_split) if row_split else (split or assign_role(item_id, seed))
+    choices = _as_list(row.get(cols.choices)) if cols.choices is not None else []
+    question = str(row[cols.question])
+    if choices and "\nA. " not in question:
+        question = format_mc(question, choices)
+    answers = _as_list(row.get(cols.answers))
+    return Item(task, item_id, question, tuple(answers), item_split, tuple(choices) or None)
 
 
 def _as_list(value: object) -> list[str]:
@@ -489,28 +531,25 @@ def load_local_task(
         has_id = cols.id is not None and cols.id in present
         has_choices = cols.choices is not None and cols.choices in present
         task_name = name or path.stem
+        present_cols = dataclasses.replace(
+            cols,
+            split=cols.split if has_split else None,
+            choices=cols.choices if has_choices else None,
+        )
         items = []
         for n, row in enumerate(rows):
             _require_columns(path, row, (cols.question, cols.answers), row_number=n + 1)
             if has_id and row.get(cols.id) in (None, ""):
                 raise UserError(f"{path}: row {n + 1} has no item id in column {cols.id!r}")
             item_id = str(row[cols.id]) if has_id else str(n)
-            row_split = row.get(cols.split) if has_split else None
-            item_role = str(row_split) if row_split else (split or assign_role(item_id, seed))
-            choices = _as_list(row.get(cols.choices)) if has_choices else []
-            question = str(row[cols.question])
-            if choices and "\nA. " not in question:
-                question = format_mc(question, choices)
-            answers = _as_list(row[cols.answers])
-            if not answers:
+            item = plain_item(
+                row, present_cols, task=task_name, item_id=item_id, split=split, seed=seed
+            )
+            if not item.answers:
                 raise UserError(
                     f"{path}: item {item_id!r} has no gold answer in column {cols.answers!r}"
                 )
-            items.append(
-                Item(
-                    task_name, item_id, question, tuple(answers), item_role, tuple(choices) or None
-                )
-            )
+            items.append(item)
         id_column = cols.id if has_id else "row number"
     _check_items(items, str(path), id_column)
     chosen = [it for it in items if it.split == role]
@@ -576,3 +615,58 @@ def _registered(name: str) -> TaskSpec | None:
         return get_task(name)
     except UserError:
         return None
+
+
+# ---- sweep tasks (`[[tasks]]` of a sweep spec) ---------------------------------------------------
+
+
+def load_items(task: SweepTask) -> dict[str, list[Item]]:
+    """Load a sweep task's items grouped by split, in file order, honouring `splits` and `limit`.
+
+    The rows are read and turned into items by the same code as `load_local_task` (`read_jsonl`,
+    `plain_item`: no split column -> the seeded 50/50 split by item id); a sweep keeps the file's
+    order (no shuffle) so a run's units stay the same when the file grows at the end.
+
+    Args:
+        task: The sweep spec's task entry (`source` is `builtin:NAME` or a JSONL file).
+
+    Returns:
+        Split name -> items (every split of `task.splits`, possibly empty).
+
+    Raises:
+        UserError: The file is unreadable, a line is not JSON, a column is missing or an id repeats.
+    """
+    from engine.tasks.builtin import builtin_task_path
+
+    kind, name = parse_source(task.source)
+    path = builtin_task_path(name) if kind == "builtin" else Path(task.source)
+    cols = ColumnMap(
+        id=task.id_column, question=task.question_column, split=task.split_column, choices=None
+    )
+    by_split: dict[str, list[Item]] = {split: [] for split in task.splits}
+    seen: set[str] = set()
+    for lineno, row in read_jsonl(path):
+        for column in (task.id_column, task.question_column):
+            if column not in row:
+                which = "id" if column == task.id_column else "question"
+                raise UserError(
+                    f"{path}:{lineno}: missing column '{column}'",
+                    f"add it, or map another column with tasks.{task.name}.{which}_column",
+                )
+        item_id = str(row[task.id_column])
+        if item_id in seen:
+            raise UserError(f"{path}:{lineno}: item id '{item_id}' repeats", "make ids unique")
+        seen.add(item_id)
+        item = plain_item(row, cols, task=task.name, item_id=item_id, split=None, seed=DEFAULT_SEED)
+        items = by_split.get(item.split)
+        if items is None or (task.limit and len(items) >= task.limit):
+            continue
+        items.append(item)
+    empty = [split for split, items in by_split.items() if not items]
+    if empty:
+        # Most often a typo in `splits` or the wrong file: a sweep would silently skip it.
+        raise UserError(
+            f"{path}: task '{task.name}' has no items in split '{empty[0]}'",
+            f"check tasks.{task.name}.splits / split_column ('{task.split_column}') and the file",
+        )
+    return by_split

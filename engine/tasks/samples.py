@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.tasks.loaders import DEFAULT_LIMIT, DEFAULT_SEED, Item, load_local_task
+from engine.tasks.loaders import DEFAULT_LIMIT, DEFAULT_SEED, load_local_task
 from engine.tasks.registry import INSTRUCTIONS
+from engine.tasks.sources import Item
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "samples"
 

@@ -10,7 +10,8 @@ from engine_helpers import make_raw_spec, write_toml
 from engine.config.sweep import apply_overrides, load_spec, validate
 from engine.errors import UserError
 from engine.generate.units import plan_units
-from engine.tasks.builtin import builtin_task_names, load_items
+from engine.tasks.builtin import builtin_task_names
+from engine.tasks.loaders import load_items
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +36,7 @@ def test_builtin_tasks_have_the_documented_rows() -> None:
         total += sum(len(v) for v in by_split.values())
         assert by_split["train"] and by_split["test"]
         for item in by_split["train"]:
-            assert item.id and item.question and item.answers
+            assert item.item_id and item.question and item.answers
     assert total >= 200
 
 

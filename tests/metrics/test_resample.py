@@ -214,12 +214,16 @@ def test_ray_shards_equal_local(tmp_path):
     import ray
 
     from engine.cluster import ray_group_sums
+    from metrics.bootstrap import weighted_group_sums
 
     local = analyze(EXAMPLE, bootstrap=48, seed=4).metrics_json["models"]
     was_running = ray.is_initialized()  # another test's Ray session: leave it up
     try:
         sharded = analyze(
-            EXAMPLE, bootstrap=48, seed=4, group_sums=ray_group_sums(None, n_shards=3)
+            EXAMPLE,
+            bootstrap=48,
+            seed=4,
+            group_sums=ray_group_sums(weighted_group_sums, None, n_shards=3),
         )
     finally:
         if not was_running:

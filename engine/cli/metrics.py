@@ -1,0 +1,210 @@
+"""The metrics' `mic` subcommands: analyze, compare, report, export.
+
+Each handler is a thin call into a `metrics` library function with the same arguments
+(`metrics.analyze.analyze`, `metrics.report.build_report`, `metrics.export.export_run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _example(text: str) -> str:
+    return "example:\n  " + text
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="MIC tables and the seven metrics from one or more scored runs",
+        description=(
+            "Read scored runs (a directory with `responses` + `sentences` tables, or one long "
+            "table; Parquet, Arrow IPC, CSV or JSONL), compute MICs and the seven metrics, and "
+            "write DIR/metrics.json and DIR/mic.parquet."
+        ),
+        epilog=_example("mic analyze metrics/data/example --out results/example"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_scored_options(p)
+    p.add_argument("--preset", choices=["mic", "marcon"], default="mic")
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of a table")
+    _add_bootstrap_options(p)
+    p.add_argument(
+        "--compare", action="store_true", help="paired tests of every two models/prompts"
+    )
+    p.set_defaults(handler=_run_analyze)
+
+
+def _add_scored_options(p: argparse.ArgumentParser) -> None:
+    """Inputs and analysis settings shared by `analyze` and `compare`."""
+    p.add_argument("scored", nargs="+", help="scored-run directories or files")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--mode", choices=["heldout", "parity"], default="heldout")
+    p.add_argument("--threshold", type=int, default=10, help="marker count threshold tau")
+    p.add_argument("--ignore-no-hedge", action="store_true", help="drop <no_hedge> rows")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 50/50 split and bootstrap")
+    p.add_argument("--ref-split", default="train", help="split that builds MICs (heldout)")
+    p.add_argument("--eval-split", default="test", help="split scored for MAE (heldout)")
+    p.add_argument(
+        "--pool",
+        action="store_true",
+        help="merge runs from different directories that share a (model, prompt) name",
+    )
+
+
+def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bootstrap", type=int, default=0, metavar="B", help="bootstrap replicates (0: none)"
+    )
+    p.add_argument("--ci-method", choices=["bca", "percentile"], default="bca")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level (0, 1)")
+    p.add_argument("--scheme", choices=["poisson", "multinomial"], default="poisson")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="bootstrap sums as Ray tasks over item shards (local Ray, or a cluster address)",
+    )
+
+
+def _analysis_kwargs(args: argparse.Namespace) -> dict:
+    group_sums = None
+    if args.ray is not None:
+        from engine.cluster import ray_group_sums
+        from metrics.bootstrap import weighted_group_sums
+
+        group_sums = ray_group_sums(weighted_group_sums, None if args.ray == "local" else args.ray)
+    return dict(
+        out=args.out,
+        mode=args.mode,
+        threshold=args.threshold,
+        ignore_no_hedge=args.ignore_no_hedge,
+        preset=args.preset,
+        seed=args.seed,
+        ref_split=args.ref_split,
+        eval_split=args.eval_split,
+        bootstrap=args.bootstrap,
+        ci_method=args.ci_method,
+        level=args.level,
+        scheme=args.scheme,
+        group_sums=group_sums,
+        pool=args.pool,
+    )
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from metrics.analyze import analyze
+    from metrics.summary import format_summary
+
+    result = analyze(args.scored, compare=args.compare, **_analysis_kwargs(args))
+    if args.json:
+        import json
+
+        print(json.dumps(result.metrics_json, indent=2))
+    else:
+        print(format_summary(result.metrics_json))
+        if result.comparisons is not None:
+            from metrics.summary import format_comparisons
+
+            print("\n" + format_comparisons(result.comparisons))
+        written = ["metrics.json", "mic.parquet"]
+        if result.comparisons is not None:
+            written.append("comparisons.parquet")
+        print(f"\nwrote {', '.join(f'{result.out_dir}/{name}' for name in written)}")
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="paired bootstrap comparisons of models / prompts on shared items",
+        description=(
+            "`mic analyze --compare` under its own name: for each pair of (model, prompt) and "
+            "each metric, the bootstrap distribution of the difference on shared items (the "
+            "same item draws for both), its interval, a two-sided p-value, Holm and "
+            "Benjamini-Hochberg adjusted p-values; McNemar's exact test for paired accuracy. "
+            "Writes DIR/comparisons.parquet beside metrics.json and mic.parquet."
+        ),
+        epilog=_example("mic compare runs/llama runs/qwen --out results/cmp --bootstrap 1000"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_scored_options(p)
+    _add_bootstrap_options(p)
+    p.set_defaults(handler=_run_compare, preset="mic", bootstrap=1000)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from metrics.analyze import analyze
+    from metrics.summary import format_comparisons
+
+    result = analyze(args.scored, compare=True, **_analysis_kwargs(args))
+    print(format_comparisons(result.comparisons))
+    print(f"\nwrote {result.out_dir}/comparisons.parquet")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page of an analysis: metrics, MIC plots, throughput",
+        description=(
+            "Write one self-contained HTML file (images embedded, no network needed) from an "
+            "analysis directory (`mic analyze --out DIR`) or a study directory holding "
+            "analysis/metrics.json: the seven metrics with intervals, MIC heatmap, forest plot, "
+            "densities, rank and frequency charts, comparisons, throughput and provenance."
+        ),
+        epilog=_example("mic report results/example --out results/example/report.html"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="analysis or study directory")
+    p.add_argument("--out", default=None, help="HTML file to write (default RUN_DIR/report.html)")
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from metrics.report import build_report
+
+    print(f"wrote {build_report(args.run_dir, out=args.out)}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="a run's tables (generations, scores, MICs) as JSONL or Parquet for other tools",
+        description=(
+            "Convert every Arrow / Parquet table of a run directory (generation shards, scoring "
+            "stages, the scored run, mic.parquet) to JSONL or Parquet under --out, with "
+            "export.json listing tables, rows and metadata."
+        ),
+        epilog=_example("mic export runs/tiny --to jsonl --out runs/tiny-jsonl"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run, study or analysis directory")
+    p.add_argument("--to", choices=["jsonl", "parquet"], required=True, help="output format")
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/export)")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from metrics.export import export_run
+
+    result = export_run(args.run_dir, to=args.to, out=args.out)
+    for name, t in result.tables.items():
+        print(f"{t['rows']:>10,} rows  {result.out_dir / t['path']}  ({name})")
+    print(f"wrote {len(result.tables)} tables; index in {result.out_dir / 'export.json'}")
+    return 0
+
+
+def add_analysis_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `analyze` and `compare` to the `mic` parser."""
+    _add_analyze(sub)
+    _add_compare(sub)
+
+
+def add_output_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `report` and `export` to the `mic` parser."""
+    _add_report(sub)
+    _add_export(sub)
