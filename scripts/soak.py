@@ -229,7 +229,8 @@ def same_tokens(out: Path, small: bool, spec_args: list[str], seed: int) -> tupl
 
     from engine.config.sweep import load_spec
     from engine.generate.actors import vllm_backend_factory
-    from engine.generate.backends.vllm import ENGINE_ENV, FakeBackend
+    from engine.generate.backends.fake import FakeBackend
+    from engine.generate.backends.vllm import ENGINE_ENV
     from engine.generate.units import plan_units
 
     for key, value in ENGINE_ENV.items():

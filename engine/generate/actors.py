@@ -17,7 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from engine.config.sweep import ModelSpec
-from engine.generate.backends.vllm import Backend, FakeBackend, VLLMBackend
+from engine.generate.backends.base import Backend
+from engine.generate.backends.fake import FakeBackend
+from engine.generate.backends.vllm import VLLMBackend
 from engine.generate.store import RunStore, is_storage_error
 from engine.generate.units import WorkUnit
 

@@ -20,12 +20,8 @@ from typing import Any
 from engine.cluster import init_ray
 from engine.config.sweep import ModelSpec, SweepSpec
 from engine.errors import UserError
-from engine.generate.backends.vllm import (
-    ENGINE_ENV,
-    STOP_STRING_MODE,
-    check_model_available,
-    hub_env,
-)
+from engine.generate.backends.base import STOP_STRING_MODE
+from engine.generate.backends.vllm import ENGINE_ENV, check_model_available, hub_env
 from engine.generate.store import RunStore, is_storage_error
 from engine.generate.units import WorkUnit, plan_units
 

@@ -53,7 +53,7 @@ def test_chat_template_rendering(tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     from engine.config.sweep import validate
-    from engine.generate.backends.vllm import render_prompts
+    from engine.generate.backends.base import render_prompts
     from engine.generate.units import plan_units
 
     raw = make_raw_spec(prompts=[{"id": "p", "template": "Q: {question}", "system": "Be brief."}])

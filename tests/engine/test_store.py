@@ -16,7 +16,7 @@ from engine_helpers import make_raw_spec
 from engine.config.sweep import apply_overrides, validate
 from engine.contract import GENERATIONS
 from engine.errors import UserError
-from engine.generate.backends.vllm import FakeBackend
+from engine.generate.backends.fake import FakeBackend
 from engine.generate.store import RunStore
 from engine.generate.units import plan_units
 

@@ -49,7 +49,7 @@ def write_run_without_ray(out: Path, raw: dict, finished: int | None = None) -> 
         The planned units.
     """
     from engine.config.sweep import validate
-    from engine.generate.backends.vllm import FakeBackend
+    from engine.generate.backends.fake import FakeBackend
     from engine.generate.store import RunStore
     from engine.generate.units import plan_units
 

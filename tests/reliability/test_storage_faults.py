@@ -20,7 +20,7 @@ from reliability_helpers import (
 from engine.cli import main
 from engine.config.sweep import validate
 from engine.generate.actors import fake_backend_factory
-from engine.generate.backends.vllm import FakeBackend
+from engine.generate.backends.fake import FakeBackend
 from engine.generate.store import RunStore
 from engine.generate.verify import verify_run
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config.sweep import validate
-from engine.generate.backends.vllm import FakeBackend
+from engine.generate.backends.fake import FakeBackend
 from engine.generate.store import RunStore
 from engine.generate.units import plan_units
 

@@ -1,0 +1,115 @@
+"""`FakeBackend`: deterministic token streams without vLLM, for tests, soak runs and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from engine.generate.backends.base import (
+    Completion,
+    RawUnit,
+    build_table,
+    decode_rows,
+    render_prompts,
+)
+from engine.generate.units import WorkUnit
+
+
+class FakeBackend:
+    """A deterministic stand-in engine for scheduler tests (no model, no vLLM).
+
+    Tokens and logprobs are drawn from each sample's seed, so outputs do not depend on batching.
+
+    Args:
+        vocab_size: Token ids are drawn from [3, vocab_size).
+        seconds_per_unit: Sleep this long in `generate` (to make scheduling observable).
+        max_prompt_chars: Prompts longer than this become error rows (like max_model_len).
+        log_path: Append "<unit id> <pid>" to this file for every unit generated.
+        crash_once_marker: If this file does not exist, create it and kill the process in the
+            middle of the next unit (simulates an actor dying once).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 512,
+        seconds_per_unit: float = 0.0,
+        max_prompt_chars: int = 10_000,
+        log_path: str | None = None,
+        crash_once_marker: str | None = None,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.seconds_per_unit = seconds_per_unit
+        self.max_prompt_chars = max_prompt_chars
+        self.log_path = log_path
+        self.crash_once_marker = crash_once_marker
+
+    def generate(self, unit: WorkUnit) -> RawUnit:
+        """Draw fake completions from each item's seed."""
+        started = time.perf_counter()
+        if self.log_path:
+            with open(self.log_path, "a") as fh:
+                fh.write(f"{unit.unit_id} {os.getpid()}\n")
+        if self.crash_once_marker:
+            try:
+                fd = os.open(self.crash_once_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.close(fd)
+                os._exit(1)
+        prompts = render_prompts(unit, None, False)
+        s = unit.sampling
+        k = int(s["logprobs"])
+        completions: list[list[Completion] | None] = []
+        errors: list[str | None] = []
+        for prompt, seed in zip(prompts, unit.seeds):
+            if len(prompt) > self.max_prompt_chars:
+                completions.append(None)
+                errors.append(
+                    f"prompt has {len(prompt)} chars; the limit is {self.max_prompt_chars}"
+                )
+                continue
+            samples = []
+            for j in range(int(s["n"])):
+                rng = np.random.default_rng(seed + j)
+                length = int(rng.integers(1, int(s["max_tokens"]) + 1))
+                tokens = rng.integers(3, self.vocab_size, size=length).tolist()
+                lps = (-rng.exponential(1.0, size=(length, k + 1))).astype(np.float32)
+                alts = rng.integers(3, self.vocab_size, size=(length, k))
+                entry_tokens = np.concatenate([np.asarray(tokens)[:, None], alts], axis=1).ravel()
+                samples.append(
+                    Completion(
+                        tokens,
+                        entry_tokens.tolist(),
+                        lps.ravel().tolist(),
+                        list(range(0, length * (k + 1), k + 1)),
+                        float(lps[:, 0].sum()),
+                        "length" if length == int(s["max_tokens"]) else "stop",
+                    )
+                )
+            completions.append(samples)
+            errors.append(None)
+        if self.seconds_per_unit:
+            time.sleep(self.seconds_per_unit)
+        return RawUnit(
+            prompt_texts=prompts,
+            prompt_tokens=[len(p.split()) for p in prompts],
+            completions=completions,
+            errors=errors,
+            gen_seconds=time.perf_counter() - started,
+        )
+
+    def to_table(self, unit: WorkUnit, raw: RawUnit) -> pa.Table:
+        """Decode fake texts ("t<id>" words) and assemble the rows."""
+
+        def batch_decode(ids: list[list[int]]) -> list[str]:
+            return [" ".join(f"t{t}" for t in seq) for seq in ids]
+
+        texts, comps = decode_rows(unit, raw, batch_decode, lambda ids: batch_decode([ids])[0])
+        return build_table(unit, raw, texts, comps)
+
+    def close(self) -> None:
+        """Nothing to free."""
