@@ -1,10 +1,24 @@
-"""The data contract (docs/method.md §8): Arrow schemas shared by the engine and the analysis.
+"""The data contract (docs/method.md §8), defined once and imported by the engine and the analysis.
 
-Defined once here and imported by both sides. Every file written carries schema metadata:
-schema version, run id and the config hash of the stage that wrote it (`with_metadata`).
+- Arrow schemas of the generations and the scored run, and the polars dtypes derived from them
+  (`polars_dtypes`). Every file written carries schema metadata: schema version, run id and the
+  config hash of the stage that wrote it (`with_metadata`).
+- `RunLayout`: the name of every file and folder of a run / study directory.
+- How those files are written and identified: `atomic_write` (all or nothing, fsynced) and
+  `content_hash` (the key of a stage's inputs and settings).
 """
 
 from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -41,7 +55,7 @@ SENTENCES = pa.schema(
 )
 
 # Keys that identify a response; `prompt` may be absent from user files (one prompt).
-RESPONSE_KEY = ("model", "task", "split", "prompt", "item_id")
+RESPONSE_KEY = tuple(RESPONSES.names[:5])
 
 # ---- generations (engine output; one row per item x sample) -----------------------------------
 
@@ -77,3 +91,161 @@ def with_metadata(schema: pa.Schema, run_id: str, config_hash: str, **extra: str
     meta = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "config_hash": config_hash}
     meta.update(extra)
     return schema.with_metadata({k: str(v) for k, v in meta.items()})
+
+
+def polars_dtypes(schema: pa.Schema, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The polars dtype of every column of an Arrow schema, in the schema's order.
+
+    Args:
+        schema: One of the contract's schemas.
+        exclude: Columns to leave out (e.g. those a reader does not use).
+
+    Returns:
+        Column name -> polars dtype (`pl.String` for `pa.string()`, `pl.Int32`, ...).
+    """
+    import polars as pl  # the generation engine's hot path does not need polars
+
+    skip = set(exclude)
+    frame = pl.from_arrow(schema.empty_table())
+    return {name: dtype for name, dtype in frame.schema.items() if name not in skip}
+
+
+# ---- run directory ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of a run / study directory (class attributes are the names, relative to it).
+
+    Generation (`engine.generate.store`) writes `run.json`, `manifest.json`, `summary.json`, `.lock`,
+    `shards/` and `done/`; scoring writes `stages/<stage>/` and `scored/`; a study adds
+    `study.json`, `tasks/`, `analysis/` and `report.html`.
+
+    Args:
+        root: The directory.
+    """
+
+    root: Path
+
+    RUN: ClassVar[str] = "run.json"
+    MANIFEST: ClassVar[str] = "manifest.json"
+    SUMMARY: ClassVar[str] = "summary.json"
+    LOCK: ClassVar[str] = ".lock"
+    SHARDS: ClassVar[str] = "shards"
+    DONE: ClassVar[str] = "done"
+    STAGES: ClassVar[str] = "stages"
+    STAGE_DONE: ClassVar[str] = "done.json"
+    STAGE_ERRORS: ClassVar[str] = "errors.jsonl"
+    SCORED: ClassVar[str] = "scored"
+    SCORE_RECORD: ClassVar[str] = "score.json"
+    CANONICAL_MAP: ClassVar[str] = "canonical_map.json"
+    STUDY: ClassVar[str] = "study.json"
+    TASKS: ClassVar[str] = "tasks"
+    ANALYSIS: ClassVar[str] = "analysis"
+    METRICS: ClassVar[str] = "metrics.json"
+    MIC: ClassVar[str] = "mic.parquet"
+    COMPARISONS: ClassVar[str] = "comparisons.parquet"
+    REPORT: ClassVar[str] = "report.html"
+    TEMP_MARK: ClassVar[str] = ".partial-"  # in the name of a file being written (`atomic_write`)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def run_record(self) -> Path:
+        return self.root / self.RUN
+
+    @property
+    def stages(self) -> Path:
+        return self.root / self.STAGES
+
+    def stage(self, name: str) -> Path:
+        """The directory of scoring stage `name`."""
+        return self.root / self.STAGES / name
+
+    def stage_done(self, name: str) -> Path:
+        return self.stage(name) / self.STAGE_DONE
+
+    def stage_errors(self, name: str) -> Path:
+        return self.stage(name) / self.STAGE_ERRORS
+
+    @property
+    def scored(self) -> Path:
+        return self.root / self.SCORED
+
+    def scored_table(self, name: str) -> Path:
+        """`scored/<name>.parquet` (name: "responses" or "sentences")."""
+        return self.scored / f"{name}.parquet"
+
+    @property
+    def score_record(self) -> Path:
+        return self.scored / self.SCORE_RECORD
+
+    @property
+    def canonical_map(self) -> Path:
+        return self.scored / self.CANONICAL_MAP
+
+    @property
+    def study(self) -> Path:
+        return self.root / self.STUDY
+
+    def task_file(self, name: str) -> Path:
+        """`tasks/<name>.jsonl`, a study's prepared task file."""
+        return self.root / self.TASKS / f"{name}.jsonl"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / self.ANALYSIS
+
+    @property
+    def report(self) -> Path:
+        return self.root / self.REPORT
+
+
+# ---- writing and identifying files --------------------------------------------------------------
+
+
+def atomic_write(path: str | Path, data: bytes | str | Callable[[str], Any]) -> None:
+    """Write a local file so that readers see all of it or nothing, and it survives a crash.
+
+    The data goes to a temp file beside `path` (named with `RunLayout.TEMP_MARK`), which is
+    fsynced and renamed over `path`; the directory is fsynced so the rename is durable too. A
+    failed write (disk full) removes its temp file.
+
+    Args:
+        path: The target file; its directory is created.
+        data: Bytes, text (UTF-8), or a function that writes the file at the path it is given
+            (e.g. `lambda p: df.write_parquet(p)`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}{RunLayout.TEMP_MARK}{uuid.uuid4().hex[:8]}"
+    try:
+        if callable(data):
+            data(tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        else:
+            with open(tmp, "wb") as fh:
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def content_hash(data: Any) -> str:
+    """SHA-256 of the canonical JSON of `data` (sorted keys, compact, `str` for other types).
+
+    The key of a stage's inputs and settings: equal data give equal keys across runs and machines.
+    """
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

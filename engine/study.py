@@ -20,7 +20,6 @@ generation run's identity (in `DIR/study.json`): changing a judge re-scores with
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import json
 import sys
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.contract import RunLayout, atomic_write, content_hash
 from engine.errors import UserError
 from engine.tasks.sources import parse_source
 
@@ -53,10 +53,6 @@ def demo_spec() -> Path:
     from importlib import resources
 
     return Path(str(resources.files("engine") / "data" / "configs" / "demo.toml"))
-
-
-def _hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _log(message: str) -> None:
@@ -127,7 +123,7 @@ def prepare_study(
                 answer_types.setdefault(entry.get("name", ""), declared)
             continue
         name = entry.get("name") or src_name
-        target = out_dir / "tasks" / f"{name}.jsonl"
+        target = RunLayout(out_dir).task_file(name)
         sidecar = target.with_suffix(".source.json")
         wanted = {k: v for k, v in entry.items() if k != "path"} | {"path": entry.get("path")}
         record = json.loads(sidecar.read_text()) if sidecar.is_file() else None
@@ -345,7 +341,7 @@ def run_study(
         "judges": settings.__dict__,
         **{"analysis": study["analysis"]},
     }
-    (out_dir / "study.json").write_text(json.dumps(study_record, indent=2, default=str))
+    atomic_write(RunLayout(out_dir).study, json.dumps(study_record, indent=2, default=str))
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -500,17 +496,17 @@ def run_analysis(
     """`metrics.analyze(DIR/scored, out=DIR/analysis)`, skipped when done for this scored run."""
     from metrics.analyze import analyze
 
-    out = study_dir / "analysis"
+    out = RunLayout(study_dir).analysis
     accepted = set(inspect.signature(analyze).parameters)
     options = {k: v for k, v in analysis.items() if k in accepted}
-    key = _hash([scored_key, options])
+    key = content_hash([scored_key, options])
     marker = out / ".study-done.json"
     if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
-        if (out / "metrics.json").is_file():
+        if (out / RunLayout.METRICS).is_file():
             if log:
                 _log("study: analysis already done (skipped)")
             return out
-    analyze(str(study_dir / "scored"), out=str(out), **options)
+    analyze(str(RunLayout(study_dir).scored), out=str(out), **options)
     marker.write_text(json.dumps({"key": key, "options": options}))
     if log:
         _log(f"study: analysis written to {out}")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from engine.contract import RunLayout, atomic_write
 from engine.errors import UserError
 from metrics.bootstrap import bca_interval, mean_acceleration, percentile_interval
 from metrics.bootstrap._validate import check_level, check_method, check_n_boot, check_scheme
@@ -245,24 +244,6 @@ def _mic_table(
     return pl.DataFrame(cols, schema=schema).with_columns(pl.col(pl.Float64).fill_nan(None))
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temp file in the same directory, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs are ordinary files
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def check_split_names(responses: pl.DataFrame, ref_split: str, eval_split: str) -> None:
     """Refuse a split name that no task has (a typo would silently auto-split every task).
 
@@ -467,10 +448,10 @@ def analyze(
     if out is not None:
         out_dir = Path(out)
         text = json.dumps(doc, indent=2, allow_nan=False)
-        _write_atomic(out_dir / "metrics.json", lambda p: Path(p).write_text(text))
-        _write_atomic(out_dir / "mic.parquet", lambda p: mic_table.write_parquet(p))
+        atomic_write(out_dir / RunLayout.METRICS, text)
+        atomic_write(out_dir / RunLayout.MIC, lambda p: mic_table.write_parquet(p))
         if comparisons is not None:
-            _write_atomic(out_dir / "comparisons.parquet", lambda p: comparisons.write_parquet(p))
+            atomic_write(out_dir / RunLayout.COMPARISONS, lambda p: comparisons.write_parquet(p))
     return AnalysisResult(doc, mic_table, out_dir, comparisons)
 
 

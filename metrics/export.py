@@ -23,6 +23,7 @@ from typing import Any
 
 import polars as pl
 
+from engine.contract import RunLayout
 from engine.errors import UserError
 
 FORMATS = ("jsonl", "parquet")
@@ -73,7 +74,7 @@ def _manifest_shards(run_dir: Path) -> list[Path] | None:
         return None
     try:
         units = json.loads(path.read_text(encoding="utf-8")).get("units", [])
-        shards = [run_dir / "shards" / u["shard"] for u in units]
+        shards = [run_dir / RunLayout.SHARDS / u["shard"] for u in units]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return [p for p in shards if p.is_file()]
@@ -100,7 +101,7 @@ def find_tables(run_dir: str | Path, exclude: Path | None = None) -> list[Table]
         )
     excluded = exclude.resolve() if exclude is not None else None
     tables: list[Table] = []
-    shards_dir = root / "shards"
+    shards_dir = root / RunLayout.SHARDS
     if shards_dir.is_dir():
         listed = _manifest_shards(root)
         shards = (
@@ -120,7 +121,7 @@ def find_tables(run_dir: str | Path, exclude: Path | None = None) -> list[Table]
         if any(part in SKIP_DIRS or part.startswith(".") for part in rel.parts[:-1]):
             continue
         resolved = path.resolve()
-        if rel.parts[0] == "shards" or any(
+        if rel.parts[0] == RunLayout.SHARDS or any(
             resolved.is_relative_to(d) for d in ([excluded] if excluded else []) + list(previous)
         ):
             continue
@@ -162,9 +163,9 @@ def _metadata(table: Table, run_dir: Path) -> dict[str, str]:
             }
         except (pl.exceptions.PolarsError, OSError):
             meta = {}
-    if "run_id" not in meta and (run_dir / "run.json").is_file():
+    if "run_id" not in meta and (run_dir / RunLayout.RUN).is_file():
         try:
-            run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+            run = json.loads((run_dir / RunLayout.RUN).read_text(encoding="utf-8"))
             meta.setdefault("run_id", str(run.get("run_id", "")))
             meta.setdefault("config_hash", str(run.get("hash", "")))
         except (OSError, ValueError, AttributeError):

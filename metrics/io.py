@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from engine.contract import NO_HEDGE
+from engine.contract import NO_HEDGE, RESPONSES, SENTENCES, polars_dtypes
 from engine.errors import UserError
 from metrics import kernels
 
@@ -34,26 +34,10 @@ FORMATS = {
     ".ndjson": "jsonl",
 }
 
-RESPONSE_COLUMNS = {
-    "model": pl.String,
-    "task": pl.String,
-    "split": pl.String,
-    "prompt": pl.String,
-    "item_id": pl.String,
-    "correct": pl.Boolean,
-    "n_sentences": pl.Int32,
-}
-SENTENCE_COLUMNS = {
-    "model": pl.String,
-    "task": pl.String,
-    "split": pl.String,
-    "prompt": pl.String,
-    "item_id": pl.String,
-    "sentence_idx": pl.Int32,
-    "marker": pl.String,
-    "confidence": pl.Float64,
-    "decisiveness": pl.Float64,
-}
+# The contract's columns as polars dtypes, derived from its Arrow schemas (`raw_marker` is part of
+# the contract but the analysis does not read it).
+RESPONSE_COLUMNS = polars_dtypes(RESPONSES)
+SENTENCE_COLUMNS = polars_dtypes(SENTENCES, exclude=("raw_marker",))
 # Columns a user file may leave out, with the value they take.
 OPTIONAL_DEFAULTS = {
     "prompt": "default",

@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from engine.contract import RunLayout
 from engine.errors import UserError
 from metrics.summary import HEADLINE, MARCON
 
 NO_INTERVAL = "no interval (run with --bootstrap B)"
-ANALYSIS_SUBDIRS = ("analysis",)
+ANALYSIS_SUBDIRS = (RunLayout.ANALYSIS,)
 MIC_COLUMNS = ("model", "task", "marker", "count", "mic")
 ALPHA = 0.05
 
@@ -110,7 +111,7 @@ class ReportInputs:
 
 
 def _looks_like_generation_run(d: Path) -> bool:
-    return (d / "run.json").is_file() or (d / "shards").is_dir()
+    return (d / RunLayout.RUN).is_file() or (d / RunLayout.SHARDS).is_dir()
 
 
 def _looks_like_scored_run(d: Path) -> bool:
@@ -139,7 +140,7 @@ def find_analysis_dir(run_dir: str | Path) -> Path:
             "pass the directory given to `mic analyze --out` (it holds metrics.json)",
         )
     for cand in (d, *(d / s for s in ANALYSIS_SUBDIRS)):
-        if (cand / "metrics.json").is_file():
+        if (cand / RunLayout.METRICS).is_file():
             return cand
     if _looks_like_generation_run(d):
         raise UserError(
@@ -197,14 +198,14 @@ def load_inputs(run_dir: str | Path) -> ReportInputs:
     """
     run_dir = Path(run_dir)
     adir = find_analysis_dir(run_dir)
-    files = [adir / "metrics.json"]
-    metrics = _read_json(adir / "metrics.json") or {}
+    files = [adir / RunLayout.METRICS]
+    metrics = _read_json(adir / RunLayout.METRICS) or {}
     if not isinstance(metrics.get("models"), dict):
         raise UserError(
-            f'{adir / "metrics.json"} has no "models" object; it was not written by `mic analyze`',
+            f'{adir / RunLayout.METRICS} has no "models" object; it was not written by `mic analyze`',
             f"re-run `mic analyze SCORED --out {adir}`",
         )
-    mic = _read_parquet(adir / "mic.parquet")
+    mic = _read_parquet(adir / RunLayout.MIC)
     if mic is not None:
         missing = [c for c in MIC_COLUMNS if c not in mic.columns]
         if missing:
@@ -214,24 +215,26 @@ def load_inputs(run_dir: str | Path) -> ReportInputs:
             )
         if "prompt" not in mic.columns:  # one prompt, as in a scored run without the column
             mic = mic.with_columns(pl.lit("default").alias("prompt"))
-    comparisons = _read_parquet(adir / "comparisons.parquet")
-    files += [p for p in (adir / "mic.parquet", adir / "comparisons.parquet") if p.is_file()]
+    comparisons = _read_parquet(adir / RunLayout.COMPARISONS)
+    files += [p for p in (adir / RunLayout.MIC, adir / RunLayout.COMPARISONS) if p.is_file()]
     summary = run = None
     # A generation run sits beside its analysis: in RUN_DIR, or the parent of RUN_DIR/analysis.
     # (`mic study` writes DIR/run.json, DIR/summary.json and DIR/analysis/.)
-    near = list(dict.fromkeys([run_dir, adir, adir.parent if adir.name == "analysis" else adir]))
+    near = list(
+        dict.fromkeys([run_dir, adir, adir.parent if adir.name == RunLayout.ANALYSIS else adir])
+    )
     for d in near:
-        if summary is None and (d / "summary.json").is_file():
-            summary = _read_json(d / "summary.json")
-            files.append(d / "summary.json")
-        if run is None and (d / "run.json").is_file():
-            run = _read_json(d / "run.json")
-            files.append(d / "run.json")
+        if summary is None and (d / RunLayout.SUMMARY).is_file():
+            summary = _read_json(d / RunLayout.SUMMARY)
+            files.append(d / RunLayout.SUMMARY)
+        if run is None and (d / RunLayout.RUN).is_file():
+            run = _read_json(d / RunLayout.RUN)
+            files.append(d / RunLayout.RUN)
     study = None
     for d in near:
-        if study is None and (d / "study.json").is_file():
-            study = _read_json(d / "study.json")
-            files.append(d / "study.json")
+        if study is None and (d / RunLayout.STUDY).is_file():
+            study = _read_json(d / RunLayout.STUDY)
+            files.append(d / RunLayout.STUDY)
     return ReportInputs(run_dir, adir, metrics, mic, comparisons, summary, run, files, study)
 
 
@@ -1196,7 +1199,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     from metrics.guards import check_output_file
 
-    path = check_output_file(out if out is not None else Path(run_dir) / "report.html")
+    path = check_output_file(out if out is not None else Path(run_dir) / RunLayout.REPORT)
     inputs = load_inputs(run_dir)
     page = render_report(inputs)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.cluster import init_ray
 from engine.config.sweep import ModelSpec, SweepSpec
+from engine.contract import RunLayout
 from engine.errors import UserError
 from engine.generate.backends.base import STOP_STRING_MODE
 from engine.generate.backends.vllm import ENGINE_ENV, check_model_available, hub_env
@@ -602,10 +603,10 @@ def write_summary(
 ) -> dict[str, Any]:
     """Write `summary.json` (keeping the previous figures when nothing ran) and return it."""
     summary = _summary(spec, store, stats, manifest, failed, seconds)
-    previous = store.read_json("summary.json") or {}
+    previous = store.read_json(RunLayout.SUMMARY) or {}
     if not stats and previous.get("config_hash") == spec.hash:
         summary["models"] = previous.get("models", {})  # nothing ran: keep the figures
-    store.write_json("summary.json", summary)
+    store.write_json(RunLayout.SUMMARY, summary)
     return summary
 
 

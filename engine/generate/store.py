@@ -35,10 +35,11 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
 from engine.config.sweep import SweepSpec
+from engine.contract import RunLayout, atomic_write
 from engine.errors import UserError
 
-SHARDS = "shards"
-DONE = "done"
+SHARDS = RunLayout.SHARDS
+DONE = RunLayout.DONE
 
 # A lock file without a pid older than this is taken over (see RunStore._check_stale_lock).
 STALE_EMPTY_LOCK_SECONDS = 10.0
@@ -128,23 +129,8 @@ class RunStore:
         """Write a file so that readers see all of it or nothing (fsync + rename on local disks)."""
         target = self.path(rel)
         if self.is_local:
-            tmp = f"{target}.partial-{uuid.uuid4().hex[:8]}"
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                # A failed write (disk full) must not leave its partial file eating the space.
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            dir_fd = os.open(os.path.dirname(target), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            # Removes its temp file when the write fails (disk full must not leave it eating space).
+            atomic_write(target, data)
         else:  # an object-store put is atomic
             with self.fs.open_output_stream(target) as out:
                 out.write(data)
@@ -285,7 +271,7 @@ class RunStore:
         removed = []
         for sub in (SHARDS, DONE):
             for name in self.list_names(sub):
-                stale = (".partial-" in name) or (sub == SHARDS and name not in keep)
+                stale = (RunLayout.TEMP_MARK in name) or (sub == SHARDS and name not in keep)
                 if stale:
                     self.fs.delete_file(self.path(sub, name))
                     removed.append(f"{sub}/{name}")
@@ -313,12 +299,12 @@ class RunStore:
             "rows": sum(u["rows"] for u in units),
             "units": units,
         }
-        self.write_json("manifest.json", manifest)
+        self.write_json(RunLayout.MANIFEST, manifest)
         return manifest
 
     def shard_paths(self) -> list[str]:
         """Return the filesystem paths of the shards listed in the manifest."""
-        manifest = self.read_json("manifest.json") or {"units": []}
+        manifest = self.read_json(RunLayout.MANIFEST) or {"units": []}
         return [self.path(SHARDS, u["shard"]) for u in manifest["units"]]
 
     # ---- run identity ----------------------------------------------------------------------------
@@ -337,7 +323,7 @@ class RunStore:
         Raises:
             UserError: The stored spec differs and `new_run` is false; the differing keys are named.
         """
-        stored = self.read_json("run.json")
+        stored = self.read_json(RunLayout.RUN)
         record = {
             "run_id": spec.run_id,
             "hash": spec.hash,
@@ -346,7 +332,7 @@ class RunStore:
         }
         if stored is None:
             self.ensure_dirs()
-            self.write_json("run.json", record)
+            self.write_json(RunLayout.RUN, record)
             return "new"
         if stored.get("hash") == spec.hash:
             self.ensure_dirs()
@@ -361,7 +347,7 @@ class RunStore:
             )
         old = f"superseded/{str(stored.get('hash', 'unknown'))[:12]}"
         self.fs.create_dir(self.path(old), recursive=True)
-        for name in ("run.json", "manifest.json", "summary.json"):
+        for name in (RunLayout.RUN, RunLayout.MANIFEST, RunLayout.SUMMARY):
             if self.read_bytes(name) is not None:
                 self.fs.move(self.path(name), self.path(old, name))
         for sub in (SHARDS, DONE):
@@ -369,7 +355,7 @@ class RunStore:
                 if self.fs.get_file_info(self.path(sub)).type == pafs.FileType.Directory:
                     self.fs.move(self.path(sub), self.path(old, sub))
         self.ensure_dirs()
-        self.write_json("run.json", record)
+        self.write_json(RunLayout.RUN, record)
         return "replaced"
 
     # ---- lock ------------------------------------------------------------------------------------
@@ -388,7 +374,7 @@ class RunStore:
             "since": time.time(),
             "start_ticks": _process_start_ticks(os.getpid()),
         }
-        lock = self.path(".lock")
+        lock = self.path(RunLayout.LOCK)
         if self.is_local:
             for _ in range(2):
                 try:
@@ -408,9 +394,9 @@ class RunStore:
             else:  # pragma: no cover - the stale check either raises or removes the lock
                 raise UserError(f"cannot lock {lock}")
         else:
-            if self.read_bytes(".lock") is not None:
+            if self.read_bytes(RunLayout.LOCK) is not None:
                 self._check_stale_lock()
-            self.write_json(".lock", me)
+            self.write_json(RunLayout.LOCK, me)
         try:
             yield
         finally:
@@ -418,15 +404,15 @@ class RunStore:
                 self.fs.delete_file(lock)
 
     def _check_stale_lock(self) -> None:
-        holder = self.read_json(".lock")
+        holder = self.read_json(RunLayout.LOCK)
         if not isinstance(holder, dict) or "pid" not in holder:
             # Empty or torn: its writer died between creating and filling it (a live writer
             # fills it within microseconds), so after a grace period it holds nothing.
-            info = self.fs.get_file_info(self.path(".lock"))
+            info = self.fs.get_file_info(self.path(RunLayout.LOCK))
             age = time.time() - info.mtime.timestamp() if info.mtime else 0.0
             if info.type == pafs.FileType.NotFound or age > STALE_EMPTY_LOCK_SECONDS:
                 with contextlib.suppress(OSError):
-                    self.fs.delete_file(self.path(".lock"))
+                    self.fs.delete_file(self.path(RunLayout.LOCK))
                 return
             holder = {}
         pid, host = holder.get("pid"), holder.get("host")
@@ -436,7 +422,7 @@ class RunStore:
             reused = recorded is not None and now is not None and recorded != now
             if reused or not _pid_alive(pid):
                 with contextlib.suppress(OSError):
-                    self.fs.delete_file(self.path(".lock"))
+                    self.fs.delete_file(self.path(RunLayout.LOCK))
                 return
         raise UserError(
             f"output directory {self.location} is locked by another run (pid {pid} on {host})",

@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from engine.contract import RunLayout
 from engine.errors import UserError
 from engine.generate.store import DONE, SHARDS, DoneRecord, RunStore
 
@@ -145,7 +146,7 @@ def _plan(store: RunStore) -> tuple[str, list[Any]]:
     from engine.config.sweep import validate
     from engine.generate.units import plan_units
 
-    stored = store.read_json("run.json")
+    stored = store.read_json(RunLayout.RUN)
     if not isinstance(stored, dict) or "full" not in stored:
         raise UserError(
             f"{store.location}: no readable run.json, so this is not a run directory",
@@ -184,9 +185,9 @@ def verify_run(location: str, check_duplicates: bool = True) -> VerifyReport:
     planned = {u.unit_id for u in units}
     shard_names = store.list_names(SHARDS)
     done_names = store.list_names(DONE)
-    temp = [f"{SHARDS}/{n}" for n in shard_names if ".partial-" in n]
-    temp += [f"{DONE}/{n}" for n in done_names if ".partial-" in n]
-    shards = {n for n in shard_names if ".partial-" not in n}
+    temp = [f"{SHARDS}/{n}" for n in shard_names if RunLayout.TEMP_MARK in n]
+    temp += [f"{DONE}/{n}" for n in done_names if RunLayout.TEMP_MARK in n]
+    shards = {n for n in shard_names if RunLayout.TEMP_MARK not in n}
     records = {n[: -len(".json")] for n in done_names if n.endswith(".json")}
 
     def temps_of(unit_id: str) -> list[str]:
@@ -258,13 +259,13 @@ def verify_run(location: str, check_duplicates: bool = True) -> VerifyReport:
         dups = keys.group_by(list(ROW_KEY)).len("count").filter(pl.col("count") > 1)
         report.duplicate_rows = dups.sort(list(ROW_KEY)).head(20).to_dicts()
     report.manifest_problems = _manifest_problems(store, states)
-    lock = store.read_json(".lock")
+    lock = store.read_json(RunLayout.LOCK)
     report.lock = lock if isinstance(lock, dict) else None
     return report
 
 
 def _manifest_problems(store: RunStore, states: list[UnitState]) -> list[str]:
-    manifest = store.read_json("manifest.json")
+    manifest = store.read_json(RunLayout.MANIFEST)
     if manifest is None:
         return ["manifest.json is missing or unreadable (a resume rebuilds it)"]
     listed = {u.get("unit_id"): u for u in manifest.get("units", []) if isinstance(u, dict)}

@@ -25,11 +25,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,16 @@ import pyarrow as pa
 import pyarrow.ipc  # noqa: F401  (pa.ipc)
 import pyarrow.parquet as pq
 
-from engine.contract import NO_HEDGE, RESPONSES, SENTENCES, with_metadata
+from engine.contract import (
+    NO_HEDGE,
+    RESPONSE_KEY,
+    RESPONSES,
+    SENTENCES,
+    RunLayout,
+    atomic_write,
+    content_hash,
+    with_metadata,
+)
 from engine.errors import StageFailed, UserError, redact_url
 from engine.score.judges.vllm import CallFailure
 
@@ -49,7 +57,7 @@ EXTRACT_MODES = ("lexicon", "llm")
 CONFIDENCE_MODES = ("consistency-logprob", "consistency-sampled", "token_prob")
 CORRECTNESS_MODES = ("rule", "llm")
 DECISIVENESS_MODES = ("llm", "none")
-RESPONSE_COLS = ["model", "task", "split", "prompt", "item_id"]
+RESPONSE_COLS = list(RESPONSE_KEY)
 SENTENCE_COLS = [*RESPONSE_COLS, "sentence_idx"]
 
 # Judge engine defaults for the built-in tiny model (float32, no compile: fast start on CPU).
@@ -174,30 +182,12 @@ def settings_from(*layers: Mapping[str, Any] | None, source: str = "[judges]") -
 # ---- stage bookkeeping ---------------------------------------------------------------------------
 
 
-def _hash(data: Any) -> str:
-    return hashlib.sha256(
-        json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
-    ).hexdigest()
-
-
 def _write_parquet(df: pl.DataFrame, path: Path, schema: pa.Schema | None = None) -> None:
-    """Write atomically (temp name, fsync, rename) so a reader never sees a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write a table atomically (a reader never sees a torn file), cast to `schema` if given."""
     table = df.to_arrow()
     if schema is not None:
         table = table.select(schema.names).cast(schema)
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 class Stage:
@@ -211,7 +201,7 @@ class Stage:
     """
 
     def __init__(self, run_dir: Path, name: str, key: str, log: bool = True) -> None:
-        self.dir = run_dir / "stages" / name
+        self.dir = RunLayout(run_dir).stage(name)
         self.name = name
         self.key = key
         self.log = log
@@ -222,7 +212,7 @@ class Stage:
 
     def done(self) -> bool:
         """Whether the stage finished with this key (and its outputs exist)."""
-        marker = self.dir / "done.json"
+        marker = self.dir / RunLayout.STAGE_DONE
         if not marker.is_file():
             return False
         record = json.loads(marker.read_text())
@@ -272,7 +262,7 @@ class Stage:
         if not self.calls or self.failed_share() <= max_failed_share:
             return
         ledger = "".join(json.dumps(e, default=str) + "\n" for e in self.errors)
-        _write_text(self.dir / "errors.jsonl", ledger)
+        atomic_write(self.dir / RunLayout.STAGE_ERRORS, ledger)
         causes: list[str] = []
         for entry in self.errors:
             cause = str(entry.get("error", ""))[:120]
@@ -285,7 +275,7 @@ class Stage:
             f"({self.failed_share():.0%} > the allowed {max_failed_share:.0%}); first causes: "
             + "; ".join(repr(c) for c in causes),
             f"fix the judge (endpoint, key, model, max_model_len) and re-run the same command "
-            f"(finished batches are kept; see {self.dir / 'errors.jsonl'}), or raise "
+            f"(finished batches are kept; see {self.dir / RunLayout.STAGE_ERRORS}), or raise "
             "--max-failed-share",
         )
 
@@ -307,7 +297,7 @@ class Stage:
         for name, df in outputs.items():
             _write_parquet(df, self.dir / f"{name}.parquet")
         ledger = "".join(json.dumps(e, default=str) + "\n" for e in self.errors)
-        _write_text(self.dir / "errors.jsonl", ledger)
+        atomic_write(self.dir / RunLayout.STAGE_ERRORS, ledger)
         record = {
             "key": self.key,
             "outputs": sorted(outputs),
@@ -320,7 +310,7 @@ class Stage:
             "seconds": round(time.perf_counter() - self.started, 3),
             **dict(info),
         }
-        _write_text(self.dir / "done.json", json.dumps(record, indent=2))
+        atomic_write(self.dir / RunLayout.STAGE_DONE, json.dumps(record, indent=2))
         if self.log:
             extra = f", {len(self.errors)} items in errors.jsonl" if self.errors else ""
             if self.calls:
@@ -361,7 +351,7 @@ class Stage:
             t0 = time.perf_counter()
             df = compute(start, min(start + batch_size, n_items))
             _write_parquet(df, path)
-            _write_text(ledger, json.dumps(self.errors[before:], default=str))
+            atomic_write(ledger, json.dumps(self.errors[before:], default=str))
             frames.append(df)
             if self.log:
                 stop = min(start + batch_size, n_items)
@@ -416,8 +406,8 @@ def load_run(run_dir: str | Path, with_logprobs: bool = False) -> RunInputs:
 
     run_dir = Path(run_dir)
     store = RunStore(str(run_dir))
-    stored = store.read_json("run.json")
-    manifest = store.read_json("manifest.json")
+    stored = store.read_json(RunLayout.RUN)
+    manifest = store.read_json(RunLayout.MANIFEST)
     if stored is None or manifest is None:
         raise UserError(
             f"{run_dir}: not a finished run directory (no run.json / manifest.json)",
@@ -446,7 +436,7 @@ def load_run(run_dir: str | Path, with_logprobs: bool = False) -> RunInputs:
             )
         table = pa.ipc.open_file(pa.BufferReader(data)).read_all().select(columns)
         frames.append(pl.from_arrow(table))
-    key = _hash([(u["unit_id"], u["sha256"]) for u in manifest["units"]])
+    key = content_hash([(u["unit_id"], u["sha256"]) for u in manifest["units"]])
     return RunInputs(run_dir, stored["run_id"], stored["full"], pl.concat(frames), key)
 
 
@@ -496,7 +486,7 @@ def stage_sentences(inputs: RunInputs, settings: ScoreSettings, log: bool) -> St
     stage = Stage(
         inputs.run_dir,
         "sentences",
-        _hash(["sentences", STAGE_VERSION, inputs.key, settings.keep_please]),
+        content_hash(["sentences", STAGE_VERSION, inputs.key, settings.keep_please]),
         log,
     )
     if stage.done():
@@ -535,7 +525,7 @@ def stage_markers(
     from engine.score.rules.extract import markers_for_sentences
 
     llm = settings.extract == "llm"
-    key = _hash(
+    key = content_hash(
         ["markers", STAGE_VERSION, sentences.key, settings.extract]
         + ([settings.model, settings.judge_engine_args(), settings.chat] if llm else [])
     )
@@ -602,7 +592,7 @@ def stage_canonical(
     from engine.score.rules.canonical import build_canonical_map
 
     llm = settings.canonical == "llm"
-    key = _hash(
+    key = content_hash(
         ["canonical", STAGE_VERSION, markers.key, settings.canonical]
         + ([settings.model, settings.judge_engine_args(), settings.chat] if llm else [])
     )
@@ -653,7 +643,7 @@ def stage_confidence(
     )
     if mode == "consistency-sampled":
         judge_part += [settings.sampled_temperature, settings.seed]
-    key = _hash(["confidence", STAGE_VERSION, sentences.key, inputs.key, mode, *judge_part])
+    key = content_hash(["confidence", STAGE_VERSION, sentences.key, inputs.key, mode, *judge_part])
     stage = Stage(inputs.run_dir, "confidence", key, log)
     if stage.done():
         stage.skip_note()
@@ -883,9 +873,9 @@ def stage_correctness(
         if settings.correctness == "llm"
         else []
     )
-    key = _hash(
+    key = content_hash(
         ["correctness", STAGE_VERSION, sentences.key, settings.correctness, types, *judge_part]
-        + [_hash(sorted((t, sorted(i["items"].items())) for t, i in gold.items()))]
+        + [content_hash(sorted((t, sorted(i["items"].items())) for t, i in gold.items()))]
     )
     stage = Stage(inputs.run_dir, "correctness", key, log)
     if stage.done():
@@ -952,7 +942,7 @@ def stage_decisiveness(
     from engine.score.judges.vllm import RATING_WORDS, expected_rating
 
     llm = settings.decisiveness == "llm"
-    key = _hash(
+    key = content_hash(
         ["decisiveness", STAGE_VERSION, sentences.key, settings.decisiveness]
         + (
             [settings.model, settings.judge_engine_args(), settings.chat, settings.top_k]
@@ -1106,7 +1096,9 @@ def score_run(
     if unknown:
         raise UserError(f"--redo {unknown[0]!r} is not a stage", f"use one of {list(STAGE_NAMES)}")
     store = RunStore(str(run_dir))
-    if store.read_json("run.json") is None:  # not a run: let the scorer say so (and create nothing)
+    if (
+        store.read_json(RunLayout.RUN) is None
+    ):  # not a run: let the scorer say so (and create nothing)
         return _score_run(run_dir, settings, judge=judge, log=log)
     with store.locked():
         for name in redo:
@@ -1131,8 +1123,8 @@ def forget_stage(run_dir: Path, name: str) -> None:
     import shutil
 
     for stage in (name, *STAGE_DEPENDENTS.get(name, ())):
-        stage_dir = run_dir / "stages" / stage
-        (stage_dir / "done.json").unlink(missing_ok=True)
+        stage_dir = RunLayout(run_dir).stage(stage)
+        (stage_dir / RunLayout.STAGE_DONE).unlink(missing_ok=True)
         if stage == name:
             shutil.rmtree(stage_dir / "parts", ignore_errors=True)
 
@@ -1169,7 +1161,7 @@ def _score_run(
     run_dir = Path(run_dir)
     inputs = load_run(run_dir)
     if not isinstance(settings, ScoreSettings):
-        study = run_dir / "study.json"
+        study = RunLayout(run_dir).study
         study_judges = json.loads(study.read_text()).get("judges", {}) if study.is_file() else {}
         settings = settings_from(
             inputs.spec_full.get("judges", {}),
@@ -1188,9 +1180,9 @@ def _score_run(
     finally:
         pool.close()
     stages = [sentences, markers, canonical, confidence, correctness, decisiveness]
-    records = {s.name: json.loads((s.dir / "done.json").read_text()) for s in stages}
-    key = _hash([[s.key, records[s.name].get("completion")] for s in stages])
-    scored = run_dir / "scored"
+    records = {s.name: json.loads((s.dir / RunLayout.STAGE_DONE).read_text()) for s in stages}
+    key = content_hash([[s.key, records[s.name].get("completion")] for s in stages])
+    scored = RunLayout(run_dir).scored
     responses = (
         sentences.read("responses")
         .join(correctness.read().select(RESPONSE_COLS + ["correct"]), on=RESPONSE_COLS, how="left")
@@ -1222,13 +1214,14 @@ def _score_run(
     )
     scored.mkdir(parents=True, exist_ok=True)
     for name, table in (("responses", table_r), ("sentences", table_s)):
-        tmp = scored / f".{name}.parquet.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, scored / f"{name}.parquet")
+        atomic_write(
+            RunLayout(run_dir).scored_table(name),
+            lambda tmp, table=table: pq.write_table(table, tmp, compression="zstd"),
+        )
     maps: dict[str, dict[str, str]] = {}
     for model, raw, canon in mapping.rows():
         maps.setdefault(model, {})[raw] = canon
-    _write_text(scored / "canonical_map.json", json.dumps(maps, indent=2, sort_keys=True))
+    atomic_write(RunLayout(run_dir).canonical_map, json.dumps(maps, indent=2, sort_keys=True))
     errors = {s.name: int(records[s.name].get("errors", 0)) for s in stages}
     failed = {
         s.name: [
@@ -1237,8 +1230,8 @@ def _score_run(
         ]
         for s in stages
     }
-    _write_text(
-        scored / "score.json",
+    atomic_write(
+        RunLayout(run_dir).score_record,
         json.dumps(
             {
                 "key": key,
@@ -1260,11 +1253,3 @@ def _score_run(
         time.perf_counter() - started,
         failed,
     )
-
-
-def iter_ledger(run_dir: str | Path) -> Iterator[dict[str, Any]]:
-    """Every ledger row of every stage of a run (with its stage name)."""
-    for path in sorted(Path(run_dir, "stages").glob("*/errors.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                yield {"stage": path.parent.name, **json.loads(line)}
