@@ -69,7 +69,7 @@ def _hidden_or_temp(p: Path) -> bool:
 
 def _manifest_shards(run_dir: Path) -> list[Path] | None:
     """Shards the manifest lists (finished units only), or None without a usable manifest."""
-    path = run_dir / "manifest.json"
+    path = run_dir / RunLayout.MANIFEST
     if not path.is_file():
         return None
     try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.contract import RunLayout
+
 
 def _example(text: str) -> str:
     return "example:\n  " + text
@@ -109,9 +111,9 @@ def _run_analyze(args: argparse.Namespace) -> int:
             from metrics.summary import format_comparisons
 
             print("\n" + format_comparisons(result.comparisons))
-        written = ["metrics.json", "mic.parquet"]
+        written = [RunLayout.METRICS, RunLayout.MIC]
         if result.comparisons is not None:
-            written.append("comparisons.parquet")
+            written.append(RunLayout.COMPARISONS)
         print(f"\nwrote {', '.join(f'{result.out_dir}/{name}' for name in written)}")
     return 0
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.contract import RunLayout
 from engine.errors import UserError
 from engine.study import DEMO_NOTE, check_study_spec, plan_study, run_demo, run_study
 
@@ -193,7 +194,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     result = run_demo(args.out, progress=not args.quiet)
-    doc = json.loads((Path(result["analysis"]) / "metrics.json").read_text())
+    doc = json.loads((Path(result["analysis"]) / RunLayout.METRICS).read_text())
     print(format_summary(doc))
     print()
     _print_study(result)
