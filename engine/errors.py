@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can fix (bad config, bad input file, bad option)."""
+"""The one exception type for mistakes a user can fix (bad config, bad input file, bad option),
+the marker of a judge call that failed, and URL / secret redaction for messages."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ class StageFailed(UserError):
     """A stage that ran but failed too often to count as done (exit code 1: retry, not a typo)."""
 
     exit_code = 1
+
+
+class CallFailure(str):
+    """A judge call that produced no answer at all (server error, transport, rejected prompt).
+
+    Per-prompt results are strings when something went wrong; this subclass marks the ones where
+    the judge was never heard (as opposed to an answer without a readable verdict), so a stage
+    can count them and refuse to call itself done when too many failed.
+    """
 
 
 _SECRET_QUERY = ("key", "token", "secret", "password", "passwd", "signature", "sig", "auth")

@@ -50,7 +50,7 @@ from engine.contract import (
     with_metadata,
 )
 from engine.errors import StageFailed, UserError, redact_url
-from engine.score.judges.vllm import CallFailure
+from engine.errors import CallFailure
 
 STAGE_VERSION = "1"
 EXTRACT_MODES = ("lexicon", "llm")

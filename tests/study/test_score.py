@@ -191,7 +191,7 @@ class _DeadJudge(FakeJudge):
     """A judge whose server never answers: every call fails (as with an unreachable --judge-url)."""
 
     def next_token_logprobs(self, prompts):  # type: ignore[no-untyped-def]
-        from engine.score.judges.vllm import CallFailure
+        from engine.errors import CallFailure
 
         self.calls.append(list(prompts))
         return [CallFailure("gave up after 6 attempts: ConnectError") for _ in prompts]
@@ -228,7 +228,7 @@ def test_a_minority_of_failed_calls_is_reported_not_fatal(fresh_run: Path) -> No
 
     class _Flaky(FakeJudge):
         def next_token_logprobs(self, prompts):  # type: ignore[no-untyped-def]
-            from engine.score.judges.vllm import CallFailure
+            from engine.errors import CallFailure
 
             out = super().next_token_logprobs(prompts)
             return [CallFailure("HTTP 503") if i % 5 == 0 else o for i, o in enumerate(out)]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import UserError, redact_url, scrub
-from engine.score.judges.vllm import CallFailure
+from engine.errors import CallFailure
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 

@@ -19,20 +19,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from engine.errors import CallFailure  # the judges' failure marker (also used by the HTTP judge)
+
 # Next-token answer words; a token counts when its decoded text, stripped and lowercased, is one.
 YES, NO = "yes", "no"
 RATING_WORDS = tuple(str(k) for k in range(11))
 
 TopLogprobs = dict[int, float]
-
-
-class CallFailure(str):
-    """A judge call that produced no answer at all (server error, transport, rejected prompt).
-
-    Per-prompt results are strings when something went wrong; this subclass marks the ones where
-    the judge was never heard (as opposed to an answer without a readable verdict), so a stage
-    can count them and refuse to call itself done when too many failed.
-    """
 
 
 class Judge(Protocol):
