@@ -47,15 +47,12 @@ def main() -> int:
 
     import polars as pl
 
+    from engine.config.judges import TINY_JUDGE_ENGINE_ARGS
+    from engine.score.inputs import load_run
     from engine.score.judges.prompts import consistency_prompt
     from engine.score.judges.vllm import VLLMJudge
-    from engine.score.pipeline import (
-        SENTENCE_COLS,
-        TINY_JUDGE_ENGINE_ARGS,
-        consistency_logprob_values,
-        consistency_pairs,
-        load_run,
-    )
+    from engine.score.stage import SENTENCE_COLS
+    from engine.score.stages.confidence import consistency_logprob_values, consistency_pairs
 
     run_dir = Path(args.run_dir)
     sentences_file = run_dir / "stages" / "sentences" / "sentences.parquet"

@@ -192,8 +192,8 @@ def check_study_spec(path: str | Path, overrides: list[str] | None = None) -> di
     Raises:
         UserError: Any problem, naming the key.
     """
+    from engine.config.judges import settings_from
     from engine.config.sweep import apply_overrides, read_raw, validate
-    from engine.score.pipeline import settings_from
     from engine.tasks.registry import get_task
     from engine.tasks.samples import SAMPLE_TASKS
 
@@ -325,9 +325,10 @@ def run_study(
     Returns:
         Paths and timings: run, scored, analysis, report (or None), seconds per stage.
     """
+    from engine.config.judges import settings_from
     from engine.config.sweep import apply_overrides, read_raw, validate
     from engine.generate.runner import run_sweep
-    from engine.score.pipeline import score_run, settings_from
+    from engine.score.pipeline import score_run
 
     spec_path = Path(spec_path)
     out_dir = Path(out)

@@ -14,7 +14,7 @@ from engine.study import DEMO_NOTE, check_study_spec, plan_study, run_demo, run_
 
 
 def _judge_flags(p: argparse.ArgumentParser) -> None:
-    from engine.score.pipeline import (
+    from engine.config.judges import (
         CONFIDENCE_MODES,
         CORRECTNESS_MODES,
         DECISIVENESS_MODES,

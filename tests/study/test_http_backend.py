@@ -161,7 +161,7 @@ def test_http_judge_matches_transformers(vllm_server: str, tiny_dir: Path) -> No
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.score.judges.prompts import consistency_prompt
-    from engine.score.pipeline import consistency_logprob_values
+    from engine.score.stages.confidence import consistency_logprob_values
 
     judge = HTTPJudge(HTTPSettings(vllm_server, "tiny", api_key_env="", concurrency=4))
     from test_judge_engine import ASSERTIONS as assertions

@@ -26,8 +26,8 @@ ASSERTIONS = [
 @pytest.fixture(scope="module")
 def judge(tiny_dir: Path):
     """One in-process vLLM judge on the tiny model for this module."""
+    from engine.config.judges import TINY_JUDGE_ENGINE_ARGS
     from engine.score.judges.vllm import VLLMJudge
-    from engine.score.pipeline import TINY_JUDGE_ENGINE_ARGS
 
     j = VLLMJudge(str(tiny_dir), TINY_JUDGE_ENGINE_ARGS)
     yield j
@@ -40,7 +40,7 @@ def test_logprob_consistency_matches_transformers(judge, tiny_dir: Path) -> None
 
     from engine.score.judges.prompts import consistency_prompt
     from engine.score.judges.vllm import NO, YES
-    from engine.score.pipeline import consistency_logprob_values
+    from engine.score.stages.confidence import consistency_logprob_values
 
     prompts = [consistency_prompt(c, a) for c in CONTEXTS for a in ASSERTIONS]
     values = consistency_logprob_values(judge, prompts)

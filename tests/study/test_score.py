@@ -11,21 +11,18 @@ import pyarrow.parquet as pq
 import pytest
 from study_helpers import FakeJudge, fake_run
 
+from engine.config.judges import settings_from
 from engine.contract import RESPONSES, SENTENCES
 from engine.errors import UserError
+from engine.score.inputs import infer_answer_type, load_run
 from engine.score.judges.vllm import (
     expected_rating,
     parse_markers,
     parse_verdict,
     yes_no_probability,
 )
-from engine.score.pipeline import (
-    consistency_pairs,
-    infer_answer_type,
-    load_run,
-    score_run,
-    settings_from,
-)
+from engine.score.pipeline import score_run
+from engine.score.stages.confidence import consistency_pairs
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +243,38 @@ def test_a_minority_of_failed_calls_is_reported_not_fatal(fresh_run: Path) -> No
     again = score_run(fresh_run, settings, judge=judge, log=False, redo=["confidence"])
     assert judge.calls and again.failed_calls["confidence"][0] == 0
     assert again.key != result.key
+
+
+def test_switching_an_http_judge_for_a_local_one_of_the_same_name_rescores(fresh_run: Path) -> None:
+    # Same model name, once behind a server and once as a local engine: different judges, so the
+    # judge stages run again; the endpoint enters the key without its credentials.
+    settings = {"confidence": "consistency-logprob", "decisiveness": "llm", "model": "judge-x"}
+    url = "http://user:s3cret@judge.example:8000/v1?api_key=s3cret"
+    record = fresh_run / "scored" / "score.json"
+    served = score_run(fresh_run, {**settings, "base_url": url}, judge=FakeJudge(), log=False)
+    served_keys = json.loads(record.read_text())["stage_keys"]
+    judge = FakeJudge()
+    local = score_run(fresh_run, settings, judge=judge, log=False)
+    local_keys = json.loads(record.read_text())["stage_keys"]
+    assert judge.calls  # the judge stages were not skipped
+    assert local.key != served.key
+    changed = {name for name in local_keys if local_keys[name] != served_keys[name]}
+    assert changed == {"confidence", "decisiveness"}  # the stages that call the judge
+    # The same local judge again: every stage is done, no judge call.
+    again = FakeJudge()
+    score_run(fresh_run, settings, judge=again, log=False)
+    assert not again.calls
+    for path in [record, *(fresh_run / "stages").rglob("*.json")]:
+        assert "s3cret" not in path.read_text(), path
+
+
+def test_the_judge_identity_names_the_endpoint_without_credentials() -> None:
+    from engine.config.judges import settings_from
+    from engine.score.stage import judge_identity
+
+    served = settings_from({"model": "m", "base_url": "http://u:pw@host:1/v1"})
+    local = settings_from({"model": "m"})
+    assert judge_identity(served) != judge_identity(local)
+    assert judge_identity(served)[-1] == {"endpoint": "http://host:1/v1"}
+    assert judge_identity(local) == ["m", {}, False]
+    assert judge_identity(local, top_k=True) == ["m", {}, False, 20]

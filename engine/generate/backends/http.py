@@ -22,8 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import UserError, redact_url, scrub
-from engine.errors import CallFailure
+from engine.errors import CallFailure, UserError, redact_url, scrub
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
