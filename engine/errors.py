@@ -4,8 +4,8 @@ the marker of a judge call that failed, and URL / secret redaction for messages.
 from __future__ import annotations
 
 
-class UserError(Exception):
-    """An error caused by user input; the CLI prints its message on one line and exits with 2.
+class UserError(ValueError):
+    """An error caused by user input (a `ValueError`); the CLI prints it on one line and exits 2.
 
     Args:
         message: What is wrong, naming the file and the field.

@@ -32,8 +32,8 @@ from metrics.debias import (
     on_fisher_scale,
 )
 from metrics.encode import Encoded, encode, with_dropped_markers
+from metrics.frames import as_scored_run
 from metrics.guards import bootstrap_progress, check_bootstrap, check_output_dir
-from metrics.io import ScoredRun, read_scored
 from metrics.resample import (
     GroupReplicates,
     group_replicates,
@@ -56,6 +56,13 @@ class AnalysisResult:
     mic_table: pl.DataFrame
     out_dir: Path | None
     comparisons: pl.DataFrame | None = None
+
+    @property
+    def metrics(self) -> pl.DataFrame:
+        """The metrics as a tidy table (model, prompt, metric, value, debiased, ci_lo, ci_hi, n)."""
+        from metrics.tidy import tidy_metrics
+
+        return tidy_metrics(self.metrics_json)
 
 
 @dataclass(frozen=True)
@@ -286,8 +293,10 @@ def analyze(
     """Compute MIC tables and the seven metrics of one or more scored runs.
 
     Args:
-        scored: scored-run directories or long-table files (one path or a list), or a
-            `ScoredRun` already in memory (e.g. from `metrics.simulate.sample`).
+        scored: scored-run directories or long-table files (one path or a list), a
+            `ScoredRun` already in memory (e.g. from `metrics.simulate.sample`), or in-memory
+            tables: one long DataFrame / LazyFrame (polars or pandas), a (responses, sentences)
+            pair or {"responses": ..., "sentences": ...} (see `metrics.frames.as_scored_run`).
         out: output directory for `metrics.json` and `mic.parquet` (None: write nothing).
         mode: "heldout" (MICs from `ref_split`, MAE on `eval_split`) or "parity" (the seed).
         threshold: marker count threshold tau.
@@ -314,7 +323,7 @@ def analyze(
     if compare and n_boot == 0:
         raise UserError("--compare needs bootstrap replicates", "add --bootstrap 1000 (or more)")
     check_output_dir(out)
-    run = scored if isinstance(scored, ScoredRun) else read_scored(scored, pool=pool)
+    run = as_scored_run(scored, pool=pool)
     parity = mode == "parity"
     if not parity:
         check_split_names(run.responses, ref_split, eval_split)

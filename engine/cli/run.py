@@ -84,12 +84,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engine.config.sweep import load_spec
-    from engine.generate.runner import RunIncomplete, run_sweep
+    from engine.api import load_spec, run_sweep
+    from engine.generate.runner import RunIncomplete
 
     spec = load_spec(args.spec, args.overrides)
     try:
-        summary = run_sweep(
+        result = run_sweep(
             spec,
             args.out,
             ray_address=args.ray_address,
@@ -100,15 +100,15 @@ def _run(args: argparse.Namespace) -> int:
     except RunIncomplete as exc:
         print(f"mic run: {exc}", file=sys.stderr)
         return 1
-    for name, m in summary["models"].items():
+    for name, m in result.models.items():
         print(
             f"{name}: {m['rows']} rows ({m['error_rows']} error rows), "
             f"{m['generated_tokens_per_second']:,.0f} generated tok/s, "
             f"{m['prompt_tokens_per_second']:,.0f} prompt tok/s, {m['wall_seconds']:.1f} s"
         )
     print(
-        f"{summary['units_finished']}/{summary['units_planned']} units, {summary['rows']} rows in "
-        f"{args.out}/shards ({summary['seconds']:.1f} s); read with "
+        f"{result.units_finished}/{result.units_planned} units, {result.rows} rows in "
+        f"{args.out}/shards ({result.seconds:.1f} s); read with "
         f"polars.scan_ipc('{args.out}/shards/*.arrow')"
     )
     return 0

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
+from engine.api import StudyResult, run_demo, run_study
 from engine.contract import RunLayout
 from engine.errors import UserError
-from engine.study import DEMO_NOTE, check_study_spec, plan_study, run_demo, run_study
+from engine.study import DEMO_NOTE, check_study_spec, plan_study
 
 
 def _judge_flags(p: argparse.ArgumentParser) -> None:
@@ -152,13 +152,13 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_study(result: dict[str, Any]) -> None:
-    times = ", ".join(f"{k} {v:.1f} s" for k, v in result["seconds"].items())
+def _print_study(result: StudyResult) -> None:
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
     print(f"study done ({times})")
-    print(f"  scored run: {result['scored']} ({result['judge_failures']})")
-    print(f"  analysis:   {result['analysis']}/metrics.json, mic.parquet")
-    if result["report"]:
-        print(f"  report:     {result['report']}")
+    print(f"  scored run: {result.scored_dir} ({result.judge_failures})")
+    print(f"  analysis:   {result.analysis_dir}/metrics.json, mic.parquet")
+    if result.report:
+        print(f"  report:     {result.report}")
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -177,8 +177,8 @@ def _study(args: argparse.Namespace) -> int:
     result = run_study(
         args.spec,
         args.out,
-        args.overrides,
-        _judges_of(args),
+        overrides=args.overrides,
+        judges=_judges_of(args),
         ray_address=args.ray_address,
         new_run=args.new_run,
         report=not args.no_report,
@@ -194,12 +194,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     result = run_demo(args.out, progress=not args.quiet)
-    doc = json.loads((Path(result["analysis"]) / RunLayout.METRICS).read_text())
+    doc = json.loads((result.analysis_dir / RunLayout.METRICS).read_text())
     print(format_summary(doc))
     print()
     _print_study(result)
     print(f"  wall time:  {time.perf_counter() - started:.0f} s\n")
     print(DEMO_NOTE)
-    final = result["report"] or f"{result['analysis']}/metrics.json"
+    final = result.report or f"{result.analysis_dir}/metrics.json"
     print(f"\n{final}")
     return 0

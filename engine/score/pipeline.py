@@ -53,7 +53,7 @@ from engine.score.stages.markers import stage_markers
 from engine.score.stages.sentences import stage_sentences
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoreResult:
     """What `score_run` wrote.
 

@@ -151,3 +151,19 @@ def test_changed_spec_is_refused_by_run(ray_local: Any, tmp_path: Path) -> None:
             backend_factory=fake_backend_factory,
             progress=False,
         )
+
+
+def test_the_python_api_returns_a_frozen_sweep_result(ray_local: Any, tmp_path: Path) -> None:
+    import dataclasses
+
+    import engine
+
+    spec = _spec(tmp_path, replicas=1)
+    out = tmp_path / "out"
+    result = engine.run_sweep(spec, out, backend_factory=fake_backend_factory, progress=False)
+    assert isinstance(result, engine.SweepResult)
+    assert result.units_finished == result.units_planned == len(engine.plan(spec)["units"])
+    assert result.rows == _check_exact(out, spec).height
+    assert result.out_dir == out and result.models["fake"]["units"] == result.units_finished
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.rows = 0  # type: ignore[misc]

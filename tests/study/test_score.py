@@ -278,3 +278,15 @@ def test_the_judge_identity_names_the_endpoint_without_credentials() -> None:
     assert judge_identity(served)[-1] == {"endpoint": "http://host:1/v1"}
     assert judge_identity(local) == ["m", {}, False]
     assert judge_identity(local, top_k=True) == ["m", {}, False, 20]
+
+
+def test_the_python_api_returns_a_frozen_score_result(fresh_run: Path) -> None:
+    import dataclasses
+
+    import engine
+
+    result = engine.score_run(fresh_run, {"decisiveness": "none"}, judge=FakeJudge(), log=False)
+    assert isinstance(result, engine.ScoreResult)
+    assert result.scored_dir == fresh_run / "scored" and result.responses > 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.responses = 0  # type: ignore[misc]
