@@ -85,6 +85,7 @@ def ray_local() -> Any:
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join another process's Ray found in /tmp/ray by accident
             num_cpus=4,  # logical: four fake GPU actors need one CPU each
             num_gpus=4,
             include_dashboard=False,
