@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,8 @@ ANALYSIS_KEYS = {
     "compare": bool,
 }
 
+logger = logging.getLogger(__name__)
+
 
 def demo_spec() -> Path:
     """The demo's study spec, shipped as package data (works from any install, any directory).
@@ -56,7 +59,7 @@ def demo_spec() -> Path:
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logger.info(message)
 
 
 # ---- study specs ---------------------------------------------------------------------------------

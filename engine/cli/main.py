@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,38 @@ from engine.errors import UserError
 
 def _example(text: str) -> str:
     return "example:\n  " + text
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time (a test's capture, a redirected stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it; the property wins
+        pass
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """The one log handler: `engine` and `metrics` messages as plain lines on stderr.
+
+    The library only logs (`logging.getLogger(__name__)`); the command line decides where the
+    lines go. Calling it again (tests run `main` many times) replaces the handler.
+    """
+    for name in ("engine", "metrics"):
+        log = logging.getLogger(name)
+        for handler in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
+            log.removeHandler(handler)
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(level)
+        log.propagate = False  # one line per message, not again through a root handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging()
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

@@ -9,9 +9,8 @@ units, tear the actors down; finally rebuild the manifest and write `summary.jso
 from __future__ import annotations
 
 import contextlib
-import math
+import logging
 import os
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from engine.generate.backends.base import STOP_STRING_MODE
 from engine.generate.backends.vllm import ENGINE_ENV, check_model_available, hub_env
 from engine.generate.store import RunStore, is_storage_error
 from engine.generate.units import WorkUnit, plan_units
+
+logger = logging.getLogger(__name__)
 
 
 class RunIncomplete(RuntimeError):
@@ -229,19 +230,26 @@ def _actor_resources(
 
 
 class _Progress:
-    """Progress lines per model. Rates and ETA use the actors' generate time (not their start-up),
-    divided by the number of actors working in parallel."""
+    """A progress bar per model (tqdm, on stderr). The tok/s rate uses the actors' generate time
+    (not their start-up), divided by the number of actors working in parallel."""
 
     def __init__(
         self, model: str, total_units: int, total_rows: int, actors: int, enabled: bool
     ) -> None:
+        from tqdm import tqdm
+
         self.model, self.total_units, self.total_rows = model, total_units, total_rows
         self.actors = max(actors, 1)
-        self.enabled = enabled
-        self.started = time.monotonic()
-        self.last = 0.0
         self.units = self.rows = self.tokens = 0
         self.gen_seconds = 0.0
+        self.bar = tqdm(
+            total=total_rows,
+            desc=f"[{model}]",
+            unit="row",
+            disable=not enabled,
+            mininterval=2.0,
+            dynamic_ncols=True,
+        )
 
     def update(self, result: dict[str, Any], force: bool = False) -> None:
         if result:
@@ -249,23 +257,15 @@ class _Progress:
             self.rows += result["rows"]
             self.tokens += result["generated_tokens"]
             self.gen_seconds += result["gen_seconds"]
-        now = time.monotonic()
-        if not self.enabled or self.last < 0:
-            return
-        if now - self.last < 2.0 and not force and self.units < self.total_units:
-            return
-        self.last = -1.0 if self.units >= self.total_units else now
-        busy = self.gen_seconds / self.actors
-        rate = self.tokens / busy if busy > 0 else 0.0
-        remaining = self.total_rows - self.rows
-        eta = remaining * busy / self.rows if self.rows else math.nan
-        eta_text = "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-        print(
-            f"[{self.model}] {self.units}/{self.total_units} units, {self.rows}/{self.total_rows} rows, "
-            f"{rate:,.0f} generated tok/s, elapsed {now - self.started:,.0f}s, ETA {eta_text}",
-            file=sys.stderr,
-            flush=True,
-        )
+            busy = self.gen_seconds / self.actors
+            rate = self.tokens / busy if busy > 0 else 0.0
+            self.bar.set_postfix_str(
+                f"{self.units}/{self.total_units} units, {rate:,.0f} generated tok/s",
+                refresh=False,
+            )
+            self.bar.update(result["rows"])
+        if force or self.units >= self.total_units:
+            self.bar.close()
 
 
 def run_sweep(
@@ -310,11 +310,9 @@ def run_sweep(
         order = [u.unit_id for u in units]
         rows = {u.unit_id: u.n_rows for u in units}
         if progress:
-            print(
+            logger.info(
                 f"{mode} run {spec.run_id} in {store.location}: {len(units)} units, "
-                f"{len(records)} already finished, {len(todo)} to run",
-                file=sys.stderr,
-                flush=True,
+                f"{len(records)} already finished, {len(todo)} to run"
             )
         stats: dict[str, ModelStats] = {}
         failed: dict[str, str] = {}
@@ -438,11 +436,9 @@ def _run_model(
         # Disk full / read-only: every further unit would be generated only to fail its write.
         failed[unit_id] = f"{_STORAGE}{error}"
         if queue:
-            print(
+            logger.warning(
                 f"[{model.name}] cannot write to {store.location} ({error}); stopping "
-                f"({len(queue)} units not started, finished units are kept)",
-                file=sys.stderr,
-                flush=True,
+                f"({len(queue)} units not started, finished units are kept)"
             )
             queue.clear()
 
@@ -471,17 +467,9 @@ def _run_model(
             return
         if attempts[unit_id] >= spec.run.max_attempts:
             failed[unit_id] = error
-            print(
-                f"[{model.name}] unit {unit_id} failed for good: {error}",
-                file=sys.stderr,
-                flush=True,
-            )
+            logger.warning(f"[{model.name}] unit {unit_id} failed for good: {error}")
         else:
-            print(
-                f"[{model.name}] unit {unit_id} failed ({error}); retrying",
-                file=sys.stderr,
-                flush=True,
-            )
+            logger.warning(f"[{model.name}] unit {unit_id} failed ({error}); retrying")
             queue.appendleft(by_id[unit_id])
 
     def dispatch(name: str) -> None:
@@ -537,11 +525,7 @@ def _run_model(
             dead["gpu_seconds" if resources["num_gpus"] else "cpu_seconds"] = dead[
                 "lifetime_seconds"
             ] * (resources["num_gpus"] or resources["num_cpus"])
-            print(
-                f"[{model.name}] actor {name} died ({type(exc).__name__}); restarting",
-                file=sys.stderr,
-                flush=True,
-            )
+            logger.warning(f"[{model.name}] actor {name} died ({type(exc).__name__}); restarting")
             for unit_id in sorted(state["outstanding"]):
                 retry(unit_id, f"actor died: {root_cause(exc)}", name)
             if stats.restarts > spec.run.max_attempts * replicas:

@@ -10,7 +10,7 @@ nothing else does.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +28,8 @@ from engine.errors import StageFailed, redact_url
 STAGE_VERSION = "1"
 RESPONSE_COLS = list(RESPONSE_KEY)
 SENTENCE_COLS = [*RESPONSE_COLS, "sentence_idx"]
+
+logger = logging.getLogger(__name__)
 
 
 def _write_parquet(df: pl.DataFrame, path: Path, schema: pa.Schema | None = None) -> None:
@@ -194,11 +196,7 @@ class Stage:
             extra = f", {len(self.errors)} items in errors.jsonl" if self.errors else ""
             if self.calls:
                 extra += f", {self.failed_calls}/{self.calls} judge calls failed"
-            print(
-                f"score: {self.name} done in {record['seconds']:.1f} s{extra}",
-                file=sys.stderr,
-                flush=True,
-            )
+            logger.info(f"score: {self.name} done in {record['seconds']:.1f} s{extra}")
 
     def resume(self) -> bool:
         """Whether the stage is done with this key (then say it was skipped)."""
@@ -210,7 +208,7 @@ class Stage:
     def skip_note(self) -> None:
         """Say the stage was skipped."""
         if self.log:
-            print(f"score: {self.name} already done (skipped)", file=sys.stderr, flush=True)
+            logger.info(f"score: {self.name} already done (skipped)")
 
     def parts(
         self, n_items: int, batch_size: int, compute: Callable[[int, int], pl.DataFrame]
@@ -219,8 +217,18 @@ class Stage:
 
         A part's errors are stored beside it, so a resumed stage keeps its full ledger.
         """
+        from tqdm import tqdm
+
         part_dir = self.dir / "parts" / self.key[:16]
         frames = []
+        bar = tqdm(
+            total=n_items,
+            desc=f"score: {self.name}",
+            unit="prompt",
+            disable=not self.log,
+            mininterval=2.0,
+            dynamic_ncols=True,
+        )
         for index, start in enumerate(range(0, n_items, batch_size)):
             path = part_dir / f"part-{index:05d}.parquet"
             ledger = part_dir / f"part-{index:05d}.errors.json"
@@ -232,19 +240,13 @@ class Stage:
                 if not any(e.get("kind") == "call_failed" for e in stored):
                     frames.append(pl.read_parquet(path))
                     self.errors.extend(stored)
+                    bar.update(stop - start)
                     continue
             before = len(self.errors)
-            t0 = time.perf_counter()
             df = compute(start, min(start + batch_size, n_items))
             _write_parquet(df, path)
             atomic_write(ledger, json.dumps(self.errors[before:], default=str))
             frames.append(df)
-            if self.log:
-                stop = min(start + batch_size, n_items)
-                rate = (stop - start) / max(time.perf_counter() - t0, 1e-9)
-                print(
-                    f"score: {self.name} {stop}/{n_items} prompts ({rate:,.0f}/s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            bar.update(stop - start)
+        bar.close()
         return pl.concat(frames, how="vertical") if frames else pl.DataFrame()

@@ -63,3 +63,16 @@ def test_chat_template_rendering(tiny_model_dir: Path) -> None:
     assert chat == f"system: Be brief.\nuser: Q: {unit.questions[0]}\nassistant:"
     plain = render_prompts(unit, tokenizer, chat=False)[0]
     assert plain == f"Be brief.\n\nQ: {unit.questions[0]}"
+
+
+def test_the_cli_sets_up_one_log_handler_for_the_library(capsys) -> None:
+    import logging
+
+    from engine.cli.main import setup_logging
+
+    setup_logging()
+    setup_logging()  # again (main runs many times in one test process): still one handler
+    logging.getLogger("engine.score.stage").info("score: markers already done (skipped)")
+    logging.getLogger("engine.score.stage").debug("not shown at INFO")
+    err = capsys.readouterr().err
+    assert err == "score: markers already done (skipped)\n"

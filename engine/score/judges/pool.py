@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any
 
 from engine.config.judges import ScoreSettings
+from engine.errors import redact_url
+
+logger = logging.getLogger(__name__)
 
 
 class JudgePool:
@@ -28,13 +31,13 @@ class JudgePool:
 
             s = self.settings
             http = HTTPSettings(s.base_url, s.model, s.api_key_env, s.concurrency, s.max_retries)
-            print(f"score: judge {s.model} at {s.base_url}", file=sys.stderr, flush=True)
+            logger.info(f"score: judge {s.model} at {redact_url(s.base_url)}")
             self.judge = HTTPJudge(http, top_k=s.top_k)
         if self.judge is None:
             from engine.score.judges.vllm import VLLMJudge
 
             s = self.settings
-            print(f"score: starting judge engine {s.model}", file=sys.stderr, flush=True)
+            logger.info(f"score: starting judge engine {s.model}")
             self.judge = VLLMJudge(s.model, s.judge_engine_args(), top_k=s.top_k, chat=s.chat)
         return self.judge
 
