@@ -3,11 +3,11 @@ the vectorized correlations equal scipy's."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from helpers.approx import diff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -15,9 +15,6 @@ from scipy import stats
 from metrics import analyze
 from metrics.seven import correlate, fisher_mean
 from metrics.synthetic import make_scored_run
-
-sys.path.insert(0, str(Path(__file__).parent))
-from approx import diff  # noqa: E402
 
 SETTINGS = settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

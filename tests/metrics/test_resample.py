@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from helpers.approx import diff
 
 from engine.errors import UserError
 from metrics import analyze
@@ -21,9 +22,6 @@ from metrics.encode import encode
 from metrics.io import read_scored
 from metrics.resample import EVAL_DOMAIN, group_replicates, mic_acceleration, response_keys
 from metrics.synthetic import make_scored_run
-
-sys.path.insert(0, str(Path(__file__).parent))
-from approx import diff  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "metrics" / "data" / "example"
 
@@ -206,29 +204,6 @@ def test_compare_without_shared_items(tmp_path):
         UserError, match="model-0/default with model-1/default: they share no items"
     ):
         analyze(_write(tmp_path / "r", resp, sent), bootstrap=10, compare=True, threshold=2)
-
-
-@pytest.mark.slow
-def test_ray_shards_equal_local(tmp_path):
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    from engine.cluster import ray_group_sums
-    from metrics.bootstrap import weighted_group_sums
-
-    local = analyze(EXAMPLE, bootstrap=48, seed=4).metrics_json["models"]
-    was_running = ray.is_initialized()  # another test's Ray session: leave it up
-    try:
-        sharded = analyze(
-            EXAMPLE,
-            bootstrap=48,
-            seed=4,
-            group_sums=ray_group_sums(weighted_group_sums, None, n_shards=3),
-        )
-    finally:
-        if not was_running:
-            ray.shutdown()
-    assert diff(local, sharded.metrics_json["models"], rel=1e-12) == []
 
 
 def test_item_ids_repeated_across_splits_are_distinct_items(tmp_path):

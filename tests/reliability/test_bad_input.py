@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from reliability_helpers import REPO, make_raw_spec, write_toml
+from helpers.reliability_helpers import REPO, make_raw_spec, write_toml
 
 from engine.cli import main
 

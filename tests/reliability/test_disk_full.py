@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from reliability_helpers import assert_exactly_once, fake_driver, fake_raw_spec, write_toml
+from helpers.reliability_helpers import assert_exactly_once, fake_driver, fake_raw_spec, write_toml
 
 from engine.generate.verify import verify_run
 

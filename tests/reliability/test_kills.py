@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from reliability_helpers import (
+from helpers.reliability_helpers import (
     assert_exactly_once,
     fake_driver,
     fake_raw_spec,

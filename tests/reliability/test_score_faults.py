@@ -15,19 +15,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from reliability_helpers import REPO, driver_env
+from helpers.reliability_helpers import driver_env
+from helpers.study_helpers import FakeJudge, fake_run
 
 from engine.cli import main
 from engine.errors import UserError
 from engine.score.pipeline import score_run
 
-sys.path.insert(0, str(REPO / "tests" / "study"))
-from study_helpers import FakeJudge, fake_run  # noqa: E402
-
 SCORER = """
-import sys, time
-sys.path.insert(0, {study!r})
-from study_helpers import FakeJudge
+import time
+from helpers.study_helpers import FakeJudge
 from engine.score.pipeline import score_run
 
 class SlowJudge(FakeJudge):
@@ -86,7 +83,7 @@ def test_scorer_sigkilled_mid_stage_resumes_to_the_same_scored_run(tmp_path: Pat
     reference = fake_run(tmp_path / "reference")
     score_run(reference, {"batch_size": 8}, judge=FakeJudge(), log=False)
     run = fake_run(tmp_path / "run")
-    code = SCORER.format(study=str(REPO / "tests" / "study"), run=str(run))
+    code = SCORER.format(run=str(run))
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         env=driver_env(),
@@ -114,7 +111,7 @@ def test_scorer_sigkilled_mid_stage_resumes_to_the_same_scored_run(tmp_path: Pat
 
 
 def test_score_refuses_an_incomplete_run(tmp_path: Path, capsys) -> None:
-    from reliability_helpers import fake_raw_spec, write_run_without_ray
+    from helpers.reliability_helpers import fake_raw_spec, write_run_without_ray
 
     run = tmp_path / "run"
     write_run_without_ray(run, fake_raw_spec(tmp_path), finished=5)  # e.g. stopped by a full disk

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from reliability_helpers import REPO, driver_env
+from helpers.reliability_helpers import REPO, driver_env
 
 pytestmark = pytest.mark.slow
 

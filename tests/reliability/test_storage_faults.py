@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from reliability_helpers import (
+from helpers.reliability_helpers import (
     assert_exactly_once,
     fake_raw_spec,
     read_rows,

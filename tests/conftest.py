@@ -1,8 +1,9 @@
-"""Shared fixtures of the engine tests: spec builders, the tiny model, one Ray, one vLLM engine.
+"""Fixtures of the whole suite: the environment, the tiny model, one Ray, one vLLM engine.
 
 Real-engine tests share ONE in-process vLLM engine (`tiny_engine`), built lazily and released
 before tests that start engines in other processes (Ray actors, `mic run` subprocesses), so at
-most one engine is alive at a time on a small machine.
+most one engine is alive at a time on a small machine. Helpers live in the `helpers` package
+(`tests/` is on the path because this conftest sits there).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # A stable compile cache across sessions keeps engine start-up short.
 os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(tempfile.gettempdir()) / "mic-test-vllm-cache"))
 
-from engine_helpers import TINY_ENGINE_ARGS
+from helpers.engine_helpers import TINY_ENGINE_ARGS  # noqa: E402  (after the environment)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from engine_helpers import make_raw_spec, write_toml
+from helpers.engine_helpers import make_raw_spec, write_toml
 
 from engine.generate.backends.vllm import hub_env
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine_helpers import make_raw_spec, write_toml
+from helpers import REPO
+from helpers.engine_helpers import make_raw_spec, write_toml
 
 from engine.cli import main
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_plan_prints_units_and_estimates(capsys) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
-from engine_helpers import make_raw_spec
+from helpers.engine_helpers import make_raw_spec
 
 from engine.config.sweep import apply_overrides, validate
 from engine.contract import GENERATIONS

@@ -117,16 +117,16 @@ def test_unauthorized_stops_at_once_and_names_the_endpoint_not_the_key(
 
 
 @pytest.fixture(scope="module")
-def vllm_server(tiny_dir: Path):
+def vllm_server(tiny_model_dir: Path):
     port = _free_port()
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(tiny_dir), "--served-model-name", "tiny",
+        "--model", str(tiny_model_dir), "--served-model-name", "tiny",
         "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
     ]  # fmt: skip
-    log = open(tiny_dir.parent / f"vllm-server-{port}.log", "w")
+    log = open(tiny_model_dir.parent / f"vllm-server-{port}.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -156,7 +156,7 @@ def vllm_server(tiny_dir: Path):
 
 @pytest.mark.slow
 @pytest.mark.engine
-def test_http_judge_matches_transformers(vllm_server: str, tiny_dir: Path) -> None:
+def test_http_judge_matches_transformers(vllm_server: str, tiny_model_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -170,8 +170,8 @@ def test_http_judge_matches_transformers(vllm_server: str, tiny_dir: Path) -> No
     prompts = [consistency_prompt(c, a) for c in contexts for a in assertions]
     values = consistency_logprob_values(judge, prompts)
     tops = judge.next_token_logprobs(prompts)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     yes, no = judge.token_ids_for(["yes", "no"]).values()
     compared = 0
     for prompt, value, top in zip(prompts, values, tops):

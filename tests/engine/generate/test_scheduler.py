@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from engine_helpers import make_raw_spec
+from helpers.engine_helpers import make_raw_spec
 
 from engine.config.sweep import validate
 from engine.contract import GENERATIONS

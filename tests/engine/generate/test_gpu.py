@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from engine_helpers import make_raw_spec
+from helpers.engine_helpers import make_raw_spec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from engine.errors import UserError
 from engine.study import check_study_spec, prepare_study
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = REPO / "configs"
 
 
 @pytest.mark.parametrize("name", ["demo", "seed_study", "marcon"])

@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from engine_helpers import make_raw_spec, write_toml
+from helpers import REPO
+from helpers.engine_helpers import make_raw_spec, write_toml
 
 from engine.config.sweep import apply_overrides, load_spec, validate
 from engine.errors import UserError
 from engine.generate.units import plan_units
 from engine.tasks.builtin import builtin_task_names
 from engine.tasks.loaders import load_items
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_tiny_config_validates_and_plans() -> None:

@@ -24,17 +24,17 @@ ASSERTIONS = [
 
 
 @pytest.fixture(scope="module")
-def judge(tiny_dir: Path):
+def judge(tiny_model_dir: Path):
     """One in-process vLLM judge on the tiny model for this module."""
     from engine.config.judges import TINY_JUDGE_ENGINE_ARGS
     from engine.score.judges.vllm import VLLMJudge
 
-    j = VLLMJudge(str(tiny_dir), TINY_JUDGE_ENGINE_ARGS)
+    j = VLLMJudge(str(tiny_model_dir), TINY_JUDGE_ENGINE_ARGS)
     yield j
     j.close()
 
 
-def test_logprob_consistency_matches_transformers(judge, tiny_dir: Path) -> None:
+def test_logprob_consistency_matches_transformers(judge, tiny_model_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -48,7 +48,7 @@ def test_logprob_consistency_matches_transformers(judge, tiny_dir: Path) -> None
     ids = judge.token_ids_for([YES, NO])
     assert ids[YES] and ids[NO], "the tiny tokenizer has yes / no tokens"
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     compared = 0
     for prompt_ids, value, top in zip(judge.encode(prompts), values, tops):
         with torch.no_grad():

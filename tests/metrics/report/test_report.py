@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import REPO
 
 from engine.cli import main
 from engine.errors import UserError
@@ -21,8 +22,8 @@ from metrics.export import export_run
 from metrics.report import NO_INTERVAL, build_report
 from metrics.summary import HEADLINE
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "metrics" / "data" / "example"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+EXAMPLE = REPO / "metrics" / "data" / "example"
+ARTIFACTS = REPO / "tests" / "artifacts"
 EVIL_MARKER = "<script>alert(1)</script>"
 EVIL_MODEL = "<img src=x onerror=alert(1)>"
 EVIL_TASK = '"><svg onload=alert(2)>'

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
-from engine_helpers import make_raw_spec, write_toml
+from helpers.engine_helpers import make_raw_spec, write_toml
 
 from engine.config.sweep import apply_overrides, validate
 from engine.contract import GENERATIONS

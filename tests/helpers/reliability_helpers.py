@@ -13,13 +13,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.ipc  # noqa: F401  (pa.ipc)
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-ENGINE_TESTS = REPO / "tests" / "engine"
-if str(ENGINE_TESTS) not in sys.path:
-    sys.path.insert(0, str(ENGINE_TESTS))
+from helpers import REPO
+from helpers.engine_helpers import make_raw_spec, write_toml  # noqa: F401  (re-exported)
 
-from engine_helpers import make_raw_spec, write_toml  # noqa: E402, F401  (re-exported)
+HERE = REPO / "tests" / "reliability"  # fake_driver.py
 
 ROW_KEY = ["model", "task", "split", "prompt", "item_id", "sample_idx"]
 
@@ -90,7 +87,8 @@ def driver_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env["RAY_AUTH_MODE"] = "disabled"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    paths = [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]  # engine, helpers
+    env["PYTHONPATH"] = os.pathsep.join(paths).rstrip(os.pathsep)
     return env
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from study_helpers import FakeJudge, fake_run
+from helpers.study_helpers import FakeJudge, fake_run
 
 from engine.config.judges import settings_from
 from engine.contract import RESPONSES, SENTENCES

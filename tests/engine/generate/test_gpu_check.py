@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.sh"
+from helpers import REPO
+
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
 
 
 def test_dry_run_lists_every_step_and_runs_nothing(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ from engine.config.sweep import validate
 from engine.generate.backends.fake import FakeBackend
 from engine.generate.store import RunStore
 from engine.generate.units import plan_units
+from helpers import REPO
 
-SAMPLES = Path(__file__).resolve().parents[2] / "engine" / "data" / "samples"
+SAMPLES = REPO / "engine" / "data" / "samples"
 
 
 def fake_run(
