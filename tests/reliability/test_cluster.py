@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability_helpers import (
+from helpers.reliability_helpers import (
     REPO,
     assert_exactly_once,
     driver_env,
@@ -29,7 +29,7 @@ from reliability_helpers import (
     write_toml,
 )
 
-from engine.verify import verify_run
+from engine.generate.verify import verify_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
