@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from engine.contract import RunLayout
+from engine.contract import RunLayout, atomic_write
 from engine.errors import UserError
 
 FORMATS = ("jsonl", "parquet")
@@ -64,7 +64,11 @@ class ExportResult:
 
 
 def _hidden_or_temp(p: Path) -> bool:
-    return p.name.startswith(".") or p.name.endswith((".tmp", ".partial"))
+    return (
+        p.name.startswith(".")
+        or p.name.endswith((".tmp", ".partial"))
+        or RunLayout.TEMP_MARK in p.name
+    )
 
 
 def _manifest_shards(run_dir: Path) -> list[Path] | None:
@@ -207,18 +211,19 @@ def export_run(
         target.parent.mkdir(parents=True, exist_ok=True)
         meta = _metadata(table, root)
         lf = _scan(table)
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
+
+        def write(tmp: str, lf: pl.LazyFrame = lf, meta: dict = meta) -> None:
             if to == "parquet":
                 lf.sink_parquet(tmp, compression="zstd", metadata=meta or None)
             else:
                 lf.sink_ndjson(tmp)
+
+        try:
+            atomic_write(target, write)  # a failed write leaves no temp file behind
             rows = _scan(table).select(pl.len()).collect().item()
             columns = list(lf.collect_schema().names())
         except (pl.exceptions.PolarsError, OSError) as exc:
-            tmp.unlink(missing_ok=True)
             raise _unreadable(table, exc) from None
-        tmp.replace(target)
         result.tables[table.name] = {
             "path": target.relative_to(out_dir).as_posix(),
             "rows": int(rows),

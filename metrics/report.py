@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from engine.contract import RunLayout
+from engine.contract import RunLayout, atomic_write
 from engine.errors import UserError
 from metrics.summary import HEADLINE, MARCON
 
@@ -1194,8 +1194,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         UserError: RUN_DIR is not a run or has no analysis yet (the message names the command to
             run first), or an input file is unreadable.
     """
-    import os
-    import tempfile
 
     from metrics.guards import check_output_file
 
@@ -1203,13 +1201,5 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     inputs = load_inputs(run_dir)
     page = render_report(inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temp name beside the target, removed whatever happens: no `report.html.tmp` left.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, page)  # all or nothing, no temp file left behind
     return path
