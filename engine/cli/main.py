@@ -20,10 +20,6 @@ from engine.cli import verify as verify_cli
 from engine.errors import UserError
 
 
-def _example(text: str) -> str:
-    return "example:\n  " + text
-
-
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time (a test's capture, a redirected stream)."""
 
@@ -60,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mic",
         description="MIC engine: do LLMs' epistemic markers reflect their intrinsic confidence?",
-        epilog=_example("mic analyze metrics/data/example --out results/example"),
+        epilog=metrics_cli.example("mic analyze metrics/data/example --out results/example"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

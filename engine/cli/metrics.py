@@ -11,7 +11,8 @@ import argparse
 from engine.contract import RunLayout
 
 
-def _example(text: str) -> str:
+def example(text: str) -> str:
+    """An epilog with one example command (shared by every subcommand's help)."""
     return "example:\n  " + text
 
 
@@ -24,7 +25,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
             "table; Parquet, Arrow IPC, CSV or JSONL), compute MICs and the seven metrics, and "
             "write DIR/metrics.json and DIR/mic.parquet."
         ),
-        epilog=_example("mic analyze metrics/data/example --out results/example"),
+        epilog=example("mic analyze metrics/data/example --out results/example"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_scored_options(p)
@@ -129,7 +130,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
             "Benjamini-Hochberg adjusted p-values; McNemar's exact test for paired accuracy. "
             "Writes DIR/comparisons.parquet beside metrics.json and mic.parquet."
         ),
-        epilog=_example("mic compare runs/llama runs/qwen --out results/cmp --bootstrap 1000"),
+        epilog=example("mic compare runs/llama runs/qwen --out results/cmp --bootstrap 1000"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_scored_options(p)
@@ -157,7 +158,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
             "analysis/metrics.json: the seven metrics with intervals, MIC heatmap, forest plot, "
             "densities, rank and frequency charts, comparisons, throughput and provenance."
         ),
-        epilog=_example("mic report results/example --out results/example/report.html"),
+        epilog=example("mic report results/example --out results/example/report.html"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="analysis or study directory")
@@ -181,7 +182,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
             "stages, the scored run, mic.parquet) to JSONL or Parquet under --out, with "
             "export.json listing tables, rows and metadata."
         ),
-        epilog=_example("mic export runs/tiny --to jsonl --out runs/tiny-jsonl"),
+        epilog=example("mic export runs/tiny --to jsonl --out runs/tiny-jsonl"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run, study or analysis directory")
