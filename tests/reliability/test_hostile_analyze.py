@@ -607,10 +607,10 @@ def test_ray_address_that_accepts_but_never_joins_times_out(tmp_path: Path) -> N
     code = (
         "import socket, sys\n"
         "s = socket.socket(); s.bind(('0.0.0.0', 0)); s.listen(8)\n"
-        "from engine.distributed import ray_group_sums\n"
+        "from engine.cluster import ray_group_sums\n"
         "from engine.errors import UserError\n"
         "try:\n"
-        "    ray_group_sums(f'127.0.0.1:{s.getsockname()[1]}', connect_timeout=3)\n"
+        "    ray_group_sums(None, f'127.0.0.1:{s.getsockname()[1]}', connect_timeout=3)\n"
         "except UserError as e:\n"
         "    print('USERERROR', e); sys.exit(2)\n"
     )
