@@ -97,6 +97,7 @@ class ReportInputs:
         run: run.json of a generation run, or None.
         files: Every file read, for the provenance section.
         study: study.json of `mic study` (judges and analysis settings), or None.
+        scoring: scored/score.json of `mic score` (judge calls and failures per stage), or None.
     """
 
     run_dir: Path
@@ -108,6 +109,7 @@ class ReportInputs:
     run: dict | None
     files: list[Path] = field(default_factory=list)
     study: dict | None = None
+    scoring: dict | None = None
 
 
 def _looks_like_generation_run(d: Path) -> bool:
@@ -235,7 +237,15 @@ def load_inputs(run_dir: str | Path) -> ReportInputs:
         if study is None and (d / RunLayout.STUDY).is_file():
             study = _read_json(d / RunLayout.STUDY)
             files.append(d / RunLayout.STUDY)
-    return ReportInputs(run_dir, adir, metrics, mic, comparisons, summary, run, files, study)
+    scoring = None
+    for d in near:
+        record = d / RunLayout.SCORED / RunLayout.SCORE_RECORD
+        if scoring is None and record.is_file():
+            scoring = _read_json(record)
+            files.append(record)
+    return ReportInputs(
+        run_dir, adir, metrics, mic, comparisons, summary, run, files, study, scoring
+    )
 
 
 # ---- formatting helpers ----------------------------------------------------------------------
@@ -308,7 +318,7 @@ def _kv_table(pairs: list[tuple[str, Any]]) -> str:
             text = json.dumps(value, indent=1, sort_keys=True, default=str)
             cell = f"<pre>{_e(text)}</pre>" if len(text) > 60 else f"<code>{_e(text)}</code>"
         else:
-            cell = _e(_num(value))
+            cell = _e(_field(str(key), value))
         rows.append(f'<tr><th class="l">{_e(key)}</th><td class="l">{cell}</td></tr>')
     return "<table>" + "".join(rows) + "</table>"
 
@@ -448,7 +458,7 @@ def fig_heatmap(view: MicView) -> str:
     ax.set_xticks(range(nt), [_wrap(t) for t in view.tasks], rotation=30, ha="right")
     ax.set_yticks(range(nm), [_short(view.markers[k]) for k in order])
     ax.set_xlabel("task")
-    ax.set_ylabel("shared marker (by mean MIC)")
+    ax.set_ylabel("marker")
     fig.colorbar(im, ax=ax, label="MIC (mean intrinsic confidence)", fraction=0.04, pad=0.02)
     ax.set_title("MIC per shared marker and task (cell: MIC (count))")
     return _png(fig)
@@ -971,8 +981,6 @@ def section_significance(comparisons: pl.DataFrame | None) -> str:
             p = r.get(pcol) if pcol else None
             ci = (r.get("ci_lo"), r.get("ci_hi"))
             cells[(a, b)] = (r["diff"], p, ci)
-            flipped = tuple(-c if c is not None else None for c in ci[::-1])
-            cells[(b, a)] = (-r["diff"] if r["diff"] is not None else None, p, flipped)
         head = "".join(f"<th>{_e(lab)}</th>" for lab in labels)
         body = []
         for a in labels:
@@ -982,7 +990,11 @@ def section_significance(comparisons: pl.DataFrame | None) -> str:
                     tds.append('<td class="diag"></td>')
                     continue
                 if (a, b) not in cells:
-                    tds.append('<td class="muted">&ndash;</td>')
+                    # Each comparison is shown once: its mirror cell stays empty.
+                    mirror = (b, a) in cells
+                    tds.append(
+                        '<td class="diag"></td>' if mirror else '<td class="muted">&ndash;</td>'
+                    )
                     continue
                 diff, p, ci = cells[(a, b)]
                 sig = p is not None and p < ALPHA
@@ -1037,6 +1049,15 @@ THROUGHPUT_FIRST = (
 )
 
 
+def _field(key: str, value: Any) -> str:
+    """A summary.json value as a person reads it: epoch times as UTC times, ids unformatted."""
+    if key in ("pid", "node_id") or key.endswith("_id"):
+        return str(value)
+    if key.endswith("_at") and isinstance(value, int | float) and value > 1e9:
+        return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%H:%M:%S UTC")
+    return _num(value)
+
+
 def _by_key(entities: dict[str, dict], corner: str) -> str:
     """A key × entity table (models or actors as columns): long key lists stay readable."""
     keys: list[str] = []
@@ -1046,11 +1067,34 @@ def _by_key(entities: dict[str, dict], corner: str) -> str:
     head = "".join(f"<th>{_e(name)}</th>" for name in entities)
     rows = "".join(
         f'<tr><th class="l">{_e(k)}</th>'
-        + "".join(f"<td>{_e(_num(v.get(k)))}</td>" for v in entities.values())
+        + "".join(f"<td>{_e(_field(k, v.get(k)))}</td>" for v in entities.values())
         + "</tr>"
         for k in keys
     )
     return f'<table><tr><th class="l">{_e(corner)}</th>{head}</tr>{rows}</table>'
+
+
+def section_scoring(scoring: dict | None) -> str:
+    """Judge calls per scoring stage: how many failed, and items left without a value."""
+    if not isinstance(scoring, dict):
+        return ""
+    failed = scoring.get("failed_calls") if isinstance(scoring.get("failed_calls"), dict) else {}
+    missing = scoring.get("ledger_rows") if isinstance(scoring.get("ledger_rows"), dict) else {}
+    rows = []
+    for stage in dict.fromkeys([*failed, *missing]):
+        pair = failed.get(stage) if isinstance(failed.get(stage), list) else [0, 0]
+        bad, calls = (pair + [0, 0])[:2]
+        share = f"{bad / calls:.1%}" if isinstance(calls, int) and calls else "no judge calls"
+        rows.append([stage, calls, bad, share, missing.get(stage, 0)])
+    if not rows:
+        return ""
+    return (
+        "<h2>Scoring</h2>"
+        '<p class="muted">Judge calls per stage; a failed call got no answer at all (server error, '
+        "transport, prompt too long). A stage whose failed share passes --max-failed-share is not "
+        "done. Items without a value are listed in stages/STAGE/errors.jsonl.</p>"
+        + _table(["stage", "judge calls", "failed", "failed share", "items without a value"], rows)
+    )
 
 
 def section_throughput(summary: dict | None) -> str:
@@ -1163,6 +1207,7 @@ def render_report(inputs: ReportInputs) -> str:
         section_metrics(inputs.metrics),
         section_figures(inputs),
         section_significance(inputs.comparisons),
+        section_scoring(inputs.scoring),
         section_throughput(inputs.summary),
         section_provenance(inputs, generated),
     ]

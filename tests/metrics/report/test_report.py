@@ -183,11 +183,22 @@ def _generation_run(root: Path) -> None:
                 "rows": 120,
                 "generated_tokens_per_second": 345.6,
                 "prompt_tokens_per_second": 1200.0,
-                "actors": {"actor-0": {"generated_tokens_per_second": 170.1, "units": 3}},
+                "actors": {
+                    "actor-0": {
+                        "generated_tokens_per_second": 170.1,
+                        "units": 3,
+                        "pid": 20212,
+                        "ready_at": 1795000000.5,
+                    }
+                },
             }
         },
     }
     (root / "summary.json").write_text(json.dumps(summary))
+    scored = root / "scored"
+    scored.mkdir()
+    record = {"ledger_rows": {"confidence": 7}, "failed_calls": {"confidence": [3, 40]}}
+    (scored / "score.json").write_text(json.dumps(record))
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +279,10 @@ def test_significance_matrix_from_comparisons(evil_study: tuple[Path, str]) -> N
     _, text = evil_study
     assert "Paired comparisons" in text and "p_holm" in text
     assert '<td class="sig">0.200' in text  # m1 vs m2, p_holm 0.003
-    assert '<td class="sig">-0.200' in text  # the mirrored cell
+    assert '<td class="sig">-0.200' not in text  # each comparison once: no mirrored cell
     assert '<td class="nsig">-0.050' in text  # m1 vs the evil model, p_holm 0.8
+    mrc = text.split("Paired comparisons", 1)[1].split("</table>", 1)[0]
+    assert mrc.count("p=") == 3  # three MRC comparisons, three cells
     assert "Other metrics (1)" in text  # the variant is tucked away
 
 
@@ -277,6 +290,10 @@ def test_study_dir_throughput_and_provenance(evil_study: tuple[Path, str]) -> No
     _, text = evil_study
     for needle in ("Throughput", "345.6", "actor-0", "170.1", "cafe1234", "run-abc", "polars"):
         assert needle in text, needle
+    assert "20212" in text and "20,212" not in text  # a pid is an id, not a quantity
+    assert "1.8e+09" not in text and "UTC" in text  # ready_at as a time
+    scoring = text.split("<h2>Scoring</h2>", 1)[1].split("</table>", 1)[0]
+    assert "confidence" in scoring and "7.5%" in scoring and ">7<" in scoring
     assert "study.json" in text and "logprob" in text
 
 
