@@ -528,16 +528,15 @@ def build_study_report(study_dir: Path) -> Path | None:
 
 
 DEMO_NOTE = """\
-NOTE: the demo model is a 2-layer network with random weights ("builtin:tiny"). Its text is
-gibberish, so every number above (MICs, the seven metrics) is meaningless: the demo only shows the
-pipeline working end to end. For a real model, on a GPU node:
-  mic study configs/seed_study.toml --out runs/seed --set models.0.path=meta-llama/Llama-3.1-8B-Instruct
-or on this machine with a small local model directory:
-  mic study configs/demo.toml --out runs/mine --set models.0.path=/path/to/model"""
+NOTE: the demo's models were trained to behave in a known way (engine/planted.py): the faithful
+model's markers follow its own certainty, so its MICs should match the planted values above; the
+unfaithful model's markers are random (colour, city) or inverted (food). For a real model, on a
+GPU node:
+  mic study configs/seed_study.toml --out runs/seed --set models.0.path=meta-llama/Llama-3.1-8B-Instruct"""
 
 
 def run_demo(out: str | Path = "mic-demo", progress: bool = True) -> dict[str, Any]:
-    """The offline demo: `configs/demo.toml` (tiny model, bundled samples) through `run_study`."""
+    """The offline demo: `configs/demo.toml` (the planted models and tasks) through `run_study`."""
     spec = demo_spec()
     if not spec.is_file():
         raise UserError(f"the demo spec {spec} is missing", "reinstall the mic-engine package")

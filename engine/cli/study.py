@@ -125,9 +125,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="the offline demo: tiny random model x bundled sample tasks, about 3 minutes on CPU",
+        help="the offline demo: planted-behaviour models x their synthetic tasks, a few minutes on CPU",
         description=(
-            "Run configs/demo.toml (the built-in tiny model over the bundled sample set) through "
+            "Run configs/demo.toml (two planted-behaviour models over their synthetic tasks) through "
             "generate -> score -> analyze -> report, fully offline, and print the report's path."
         ),
         epilog="example:\n  mic demo --out mic-demo",
@@ -190,12 +190,15 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from engine.planted import format_summary as planted_summary
     from metrics.summary import format_summary
 
     started = time.perf_counter()
     result = run_demo(args.out, progress=not args.quiet)
     doc = json.loads((result.analysis_dir / RunLayout.METRICS).read_text())
     print(format_summary(doc))
+    print()
+    print(planted_summary(result.analysis_dir))
     print()
     _print_study(result)
     print(f"  wall time:  {time.perf_counter() - started:.0f} s\n")

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from engine.tasks.builtin import builtin_task_names
+from engine.tasks.builtin import PLANTED_TASK_NAMES, builtin_task_names
 from engine.tasks.sources import BUILTIN_PREFIX, parse_source
 
 try:
@@ -50,7 +50,13 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-BUILTIN_MODEL_NAMES = ("builtin:tiny",)  # built on first use by engine.generate.tiny_model
+# Built on first use by engine.generate.tiny_model (builtin:planted-* by engine.planted).
+BUILTIN_MODEL_NAMES = (
+    "builtin:tiny",
+    "builtin:planted-faithful",
+    "builtin:planted-unfaithful",
+    "builtin:planted-judge",
+)
 
 # Fields that say *how* a sweep runs, not *what* it computes: they may change between a run
 # and its resume (a different GPU count or actor count) without making it a different run.
@@ -535,10 +541,11 @@ def _resolve_model_path(path: str, key: str, source: str, base_dir: Path) -> str
 def _resolve_task_source(task_source: str, key: str, source: str, base_dir: Path) -> str:
     kind, name = parse_source(task_source)
     if kind == "builtin":
-        if name not in builtin_task_names():
+        known = [*builtin_task_names(), *PLANTED_TASK_NAMES]
+        if name not in known:
             raise UserError(
                 f"{source}: '{key}' names unknown built-in task '{name}'",
-                f"use one of {['builtin:' + n for n in builtin_task_names()]} or a local JSONL file",
+                f"use one of {['builtin:' + n for n in known]} or a local JSONL file",
             )
         return task_source
     local = Path(task_source).expanduser()

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from engine.config.sweep import BUILTIN_MODEL_NAMES
@@ -157,7 +158,21 @@ def _build_cached_tiny() -> Path:
         return build_tiny_model(target)
 
 
-BUILTIN_MODELS = dict.fromkeys(BUILTIN_MODEL_NAMES, _build_cached_tiny)
+def _planted(name: str) -> Callable[[], Path]:
+    def build() -> Path:
+        # engine.planted sits above the rooms (it trains a judge on the scoring prompt): a
+        # by-name import keeps this room free of it.
+        return importlib.import_module("engine.planted").model_path(name)
+
+    return build
+
+
+BUILTIN_MODELS: dict[str, Callable[[], Path]] = {
+    name: _planted(name.split("-", 1)[1])
+    if name.startswith("builtin:planted-")
+    else _build_cached_tiny
+    for name in BUILTIN_MODEL_NAMES
+}
 
 
 def resolve_model(path: str) -> str:

@@ -33,14 +33,17 @@ def test_mic_demo_end_to_end_and_resume(tmp_path: Path) -> None:
     last = done.stdout.strip().splitlines()[-1]
     assert last == "demo/report.html" and (cwd / last).is_file()  # the report's path, as given
     run = read_scored(out / "scored")  # `mic analyze` validation
-    assert run.responses.height == 120
+    assert run.responses.height == 720  # 2 planted models x 3 tasks x 120 items
     metrics = json.loads((out / "analysis" / "metrics.json").read_text())
-    assert metrics["settings"]["threshold"] == 2 and "tiny" in metrics["models"]
+    assert metrics["settings"]["threshold"] == 5 and "faithful" in metrics["models"]
     assert (out / "analysis" / "mic.parquet").is_file()
     assert (out / "scored" / "canonical_map.json").is_file()
     # The story: intervals, the headline table printed, throughput in the report, no noise.
     assert metrics["settings"]["bootstrap"] > 0
     assert "I-AvgMAE" in done.stdout and "judge calls failed" in done.stdout
+    # the planted story: markers against their planted values, and the paired comparison
+    assert "Recovered MICs" in done.stdout and "Paired comparison" in done.stdout
+    assert (out / "analysis" / "comparisons.parquet").is_file()
     assert (out / "summary.json").is_file()
     assert "Throughput" in (out / "report.html").read_text()
     assert "FutureWarning" not in done.stderr and "Traceback" not in done.stderr
