@@ -1,7 +1,8 @@
-"""The metrics' `mic` subcommands: analyze, compare, report, export.
+"""The metrics' `mic` subcommands: analyze, compare, power, report, export.
 
 Each handler is a thin call into a `metrics` library function with the same arguments
-(`metrics.analyze.analyze`, `metrics.report.build_report`, `metrics.export.export_run`).
+(`metrics.analyze.analyze`, `metrics.power.power_plan`, `metrics.report.build_report`,
+`metrics.export.export_run`).
 """
 
 from __future__ import annotations
@@ -202,12 +203,65 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def add_analysis_commands(sub: argparse._SubParsersAction) -> None:
-    """Add `analyze` and `compare` to the `mic` parser."""
+    """Add `analyze`, `compare` and `power` to the `mic` parser."""
     _add_analyze(sub)
     _add_compare(sub)
+    _add_power(sub)
 
 
 def add_output_commands(sub: argparse._SubParsersAction) -> None:
     """Add `report` and `export` to the `mic` parser."""
     _add_report(sub)
     _add_export(sub)
+
+
+def _add_power(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "power",
+        help="plan a study from a pilot: standard errors, items for a width, detectable differences",
+        description=(
+            "From a pilot (scored runs, or a study directory), per metric and per shared "
+            "marker's MIC: the standard error as a function of items per task (the pilot's "
+            "bootstrap, subsampled and repeated by item), the items per task a target interval "
+            "width needs, and the minimum detectable difference between two models / prompts "
+            "(paired) at the pilot's size and at --items. From a study directory also K "
+            "(consistency samples) against N (items) for a budget. Writes DIR/power.json and "
+            "DIR/power.parquet."
+        ),
+        epilog=example(
+            "mic power metrics/data/example --out results/plan --width 0.02 --items 1000"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scored", nargs="+", help="pilot scored-run or study directories, or files")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--width", type=float, default=None, help="target interval width")
+    p.add_argument("--alpha", type=float, default=0.05, help="two-sided test level (0.05)")
+    p.add_argument("--power", type=float, default=0.8, help="power of the paired test (0.8)")
+    p.add_argument("--items", type=int, default=None, help="planned items per task (5x pilot)")
+    p.add_argument("--bootstrap", type=int, default=400, metavar="B", help="replicates (400)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and resizing")
+    p.add_argument("--level", type=float, default=0.95, help="interval level of --width")
+    p.add_argument("--threshold", type=int, default=10, help="marker count threshold tau")
+    p.add_argument("--mode", choices=["heldout", "parity"], default="heldout")
+    p.add_argument("--metric", default="I-AvgMAE", help="metric K vs N minimises the width of")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-tokens", type=float, default=None, metavar="T",
+                        help="budget in generated tokens (K vs N)")  # fmt: skip
+    budget.add_argument("--budget-gpu-hours", type=float, default=None, metavar="H",
+                        help="budget in GPU-hours, at the pilot's throughput (K vs N)")  # fmt: skip
+    p.set_defaults(handler=_run_power)
+
+
+def _run_power(args: argparse.Namespace) -> int:
+    from metrics.power import format_plan, power_plan
+
+    result = power_plan(
+        args.scored, out=args.out, width=args.width, alpha=args.alpha, power=args.power,
+        items=args.items, bootstrap=args.bootstrap, seed=args.seed, level=args.level,
+        threshold=args.threshold, mode=args.mode, budget_tokens=args.budget_tokens,
+        budget_gpu_hours=args.budget_gpu_hours, kn_metric=args.metric,
+    )  # fmt: skip
+    print(format_plan(result))
+    print(f"\nwrote {result.out_dir}/power.json and {result.out_dir}/power.parquet")
+    return 0
