@@ -40,6 +40,7 @@ class Pilot:
     scored: list[Path]
     judgments: Path | None
     summary: Path | None
+    root: Path | None = None
 
 
 def locate_pilot(paths: list[str | Path]) -> Pilot:
@@ -48,7 +49,7 @@ def locate_pilot(paths: list[str | Path]) -> Pilot:
     The per-judgment table and `summary.json` are looked up in the study directory (the parent
     of `scored/`); with several inputs, the first that has them is used.
     """
-    scored, judgments, summary = [], None, None
+    scored, judgments, summary, where = [], None, None, None
     for raw in paths:
         p = Path(raw)
         root = None
@@ -60,7 +61,8 @@ def locate_pilot(paths: list[str | Path]) -> Pilot:
         if root is not None and judgments is None and (root / JUDGMENTS).is_file():
             judgments = root / JUDGMENTS
             summary = root / "summary.json" if (root / "summary.json").is_file() else None
-    return Pilot(scored, judgments, summary)
+            where = root
+    return Pilot(scored, judgments, summary, where)
 
 
 def variance_components(judgments: pl.DataFrame) -> dict:
@@ -131,6 +133,30 @@ def throughput(summary: dict) -> dict:
     }
 
 
+def shard_tokens(root: Path) -> dict:
+    """Generated tokens per row counted in a run's generation shards (no timing there): the
+    fallback when the run has no summary.json (e.g. a run generated in-process)."""
+    files = sorted((root / "shards").glob("*.arrow"))
+    if not files:
+        return {}
+    try:
+        lengths = (
+            pl.scan_ipc([str(f) for f in files])
+            .select(pl.col("token_ids").list.len().alias("n"))
+            .collect()
+            .get_column("n")
+        )
+    except (pl.exceptions.PolarsError, OSError):
+        return {}
+    if lengths.len() == 0 or lengths.sum() == 0:
+        return {}
+    return {
+        "tokens_per_row": float(lengths.mean()),
+        "tokens_per_second": None,
+        "clock": "none (tokens counted in shards/; no summary.json)",
+    }
+
+
 def kn_plan(
     pilot: Pilot | None,
     run,
@@ -160,18 +186,20 @@ def kn_plan(
         return out
     summary = json.loads(pilot.summary.read_text()) if pilot.summary else {}
     tp = throughput(summary)
+    if not tp and pilot.root is not None:
+        tp = shard_tokens(pilot.root)
     out["throughput"] = tp
     budget = budget_tokens
     if budget_gpu_hours is not None:
         if not tp.get("tokens_per_second"):
-            out["note"] = "no throughput in summary.json: give --budget-tokens instead"
+            out["note"] = "no timing in the pilot (summary.json): give --budget-tokens instead"
             return out
         budget = budget_gpu_hours * 3600.0 * tp["tokens_per_second"]
     if budget is None:
         out["note"] = "give --budget-tokens or --budget-gpu-hours for a (K, N)"
         return out
     if not tp:
-        out["note"] = "no generated tokens in summary.json: cannot cost an item"
+        out["note"] = "no generated tokens in summary.json or shards/: cannot cost an item"
         return out
     out["budget"] = {"tokens": budget, "gpu_hours": budget_gpu_hours, "clock": tp["clock"]}
     # Items of the whole sweep per item per task: groups x tasks.

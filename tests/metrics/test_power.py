@@ -250,3 +250,19 @@ def test_k_vs_n_from_a_study_directory(pop, tmp_path):
         (bare / f"{name}.parquet").write_bytes((d / "scored" / f"{name}.parquet").read_bytes())
     skipped = power_plan(bare, bootstrap=100).plan["k_vs_n"]["skipped"]
     assert "bare scored run" in skipped
+
+
+def test_k_vs_n_counts_tokens_in_shards_without_summary(pop, tmp_path):
+    """A run generated in-process may have no summary.json: generated tokens per row come from
+    the generation shards' token_ids, and a GPU-hour budget says it cannot be converted."""
+    d, _ = _study_dir(tmp_path, pop, k=4)
+    (d / "summary.json").unlink()
+    (d / "shards").mkdir()
+    pl.DataFrame({"token_ids": [[1] * 20, [2] * 40], "sample_idx": [0, 1]}).write_ipc(
+        d / "shards" / "unit-a.arrow", compression="zstd"
+    )
+    kn = power_plan(d, bootstrap=100, budget_tokens=1e6).plan["k_vs_n"]
+    assert kn["throughput"]["tokens_per_row"] == pytest.approx(30.0)
+    assert kn["recommendation"]["items_per_task"] >= 2
+    hours = power_plan(d, bootstrap=100, budget_gpu_hours=1.0).plan["k_vs_n"]
+    assert "recommendation" not in hours and "--budget-tokens" in hours["note"]
