@@ -6,7 +6,7 @@ item-keyed replicates `mic analyze` uses, so two groups on the same items are pa
 
 * **Standard error as a function of items per task.** The pilot is resized by a seeded hash of
   the item: subsampled to a quarter and a half (nested), and repeated to the planned size (copy c
-  of an item gets id ``<id>#c``, so a Poisson(1) bootstrap draws each original item Poisson(k)
+  of an item gets id ``<id>#<split>#c``, so a Poisson(1) bootstrap draws each original item Poisson(k)
   times: the bootstrap of a k-times larger study from the pilot's empirical distribution, the
   m-out-of-n bootstrap with m > n; markers reach the count threshold as they would at that
   size). The SE at each size gives a log-log curve; its slope between the pilot and the planned
