@@ -12,7 +12,7 @@ import pytest
 from engine.errors import UserError
 from metrics import analyze
 from metrics.simulate import Population, sample
-from metrics.stopping import stop_decision, stopping_study, take
+from metrics.stopping import Chosen, WidthSmoother, stop_decision, stopping_study, take
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +25,39 @@ def test_decision_per_task_follows_the_widest_shared_mic(result):
     widest = table.group_by("task").agg((pl.col("ci_hi") - pl.col("ci_lo")).max().alias("w"))
     w = dict(zip(widest.get_column("task"), widest.get_column("w")))
     middle = float(np.median(list(w.values())))
-    decision = stop_decision(result, middle)
+    decision, chosen = stop_decision(result, middle)
     assert decision.widths == pytest.approx(w)
     assert decision.stop == {t: w[t] <= middle for t in w}
-    assert any(decision.stop.values()) and stop_decision(result, 1.0).stop == {t: True for t in w}
-    assert not any(stop_decision(result, 1e-6).stop.values())
+    assert len(chosen) == table.height
+    assert any(decision.stop.values())
+    assert stop_decision(result, 1.0)[0].stop == {t: True for t in w}
+    assert not any(stop_decision(result, 1e-6)[0].stop.values())
 
 
 def test_decision_by_metric_stops_every_task_together(result):
     ci = result.metrics_json["models"]["model-0"]["default"]["metrics"]["I-AvgMAE"]["ci"]
     width = ci[1] - ci[0]
-    assert all(stop_decision(result, width * 1.01, "I-AvgMAE").stop.values())
-    assert not any(stop_decision(result, width * 0.99, "I-AvgMAE").stop.values())
+    assert all(stop_decision(result, width * 1.01, "I-AvgMAE")[0].stop.values())
+    assert not any(stop_decision(result, width * 0.99, "I-AvgMAE")[0].stop.values())
     with pytest.raises(UserError, match="--metric 'nope' is not a metric"):
         stop_decision(result, 0.1, "nope")
     with pytest.raises(UserError, match="--target-width 0 must be positive"):
         stop_decision(result, 0)
+
+
+def test_smoother_widens_a_lucky_narrow_wave_only():
+    s = WidthSmoother()
+    # Widths falling like 1/sqrt(n): nothing to widen.
+    for n in (100, 200, 400):
+        c = s.widen(
+            Chosen("t", "m", 0.5, 0.5 - 0.1 / np.sqrt(n / 100), 0.5 + 0.1 / np.sqrt(n / 100)), n
+        )
+    assert c.hi - c.lo == pytest.approx(0.2 / 2)
+    # A wave whose interval came out half as wide as the trend: widened towards the trend,
+    # about its centre.
+    lucky = s.widen(Chosen("t", "m", 0.5, 0.48, 0.52), 800)
+    assert 0.04 < lucky.hi - lucky.lo < 0.2 / np.sqrt(8)
+    assert lucky.center == 0.5 and 0.5 - lucky.lo == pytest.approx(lucky.hi - 0.5)
 
 
 def test_take_keeps_sentences_with_their_responses():
