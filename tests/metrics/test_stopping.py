@@ -71,12 +71,15 @@ def test_take_keeps_sentences_with_their_responses():
 
 
 def test_stopping_study_stops_early_and_covers():
-    """A loose width stops after the first waves, a tight one runs to the item limit; the final
-    MIC intervals cover the truth at a rough level (4 studies)."""
+    """A loose width stops at the second wave (the first a task may stop at: the smoother needs
+    two), a tight one runs to the item limit; without the smoother a loose width stops at the
+    first; the final MIC intervals cover the truth at a rough level (4 studies)."""
     pop = Population.example()
     loose = stopping_study(pop, 0.5, wave=100, max_items=400, reps=2, n_boot=100)
     tight = stopping_study(pop, 1e-4, wave=100, max_items=300, reps=2, n_boot=100)
-    assert loose.get_column("reached").all() and loose.get_column("items").max() == 100
+    assert loose.get_column("reached").all() and loose.get_column("items").max() == 200
+    raw = stopping_study(pop, 0.5, wave=100, max_items=400, reps=1, n_boot=100, smooth=False)
+    assert raw.get_column("reached").all() and raw.get_column("items").max() == 100
     assert not tight.get_column("reached").any() and tight.get_column("items").min() == 300
     both = pl.concat([loose, tight])
     assert both.get_column("covered").mean() > 0.8
