@@ -10,6 +10,7 @@ the whole escaping policy and easy to audit; it also keeps the report free of a 
 Inputs, all optional except metrics.json:
     metrics.json, mic.parquet      `mic analyze --out DIR` (RUN_DIR itself or RUN_DIR/analysis)
     comparisons.parquet            paired comparisons (a significance matrix per metric)
+    power.json                     `mic power --out` into the same directory: the plan
     summary.json, run.json         a generation run (`mic run`): throughput and the spec
 """
 
@@ -98,6 +99,7 @@ class ReportInputs:
         files: Every file read, for the provenance section.
         study: study.json of `mic study` (judges and analysis settings), or None.
         scoring: scored/score.json of `mic score` (judge calls and failures per stage), or None.
+        power: power.json of `mic power --out` into the same directory, or None.
     """
 
     run_dir: Path
@@ -110,6 +112,7 @@ class ReportInputs:
     files: list[Path] = field(default_factory=list)
     study: dict | None = None
     scoring: dict | None = None
+    power: dict | None = None
 
 
 def _looks_like_generation_run(d: Path) -> bool:
@@ -243,8 +246,13 @@ def load_inputs(run_dir: str | Path) -> ReportInputs:
         if scoring is None and record.is_file():
             scoring = _read_json(record)
             files.append(record)
+    power = None
+    for d in near:
+        if power is None and (d / "power.json").is_file():
+            power = _read_json(d / "power.json")
+            files.append(d / "power.json")
     return ReportInputs(
-        run_dir, adir, metrics, mic, comparisons, summary, run, files, study, scoring
+        run_dir, adir, metrics, mic, comparisons, summary, run, files, study, scoring, power
     )
 
 
@@ -1097,6 +1105,66 @@ def section_scoring(scoring: dict | None) -> str:
     )
 
 
+def section_planning(power: dict | None) -> str:
+    """The plan of `mic power` (power.json): SE against items per task, detectable differences."""
+    if not power or not isinstance(power.get("quantities"), list):
+        return ""
+    rows = [
+        q for q in power["quantities"]
+        if isinstance(q, dict) and q.get("kind") == "metric" and q.get("model_b") is None
+        and q.get("se_pilot") is not None
+    ]  # fmt: skip
+    if not rows:
+        return ""
+    s = power.get("settings") or {}
+    first = (rows[0].get("model"), rows[0].get("prompt"))
+    mine = [q for q in rows if (q.get("model"), q.get("prompt")) == first]
+    planned = _num(s.get("items_planned"), 0)
+    out = [
+        "<h2>Planning</h2>",
+        f'<p class="muted">{_e(first[0])}/{_e(first[1])}: standard errors at the pilot\'s size '
+        f"and at {planned} items per task (the pilot's bootstrap, resized by item), minimum "
+        f"detectable differences at alpha {_e(s.get('alpha'))} and power {_e(s.get('power'))} "
+        "(against an independent group like it; power.json has the paired ones).</p>",
+    ]
+    plt = _plt()
+    with plt.rc_context(_MPL_RC):
+        fig, ax = plt.subplots(figsize=(7.2, 3.6), layout="constrained")
+        for q in mine:
+            n0, n1 = q["n_pilot"], q["items_planned"]
+            if not (n0 and n1 and q["se_pilot"] and q["se_planned"]):
+                continue
+            ax.plot([n0, n1], [q["se_pilot"], q["se_planned"]], marker="o", label=_short(q["name"]))
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        # Plain tick labels: mathtext is off for data strings (_MPL_RC), so no "10^k" labels.
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(sorted({q["n_pilot"] for q in mine} | {q["items_planned"] for q in mine}))
+        ax.set_xlabel("items per task")
+        ax.set_ylabel("standard error")
+        ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        out.append(_figure(_png(fig), "standard error against items per task",
+                           "Standard error of each metric at the pilot's size and the planned one "
+                           "(log-log: the slope is the scaling exponent)."))  # fmt: skip
+    header = ["metric", "n", "SE", "exponent", f"SE@{planned}", "MDD", f"MDD@{planned}"]
+    if s.get("width") is not None:
+        header.append(f"n for width {_e(s['width'])}")
+    table = []
+    for q in mine:
+        row = [q["name"], _num(q["n_pilot"], 0), _num(q["se_pilot"], 4), _num(q["exponent"], 2),
+               _num(q["se_planned"], 4), _num(q["mdd_pilot"], 4), _num(q["mdd_planned"], 4)]  # fmt: skip
+        if s.get("width") is not None:
+            row.append("-" if q.get("items_for_width") is None else q["items_for_width"])
+        table.append(row)
+    out.append(_table(header, table))
+    return "\n".join(out)
+
+
 def section_throughput(summary: dict | None) -> str:
     """Throughput of a generation run from summary.json, whatever keys it has."""
     if summary is None:
@@ -1207,6 +1275,7 @@ def render_report(inputs: ReportInputs) -> str:
         section_metrics(inputs.metrics),
         section_figures(inputs),
         section_significance(inputs.comparisons),
+        section_planning(inputs.power),
         section_scoring(inputs.scoring),
         section_throughput(inputs.summary),
         section_provenance(inputs, generated),

@@ -266,3 +266,20 @@ def test_k_vs_n_counts_tokens_in_shards_without_summary(pop, tmp_path):
     assert kn["recommendation"]["items_per_task"] >= 2
     hours = power_plan(d, bootstrap=100, budget_gpu_hours=1.0).plan["k_vs_n"]
     assert "recommendation" not in hours and "--budget-tokens" in hours["note"]
+
+
+def test_report_shows_the_plan_beside_the_analysis(tmp_path):
+    """`mic power --out DIR` into an analysis directory: the report gains a Planning section
+    (a figure of SE against items per task and the table)."""
+    from metrics import analyze
+    from metrics.report import build_report
+
+    out = tmp_path / "results"
+    analyze(EXAMPLE, out=out)
+    page = build_report(out).read_text()
+    assert "<h2>Planning</h2>" not in page
+    power_plan(EXAMPLE, out=out, bootstrap=100, width=0.02, items=1600)
+    page = build_report(out).read_text()
+    section = page[page.index("<h2>Planning</h2>") :]
+    assert "items per task" in section and "data:image/png;base64," in section
+    assert "I-AvgMAE" in section and "n for width 0.02" in section
