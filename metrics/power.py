@@ -241,7 +241,7 @@ def replicates(
 ) -> _Replicates:
     """Every group's metric and MIC replicates, exactly as `metrics.analyze` computes them."""
     parity = mode == "parity"
-    enc = encode(run, mode=mode, seed=seed)
+    enc = encode(run, mode=mode, seed=seed, threshold=threshold)
     tables, valid = compute_tables(enc, threshold=threshold, parity=parity)
     views = group_views(enc, tables, valid)
     keys, strata = response_keys(run.responses)

@@ -283,3 +283,16 @@ def test_report_shows_the_plan_beside_the_analysis(tmp_path):
     section = page[page.index("<h2>Planning</h2>") :]
     assert "items per task" in section and "data:image/png;base64," in section
     assert "I-AvgMAE" in section and "n for width 0.02" in section
+
+
+def test_pilot_se_is_the_se_mic_analyze_reports(pop):
+    """The plan starts from the same replicates as `mic analyze` (same seed, same B)."""
+    from metrics import analyze
+
+    run = sample({"a": pop, "b": pop}, 120, 8)
+    reported = analyze(run, bootstrap=100, seed=5).metrics_json["models"]["a"]["default"]
+    mine = _quantities(replicates(run, bootstrap=100, seed=5))
+    for name in ("I-AvgMAE", "C-AvgMAE", "MRC", "I-AvgCV", "C-AvgCV", "I-AvgMAE (Mode 4)"):
+        assert mine[((0,), "metric", name, "")][1] == pytest.approx(
+            reported["metrics"][name]["se"], rel=1e-9
+        )
