@@ -26,9 +26,10 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from engine.contract import RunLayout
 from engine.errors import UserError
 
-JUDGMENTS = Path("stages") / "confidence" / "judgments.parquet"
+JUDGMENTS = Path(RunLayout.STAGES) / "confidence" / "judgments.parquet"
 SENTENCE_KEY = ["model", "task", "split", "prompt", "item_id", "sentence_idx"]
 K_MAX = 64
 
@@ -53,14 +54,15 @@ def locate_pilot(paths: list[str | Path]) -> Pilot:
     for raw in paths:
         p = Path(raw)
         root = None
-        if p.is_dir() and (p / "scored").is_dir():
-            root, p = p, p / "scored"
-        elif p.is_dir() and p.name == "scored":
+        if p.is_dir() and (p / RunLayout.SCORED).is_dir():
+            root, p = p, p / RunLayout.SCORED
+        elif p.is_dir() and p.name == RunLayout.SCORED:
             root = p.parent
         scored.append(p)
         if root is not None and judgments is None and (root / JUDGMENTS).is_file():
             judgments = root / JUDGMENTS
-            summary = root / "summary.json" if (root / "summary.json").is_file() else None
+            summary = root / RunLayout.SUMMARY
+            summary = summary if summary.is_file() else None
             where = root
     return Pilot(scored, judgments, summary, where)
 
@@ -136,7 +138,7 @@ def throughput(summary: dict) -> dict:
 def shard_tokens(root: Path) -> dict:
     """Generated tokens per row counted in a run's generation shards (no timing there): the
     fallback when the run has no summary.json (e.g. a run generated in-process)."""
-    files = sorted((root / "shards").glob("*.arrow"))
+    files = sorted((root / RunLayout.SHARDS).glob("*.arrow"))
     if not files:
         return {}
     try:

@@ -47,8 +47,9 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from engine.contract import atomic_write
 from engine.errors import UserError
-from metrics.analyze import _write_atomic, group_metrics, group_views
+from metrics.analyze import group_metrics, group_views
 from metrics.bootstrap._validate import check_level, check_n_boot
 from metrics.core import compute_tables
 from metrics.encode import encode
@@ -554,10 +555,8 @@ def power_plan(
     if out is not None:
         out_dir = Path(out)
         text = json.dumps(plan, indent=2, allow_nan=False)
-        _write_atomic(out_dir / "power.json", lambda p: Path(p).write_text(text))
-        _write_atomic(out_dir / "power.parquet", lambda p: table.write_parquet(p))
-        for name in ("power.json", "power.parquet"):
-            (out_dir / name).chmod(0o644)
+        atomic_write(out_dir / "power.json", text)
+        atomic_write(out_dir / "power.parquet", lambda p: table.write_parquet(p))
     return PowerResult(table, plan, out_dir)
 
 
