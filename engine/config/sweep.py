@@ -156,6 +156,10 @@ class SamplingSpec:
         logprobs: Top-k alternatives stored per generated token (0 = only the chosen token).
         seed: Base seed; every (task, split, prompt, item, sample) gets its own derived seed.
         stop: Stop strings; the text is cut at the first one after decoding.
+        seed_mode: Which samples carry a seed (see `SEED_MODES`): "per-sample" (every sample:
+            tokens never depend on batching, chunking or actors), "per-request" (sample 0, the
+            response, only; the other samples are fresh draws) or "none" (no sample: the
+            engine's RNG, so tokens depend on what shares the batch).
     """
 
     n: int = 1
@@ -165,6 +169,17 @@ class SamplingSpec:
     logprobs: int = 0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    seed_mode: str = "per-sample"
+
+
+# What each seed mode promises; the resume guarantee (every (unit, item, sample) exactly once) holds
+# in all three, since it rests on unit ids and done-records, not on the tokens.
+SEED_MODES = {
+    "per-sample": "every sample seeded: tokens independent of batching, chunking and actors",
+    "per-request": "the response (sample 0) seeded; samples 1..n-1 are unseeded draws",
+    "none": "no seeds: the engine's RNG, tokens depend on what shares the batch",
+}
+DEFAULT_SEED_MODE = "per-sample"
 
 
 @dataclass(frozen=True)
@@ -230,6 +245,7 @@ class SweepSpec:
         # Judge and analysis settings belong to later stages; they do not change generations.
         data.pop("judges", None)
         data.pop("analysis", None)
+        data["sampling"] = sampling_content(data["sampling"])
         for section, names in EXECUTION_FIELDS.items():
             entries = data[section] if isinstance(data[section], list) else [data[section]]
             for entry in entries:
@@ -250,6 +266,18 @@ class SweepSpec:
     def run_id(self) -> str:
         """Run id stored in every row: the run name and the first 12 hex digits of the hash."""
         return f"{self.run.name}-{self.hash[:12]}"
+
+
+def sampling_content(sampling: dict[str, Any]) -> dict[str, Any]:
+    """The sampling settings that decide the rows, as hashed into run and unit ids.
+
+    The default seed mode is left out, so runs made before `seed_mode` existed keep their ids
+    (and resume); any other mode makes a different run.
+    """
+    out = dict(sampling)
+    if out.get("seed_mode") == DEFAULT_SEED_MODE:
+        out.pop("seed_mode")
+    return out
 
 
 def canonical_json(data: Any) -> str:
@@ -466,6 +494,11 @@ def validate(
     _check_unique([p.id for p in prompts], "prompts", "id", source)
     if run.device not in ("auto", "gpu", "cpu"):
         raise UserError(f"{source}: 'run.device' is {run.device!r}", 'use "auto", "gpu" or "cpu"')
+    if sampling.seed_mode not in SEED_MODES:
+        raise UserError(
+            f"{source}: 'sampling.seed_mode' is {sampling.seed_mode!r}",
+            f"use one of {', '.join(repr(m) for m in SEED_MODES)}",
+        )
     if not 0.0 < sampling.top_p <= 1.0:
         raise UserError(f"{source}: 'sampling.top_p' is {sampling.top_p}", "use a value in (0, 1]")
     for i, prompt in enumerate(prompts):

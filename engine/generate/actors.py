@@ -97,6 +97,8 @@ class GenerationActor:
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "startup_seconds": self.startup_seconds,
             "ready_at": self.ready_at,
+            # The build's settings and why (engine.generate.backends.device); fakes have none.
+            "engine_settings": getattr(self.backend, "settings", None),
         }
 
     def run_unit(self, unit: WorkUnit) -> list[dict[str, Any]]:

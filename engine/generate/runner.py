@@ -21,6 +21,7 @@ from engine.config.sweep import ModelSpec, SweepSpec
 from engine.contract import RunLayout
 from engine.errors import UserError
 from engine.generate.backends.base import STOP_STRING_MODE
+from engine.generate.backends.device import CPU_ENV
 from engine.generate.backends.vllm import ENGINE_ENV, check_model_available, hub_env
 from engine.generate.store import RunStore, is_storage_error
 from engine.generate.units import WorkUnit, plan_units
@@ -174,8 +175,20 @@ def format_plan(report: dict[str, Any], max_units: int = 20) -> str:
 
 
 def engine_env(spec: SweepSpec) -> dict[str, str]:
-    """Environment defaults of the engine processes of `spec` (see `engine.generate.backends.vllm.hub_env`)."""
+    """Environment defaults of the engine processes of `spec` (see `engine.generate.backends.vllm.hub_env`).
+
+    The CPU build's variables are not among them: each actor's backend chooses those for the
+    build installed on its own node (`engine.generate.backends.device.engine_settings`).
+    """
     return {**ENGINE_ENV, **hub_env([m.path for m in spec.models])}
+
+
+def actor_env(spec: SweepSpec) -> dict[str, str]:
+    """The environment passed to the actors: `engine_env` with the driver's values winning, plus
+    the build variables the user set explicitly in the driver's environment."""
+    env = {k: os.environ.get(k, v) for k, v in engine_env(spec).items()}
+    env.update({k: os.environ[k] for k in CPU_ENV if k in os.environ})
+    return env
 
 
 def root_cause(exc: BaseException, limit: int = 300) -> str:
@@ -390,12 +403,11 @@ def _run_model(
 
     from engine.generate.actors import GenerationActor
 
-    env = engine_env(spec)
     replicas = min(actors or model.replicas, len(units))
     resources = _actor_resources(model, spec.run.device, ray.cluster_resources(), index, replicas)
     actor_cls = ray.remote(GenerationActor).options(
         max_concurrency=1,
-        runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in env.items()}},
+        runtime_env={"env_vars": actor_env(spec)},
         # Replicas on different nodes where they fit: a lost node takes fewer of them along.
         scheduling_strategy="SPREAD",
         **resources,
@@ -590,6 +602,9 @@ def write_summary(
     previous = store.read_json(RunLayout.SUMMARY) or {}
     if not stats and previous.get("config_hash") == spec.hash:
         summary["models"] = previous.get("models", {})  # nothing ran: keep the figures
+        engine = previous.get("settings", {}).get("engine")
+        if engine:
+            summary["settings"]["engine"] = engine
     store.write_json(RunLayout.SUMMARY, summary)
     return summary
 
@@ -635,6 +650,11 @@ def _summary(
                 for actor, a in s.actors.items()
             },
         }
+    engine_settings = {}
+    for name, s in stats.items():
+        found = [a["engine_settings"] for a in s.actors.values() if a.get("engine_settings")]
+        if found:
+            engine_settings[name] = found[0]
     nodes: dict[str, dict[str, Any]] = {}
     for s in stats.values():
         for node, counts in s.nodes.items():
@@ -655,6 +675,9 @@ def _summary(
             "stop_strings": STOP_STRING_MODE if spec.sampling.stop else "none",
             "detokenize": "batch_decode after generation",
             "logprobs": spec.sampling.logprobs,
+            "seed_mode": spec.sampling.seed_mode,
+            # Per model: the vLLM build its actors found and each build setting with its reason.
+            "engine": engine_settings,
         },
         "models": models,
     }

@@ -11,7 +11,14 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from engine.config.sweep import ModelSpec, PromptSpec, SweepSpec, canonical_json
+from engine.config.sweep import (
+    DEFAULT_SEED_MODE,
+    ModelSpec,
+    PromptSpec,
+    SweepSpec,
+    canonical_json,
+    sampling_content,
+)
 from engine.tasks.loaders import load_items
 from engine.tasks.sources import Item
 
@@ -33,8 +40,9 @@ class WorkUnit:
         chunk_index: Position of the chunk within (model, task, split, prompt).
         item_ids: Ids of the items, in order.
         questions: Question texts, aligned with `item_ids`.
-        seeds: Base seed per item; sample j uses seed + j (vLLM's parallel-sampling rule).
-        sampling: The sampling settings as a plain dict.
+        seeds: Base seed per item; sample j uses seed + j (vLLM's parallel-sampling rule) when
+            the seed mode seeds it.
+        sampling: The sampling settings as a plain dict (`seed_mode` absent = "per-sample").
     """
 
     unit_id: str
@@ -58,6 +66,24 @@ class WorkUnit:
     def user_texts(self) -> list[str]:
         """Return the prompt template filled with each question."""
         return [self.prompt.template.format(question=q) for q in self.questions]
+
+
+def seed_mode_of(unit: WorkUnit) -> str:
+    """The unit's `sampling.seed_mode` ("per-sample" when absent)."""
+    return str(unit.sampling.get("seed_mode", DEFAULT_SEED_MODE))
+
+
+def row_seeds(unit: WorkUnit) -> list[int | None]:
+    """The seed of each row (item-major, sample-minor) under the unit's seed mode; None for a
+    sample drawn without a seed."""
+    n = int(unit.sampling["n"])
+    mode = seed_mode_of(unit)
+    out: list[int | None] = []
+    for base in unit.seeds:
+        for j in range(n):
+            seeded = mode == "per-sample" or (mode == "per-request" and j == 0)
+            out.append(base + j if seeded else None)
+    return out
 
 
 def item_seed(base_seed: int, task: str, split: str, prompt_id: str, item_id: str) -> int:
@@ -111,7 +137,7 @@ def plan_units(spec: SweepSpec) -> list[WorkUnit]:
     Returns:
         The units; the same spec always gives the same units in the same order.
     """
-    sampling = spec.to_dict()["sampling"]
+    sampling = sampling_content(spec.to_dict()["sampling"])
     chunk = spec.run.chunk_size
     items_by_task = {task.name: load_items(task) for task in spec.tasks}
     units: list[WorkUnit] = []

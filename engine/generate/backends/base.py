@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.contract import GENERATIONS, TOPK_ENTRY, with_metadata
-from engine.generate.units import WorkUnit
+from engine.generate.units import WorkUnit, row_seeds
 
 # Settings recorded in shard metadata and run summaries.
 STOP_STRING_MODE = "cut after decoding (tokens kept up to the token completing the stop string)"
@@ -171,7 +171,7 @@ def build_table(
     rows = len(unit.item_ids) * n
     item_index = np.repeat(np.arange(len(unit.item_ids)), n)
     sample_idx = np.tile(np.arange(n, dtype=np.int32), len(unit.item_ids))
-    seeds = np.asarray(unit.seeds, dtype=np.int64)[item_index] + sample_idx
+    seeds = row_seeds(unit)
 
     empty = Completion([], [], [], [], None, "error")
     comps = [c if c is not None else empty for c in completions]
@@ -248,7 +248,7 @@ def build_table(
         "prompt": pa.array([unit.prompt.id] * rows, pa.string()),
         "item_id": pa.array([unit.item_ids[i] for i in item_index], pa.string()),
         "sample_idx": pa.array(sample_idx),
-        "seed": pa.array(seeds),
+        "seed": pa.array(seeds, pa.int64()),
         "prompt_text": pa.array([raw.prompt_texts[i] for i in item_index], pa.string()),
         "text": pa.array(texts, pa.string()),
         "token_ids": token_col,

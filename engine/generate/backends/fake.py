@@ -15,13 +15,15 @@ from engine.generate.backends.base import (
     decode_rows,
     render_prompts,
 )
-from engine.generate.units import WorkUnit
+from engine.generate.units import WorkUnit, row_seeds
 
 
 class FakeBackend:
     """A deterministic stand-in engine for scheduler tests (no model, no vLLM).
 
-    Tokens and logprobs are drawn from each sample's seed, so outputs do not depend on batching.
+    Tokens and logprobs are drawn from each sample's seed, so outputs do not depend on batching;
+    a sample the seed mode leaves unseeded is drawn from fresh OS entropy (like vLLM's engine RNG,
+    it differs between runs).
 
     Args:
         vocab_size: Token ids are drawn from [3, vocab_size).
@@ -65,7 +67,9 @@ class FakeBackend:
         k = int(s["logprobs"])
         completions: list[list[Completion] | None] = []
         errors: list[str | None] = []
-        for prompt, seed in zip(prompts, unit.seeds):
+        n = int(s["n"])
+        seeds = row_seeds(unit)  # None: an unseeded sample (seed_mode), drawn from fresh entropy
+        for index, prompt in enumerate(prompts):
             if len(prompt) > self.max_prompt_chars:
                 completions.append(None)
                 errors.append(
@@ -73,8 +77,8 @@ class FakeBackend:
                 )
                 continue
             samples = []
-            for j in range(int(s["n"])):
-                rng = np.random.default_rng(seed + j)
+            for j in range(n):
+                rng = np.random.default_rng(seeds[index * n + j])
                 length = int(rng.integers(1, int(s["max_tokens"]) + 1))
                 tokens = rng.integers(3, self.vocab_size, size=length).tolist()
                 lps = (-rng.exponential(1.0, size=(length, k + 1))).astype(np.float32)

@@ -9,8 +9,16 @@ A backend runs one work unit in two steps, so the caller can overlap them:
   are applied by cutting the decoded text (vLLM refuses stop strings without detokenization), and
   the rows are assembled column-wise into the GENERATIONS schema.
 
-Seeds: item i of a unit gets the base seed `unit.seeds[i]`; vLLM gives sample j seed + j, so a
-row's samples do not depend on batching or chunking. The per-row seed is stored.
+Seeds (`sampling.seed_mode`): item i of a unit has the base seed `unit.seeds[i]`.
+- "per-sample": one request per item with that seed; vLLM gives sample j seed + j, so no sample
+  depends on batching or chunking.
+- "per-request": sample 0 (the response) is its own request with the item's seed (reproducible
+  like per-sample); samples 1..n-1 are one unseeded request (fresh draws from the engine's RNG).
+- "none": one unseeded request per item (the engine's RNG; depends on the batch).
+The seed a row was drawn with is stored (null for unseeded samples).
+
+Build-specific settings (chunked prefill, the CPU build's environment) come from
+`engine.generate.backends.device.engine_settings`; `self.settings` records them.
 """
 
 from __future__ import annotations
@@ -33,15 +41,12 @@ from engine.generate.backends.base import (
     decode_rows,
     render_prompts,
 )
-from engine.generate.units import WorkUnit
+from engine.generate.backends.device import COMMON_ENV, apply_env, engine_settings
+from engine.generate.units import WorkUnit, seed_mode_of
 
-ENGINE_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    # vLLM's start-up warnings are about its own tuning (tcmalloc, Triton, NUMA), not the run.
-    "VLLM_LOGGING_LEVEL": "ERROR",
-}
+# Environment of every engine process on any build; the CPU build's own variables are chosen by
+# `engine.generate.backends.device.engine_settings` in the process that starts the engine.
+ENGINE_ENV = dict(COMMON_ENV)
 
 # Hub access is switched off only when no model needs it (built-in models and local folders):
 # then nothing can stall on a network lookup. A model named by hub id keeps the user's setting
@@ -126,8 +131,11 @@ class VLLMBackend:
         max_logprobs: int = 20,
         chat: bool = False,
     ) -> None:
-        for key, value in {**ENGINE_ENV, **hub_env([model_path])}.items():
+        settings = engine_settings(engine_args)
+        apply_env(settings)
+        for key, value in hub_env([model_path]).items():
             os.environ.setdefault(key, value)
+        self.settings: dict[str, Any] = settings.record
         check_model_available(model_path, "model")
         import warnings
 
@@ -139,24 +147,22 @@ class VLLMBackend:
             "model": model_path,
             "tokenizer": model_path,
             "tensor_parallel_size": tensor_parallel_size,
-            # Seeded sampling crashes vllm-cpu 0.32 under chunked prefill (measured here).
-            "enable_chunked_prefill": False,
             "max_logprobs": max(20, max_logprobs),
             "seed": 0,
         }
-        args.update(engine_args or {})
+        args.update(settings.engine_args)  # the build's defaults, then the spec's engine_args
         self.chat = chat
         with _llvmlite_hidden():
             self.llm = LLM(**args)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
-    def _sampling_params(self, unit: WorkUnit, seed: int) -> Any:
+    def _sampling_params(self, unit: WorkUnit, n: int, seed: int | None) -> Any:
         from vllm import SamplingParams
 
         s = unit.sampling
         return SamplingParams(
-            n=int(s["n"]),
+            n=n,
             temperature=float(s["temperature"]),
             top_p=float(s["top_p"]),
             max_tokens=int(s["max_tokens"]),
@@ -165,6 +171,17 @@ class VLLMBackend:
             detokenize=False,
             flat_logprobs=True,
         )
+
+    def _requests(self, unit: WorkUnit, i: int) -> list[Any]:
+        """The sampling params of item i's requests, in sample order (see `sampling.seed_mode`)."""
+        n = int(unit.sampling["n"])
+        mode = seed_mode_of(unit)
+        if mode == "per-sample":
+            return [self._sampling_params(unit, n, unit.seeds[i])]
+        if mode == "per-request":
+            first = [self._sampling_params(unit, 1, unit.seeds[i])]
+            return first + ([self._sampling_params(unit, n - 1, None)] if n > 1 else [])
+        return [self._sampling_params(unit, n, None)]
 
     def generate(self, unit: WorkUnit) -> RawUnit:
         """Run the unit's prompts in one `generate` call; over-long prompts become error rows."""
@@ -186,9 +203,11 @@ class VLLMBackend:
         results = self._generate_many(unit, encoded, todo, errors)
         gen_seconds = time.perf_counter() - started
         completions: list[list[Completion] | None] = [None] * len(prompts)
-        for i, out in results.items():
+        k = int(unit.sampling["logprobs"])
+        for i, outs in results.items():
             completions[i] = [
-                _completion(c, int(unit.sampling["logprobs"]))
+                _completion(c, k)
+                for out in outs
                 for c in sorted(out.outputs, key=lambda c: c.index)
             ]
         return RawUnit(
@@ -201,23 +220,33 @@ class VLLMBackend:
 
     def _generate_many(
         self, unit: WorkUnit, encoded: list[list[int]], todo: list[int], errors: list[str | None]
-    ) -> dict[int, Any]:
-        """Generate `todo`; if the batch fails, retry item by item so one bad prompt fails alone."""
+    ) -> dict[int, list[Any]]:
+        """Generate `todo` (item -> its request outputs in sample order); if the batch fails,
+        retry item by item so one bad prompt fails alone."""
         if not todo:
             return {}
-        prompts = [{"prompt_token_ids": encoded[i]} for i in todo]
-        params = [self._sampling_params(unit, unit.seeds[i]) for i in todo]
+        per_item = {i: self._requests(unit, i) for i in todo}
+        owners = [i for i in todo for _ in per_item[i]]
+        prompts = [{"prompt_token_ids": encoded[i]} for i in owners]
+        params = [p for i in todo for p in per_item[i]]
         try:
             outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
-            return dict(zip(todo, outputs))
+            results: dict[int, list[Any]] = {}
+            for i, out in zip(owners, outputs):
+                results.setdefault(i, []).append(out)
+            return results
         except (ValueError, TypeError) as exc:  # a request-level validation error
             if len(todo) == 1:
                 errors[todo[0]] = f"{type(exc).__name__}: {exc}"
                 return {}
-        results: dict[int, Any] = {}
-        for i, prompt, param in zip(todo, prompts, params):
+        results = {}
+        for i in todo:
             try:
-                results[i] = self.llm.generate([prompt], sampling_params=[param], use_tqdm=False)[0]
+                results[i] = self.llm.generate(
+                    [{"prompt_token_ids": encoded[i]}] * len(per_item[i]),
+                    sampling_params=per_item[i],
+                    use_tqdm=False,
+                )
             except (ValueError, TypeError) as exc:
                 errors[i] = f"{type(exc).__name__}: {exc}"
         return results
