@@ -72,7 +72,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
             "Generate N prompts from the spec's tasks per model and logprobs setting; print "
             "requests/s, prompt and generated tokens/s and latency percentiles, and save JSON."
         ),
-        epilog="example:\n  mic bench configs/tiny.toml --prompts 500 --logprobs 0,5,20",
+        epilog=(
+            "examples:\n  mic bench configs/tiny.toml --prompts 500 --logprobs 0,5,20\n"
+            "  mic bench configs/tiny.toml --determinism --prompts 1000"
+        ),
         formatter_class=fmt,
     )
     p.add_argument("spec", help="sweep spec (.toml or .yaml)")
@@ -80,6 +83,23 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", type=int, default=500, help="prompts per measurement")
     p.add_argument("--logprobs", default="0,1,5,20", help="comma-separated top-k settings")
     p.add_argument("--out", default="bench.json", help="JSON file to write")
+    p.add_argument(
+        "--determinism",
+        action="store_true",
+        help="instead: generated tok/s of each seed mode with chunked prefill off and on "
+        "(where the vLLM build allows it), with ratios to the fastest",
+    )
+    p.add_argument(
+        "--seed-modes",
+        default="per-sample,per-request,none",
+        help="with --determinism: comma-separated seed modes",
+    )
+    p.add_argument(
+        "--chunked-prefill",
+        default="off,on",
+        help="with --determinism: comma-separated values of enable_chunked_prefill (off, on)",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="with --determinism: rounds (best counts)")
     p.set_defaults(handler=_bench)
 
 
@@ -135,6 +155,8 @@ def _bench(args: argparse.Namespace) -> int:
     from engine.errors import UserError
     from engine.generate.bench import format_bench, run_bench
 
+    if args.determinism:
+        return _bench_determinism(args)
     try:
         ks = [int(k) for k in args.logprobs.split(",") if k.strip()]
     except ValueError:
@@ -145,5 +167,28 @@ def _bench(args: argparse.Namespace) -> int:
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)
     print(format_bench(result))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _bench_determinism(args: argparse.Namespace) -> int:
+    from engine.config.sweep import load_spec
+    from engine.errors import UserError
+    from engine.generate.bench import format_determinism, run_determinism_bench
+
+    switch = {"on": True, "off": False, "true": True, "false": False}
+    words = [w.strip().lower() for w in args.chunked_prefill.split(",") if w.strip()]
+    if not words or any(w not in switch for w in words):
+        raise UserError(f"--chunked-prefill {args.chunked_prefill!r}", "write off, on or off,on")
+    result = run_determinism_bench(
+        load_spec(args.spec, args.overrides),
+        prompts=args.prompts,
+        seed_modes=[m.strip() for m in args.seed_modes.split(",") if m.strip()],
+        chunked_prefill=[switch[w] for w in words],
+        rounds=args.rounds,
+    )
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(format_determinism(result))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
