@@ -1213,9 +1213,8 @@ def _engine_settings(summary: dict) -> str:
                 value = entry.get("value")
                 rows.append([model, key, value, entry.get("source", ""), entry.get("why", "")])
     seed_mode = settings.get("seed_mode", "per-sample")
-    return (
-        f"<h3>Engine settings (seed mode: {_e(seed_mode)})</h3>"
-        + _table(["model", "setting", "value", "source", "why"], rows, left=5)
+    return f"<h3>Engine settings (seed mode: {_e(seed_mode)})</h3>" + _table(
+        ["model", "setting", "value", "source", "why"], rows, left=5
     )
 
 

