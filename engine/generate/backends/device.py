@@ -57,6 +57,11 @@ GPU_NOTES = {
 }
 
 
+# Variables `apply_env` set in this process: a later engine here must not mistake them for the
+# user's (e.g. `mic bench` starting a second engine).
+_SET_HERE: set[str] = set()
+
+
 @dataclass(frozen=True)
 class BuildInfo:
     """The vLLM build of this process.
@@ -149,7 +154,7 @@ def engine_settings(
             record[key] = {"value": "vLLM default", "source": "GPU build", "why": GPU_NOTES[key]}
     env: dict[str, str] = {}
     for key, (value, why) in CPU_ENV.items():
-        if key in environ:
+        if key in environ and not (environ is os.environ and key in _SET_HERE):
             record[key] = {"value": environ[key], "source": "environment"}
         elif on_cpu:
             env[key] = value
@@ -158,7 +163,7 @@ def engine_settings(
             note = GPU_NOTES.get(key, "not set: CPU-build setting")
             record[key] = {"value": "unset", "source": "GPU build", "why": note}
     for key, value in COMMON_ENV.items():
-        if key not in environ:
+        if key not in environ or (environ is os.environ and key in _SET_HERE):
             env[key] = value
     args.update(user_args)
     return EngineSettings(build=build, engine_args=args, env=env, record=record)
@@ -167,7 +172,9 @@ def engine_settings(
 def apply_env(settings: EngineSettings) -> None:
     """Set the settings' environment defaults in this process (before vLLM is imported)."""
     for key, value in settings.env.items():
-        os.environ.setdefault(key, value)
+        if key not in os.environ:
+            os.environ[key] = value
+            _SET_HERE.add(key)
 
 
 def format_settings(record: Mapping[str, Any]) -> str:

@@ -107,3 +107,20 @@ def test_actor_env_forwards_only_explicit_build_variables(
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in env  # the actor's own build decides
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "4"  # the user's value travels to the actors
     assert env["TOKENIZERS_PARALLELISM"] == "false"
+
+
+def test_a_second_engine_in_the_process_still_sees_build_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    environ = {k: v for k, v in device.os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    monkeypatch.setattr(device.os, "environ", environ)  # this test's own process environment
+    monkeypatch.setattr(device, "_SET_HERE", set())
+    device.apply_env(engine_settings({}, build=CPU))
+    assert environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    second = engine_settings({}, build=CPU)
+    assert second.record["VLLM_CPU_KVCACHE_SPACE"]["source"] == "CPU-build default"
+    environ["VLLM_CPU_KVCACHE_SPACE"] = "2"  # the user's own value (not set by apply_env)...
+    device._SET_HERE.clear()
+    assert engine_settings({}, build=CPU).record["VLLM_CPU_KVCACHE_SPACE"]["source"] == (
+        "environment"
+    )
