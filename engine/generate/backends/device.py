@@ -147,6 +147,8 @@ def engine_settings(
     for key, (value, why) in CPU_ENGINE_ARGS.items():
         if key in user_args:
             record[key] = {"value": user_args[key], "source": "spec engine_args"}
+            if on_cpu and user_args[key] != value:
+                record[key]["why"] = f"explicit; the CPU-build default is {value}: {why}"
         elif on_cpu:
             args[key] = value
             record[key] = {"value": value, "source": "CPU-build default", "why": why}
