@@ -406,7 +406,8 @@ def run_local(
     """Generate in this process, one model at a time, with no Ray (small machines, the demo).
 
     Same units, shards, done-records and manifest as `engine.generate.runner.run_sweep` (a run started one
-    way resumes the other way); per-request seeds make the rows identical.
+    way resumes the other way); under the default `sampling.seed_mode = "per-sample"` the rows are
+    identical too.
 
     Args:
         spec: The validated sweep spec.
@@ -475,6 +476,9 @@ def run_local(
                         )
             model_stats.wall_seconds = time.time() - model_started
             model_stats.busy_seconds = model_stats.gen_seconds + model_stats.write_seconds
+            # The build's settings and why, for summary.json (as the Ray actors report them).
+            if "local" in model_stats.actors:
+                model_stats.actors["local"]["engine_settings"] = getattr(backend, "settings", None)
             if model.name == keep_model:
                 kept = backend
             else:

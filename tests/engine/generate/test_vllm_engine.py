@@ -264,3 +264,19 @@ def test_changed_spec_is_refused_with_exit_code_2(two_actor_run: Path, tmp_path:
     )
     assert result.returncode == 2
     assert "sampling.max_tokens" in result.stderr and "--new-run" in result.stderr
+
+
+def test_local_run_records_the_engine_settings(engine_holder: Any, tmp_path: Path) -> None:
+    import json
+
+    from engine.study import run_local
+
+    engine_holder.release()  # run_local starts its own engine in this process
+    task = {"name": "arith", "source": "builtin:arithmetic", "splits": ["train"], "limit": 6}
+    spec = validate(make_raw_spec(run={"name": "local", "chunk_size": 4}, tasks=[task]))
+    result, kept = run_local(spec, tmp_path / "out", progress=False)
+    assert result["rows"] == 6 * 2 and kept is None
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    engine = summary["settings"]["engine"]["tiny"]
+    assert engine["build"] == detect_build().build
+    assert "enable_chunked_prefill" in engine
