@@ -164,8 +164,8 @@ def test_http_judge_matches_transformers(vllm_server: str, tiny_model_dir: Path)
     from engine.score.stages.confidence import consistency_logprob_values
 
     judge = HTTPJudge(HTTPSettings(vllm_server, "tiny", api_key_env="", concurrency=4))
-    from test_judge_engine import ASSERTIONS as assertions
-    from test_judge_engine import CONTEXTS as contexts
+    from helpers.study_helpers import ASSERTIONS as assertions
+    from helpers.study_helpers import CONTEXTS as contexts
 
     prompts = [consistency_prompt(c, a) for c in contexts for a in assertions]
     values = consistency_logprob_values(judge, prompts)

@@ -9,18 +9,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
-CONTEXTS = [
-    "I think the answer is probably yes.",
-    "It is almost certain that the value is correct.",
-    "Maybe the capital is a large city near the river.",
-    "The result of the sum is a small number.",
-]
-ASSERTIONS = [
-    "The answer is yes.",
-    "I am not sure, although it could be true.",
-    "Clearly the river flows into the sea.",
-    "Question: what is the answer? Answer: I think it is no.",
-]
+from helpers.study_helpers import ASSERTIONS, CONTEXTS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
