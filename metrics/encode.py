@@ -14,7 +14,6 @@ response plays both roles (the seed scores in-sample).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +21,7 @@ import polars as pl
 
 from engine.contract import NO_HEDGE
 from metrics import kernels
-from metrics.bootstrap.rng import KEY_SEP, escape_key_part
+from metrics.bootstrap.rng import KEY_SEP
 from metrics.io import ScoredRun
 
 FAITHFUL_CUTOFF = 0.75
@@ -75,16 +74,16 @@ class Encoded:
 
 
 def stable_item_hash(seed: int, tasks: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """A uint64 per (task, item) that depends only on the strings and the seed (blake2b).
+    """A uint64 per (task, item) that depends only on the strings and the seed.
 
-    The task is escaped (`escape_key_part`), so no two (task, item) pairs share a text.
+    XXH64 of ``f"{seed}\\x1f{escape_key_part(task)}\\x1f{item}"`` (see `pair_keys`): the task is
+    escaped, so no two (task, item) pairs share a text.
     """
-    out = np.empty(len(tasks), dtype=np.uint64)
-    for i, (t, it) in enumerate(zip(tasks, items)):
-        text = f"{seed}{KEY_SEP}{escape_key_part(str(t))}{KEY_SEP}{it}"
-        d = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        out[i] = int.from_bytes(d, "little")
-    return out
+    from metrics.bootstrap.rng import pair_keys
+
+    if len(tasks) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    return pair_keys(tasks, items, prefix=f"{seed}{KEY_SEP}")
 
 
 def _codes(col: pl.Series, names: list[str]) -> np.ndarray:

@@ -67,14 +67,12 @@ def response_keys(responses: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     pairs = responses.select(
         "task", pl.concat_str([split, "item_id"], separator=KEY_SEP).alias("_item")
     )
-    uniq = pairs.unique()
-    keys = item_keys(uniq.get_column("task").to_numpy(), uniq.get_column("_item").to_numpy())
-    uniq = uniq.with_columns(pl.Series("_k", keys, dtype=pl.UInt64))
-    joined = pairs.join(uniq, on=["task", "_item"], how="left", maintain_order="left")
+    # Hashing every row in the compiled pass is cheaper than finding the distinct pairs first.
+    keys = item_keys(pairs.get_column("task"), pairs.get_column("_item"))
     tasks = pairs.get_column("task").unique().sort()
-    tkeys = dict(zip(tasks.to_list(), stratum_keys(tasks.to_numpy()).tolist()))
+    tkeys = dict(zip(tasks.to_list(), stratum_keys(tasks).tolist()))
     strata = pairs.get_column("task").replace_strict(tkeys, return_dtype=pl.UInt64).to_numpy()
-    return joined.get_column("_k").to_numpy(), strata
+    return keys, strata
 
 
 # ------------------------------------------------------------------------------------ pass A

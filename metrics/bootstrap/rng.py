@@ -39,8 +39,8 @@ values over arrays; tests compare the two.
 
 from __future__ import annotations
 
-import hashlib
 from decimal import ROUND_CEILING, Decimal, localcontext
+from typing import Any
 
 import numba
 import numpy as np
@@ -279,20 +279,6 @@ def poisson1_weight_reference(u: npt.ArrayLike) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- stable keys
 
-
-def _blake2b_u64(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-def _hash_strings(values: np.ndarray) -> np.ndarray:
-    """blake2b-64 of each string, hashing each distinct value once."""
-    uniques, inverse = np.unique(values, return_inverse=True)
-    hashed = np.fromiter(
-        (_blake2b_u64(str(v)) for v in uniques), dtype=np.uint64, count=uniques.size
-    )
-    return hashed[inverse.reshape(-1)]
-
-
 #: Separator of the parts of a key text, and the escape that keeps it unambiguous.
 KEY_SEP = "\x1f"
 KEY_ESC = "\x1e"
@@ -310,25 +296,71 @@ def escape_key_part(part: str) -> str:
     return part
 
 
-def _as_strings(values: npt.ArrayLike) -> np.ndarray:
+def _length(values: Any) -> int:
+    return len(values) if hasattr(values, "__len__") else np.asarray(values).size
+
+
+def pair_keys(firsts: Any, lasts: Any, prefix: str = "") -> np.ndarray:
+    """XXH64 of ``prefix + escape_key_part(first) + KEY_SEP + last`` per row, in one pass.
+
+    The text is built by Arrow compute kernels and hashed by a compiled kernel over the Arrow
+    buffer (see :mod:`metrics.bootstrap.strhash`); values Arrow cannot hold (lone surrogates,
+    non-strings, nulls) take a Python path that builds the same text.
+
+    Args:
+        firsts: First part per row (escaped), array-like of str, polars Series or Arrow array.
+        lasts: Last part per row (taken as-is: the first unescaped separator ends `first`).
+        prefix: Text put in front of every key, not escaped (a seed, say).
+
+    Returns:
+        A uint64 array with one key per row.
+    """
+    from metrics.bootstrap.strhash import arrow_strings, hash_strings
+
+    a = arrow_strings(firsts)
+    b = arrow_strings(lasts)
+    if a is not None and b is not None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        a = pc.replace_substring(a, KEY_ESC, KEY_ESC + KEY_ESC)
+        a = pc.replace_substring(a, KEY_SEP, KEY_ESC + KEY_SEP)
+        sep = pa.scalar(KEY_SEP, pa.large_string())
+        if prefix:
+            a = pc.binary_join_element_wise(
+                pa.scalar(prefix, pa.large_string()), a, pa.scalar("", pa.large_string())
+            )
+        return hash_strings(pc.binary_join_element_wise(a, b, sep))
+    texts = [
+        prefix + escape_key_part(str(f)) + KEY_SEP + str(x)
+        for f, x in zip(_as_strings(firsts), _as_strings(lasts), strict=True)
+    ]
+    return hash_strings(np.array(texts, dtype=object))
+
+
+def _as_strings(values: Any) -> np.ndarray:
     # Object arrays of Python str: a numpy "U" array would drop trailing NUL characters, and
     # "a\x00" would become "a".
+    if hasattr(values, "to_list"):
+        values = values.to_list()
+    elif hasattr(values, "to_pylist"):
+        values = values.to_pylist()
     arr = np.asarray(values, dtype=object).reshape(-1)
     if not all(type(v) is str for v in arr):
         arr = np.array([str(v) for v in arr], dtype=object)
     return arr
 
 
-def item_keys(tasks: npt.ArrayLike, item_ids: npt.ArrayLike) -> np.ndarray:
-    """Stable 64-bit keys of items: blake2b of ``escape_key_part(task) + "\\x1f" + item_id``.
+def item_keys(tasks: Any, item_ids: Any) -> np.ndarray:
+    """Stable 64-bit keys of items: XXH64 of ``escape_key_part(task) + "\\x1f" + item_id``.
 
-    The first 8 bytes of the digest, read little endian, so a key depends only on the two
-    strings: not on the process (unlike ``hash``), the row order or the machine. The escape
-    makes the pair unambiguous (see :func:`escape_key_part`).
+    XXH64 with seed 0 of the UTF-8 text (see :mod:`metrics.bootstrap.strhash`), so a key depends
+    only on the two strings: not on the process (unlike ``hash``), the row order, the library
+    versions or the machine. The escape makes the pair unambiguous (see :func:`escape_key_part`).
 
     Args:
-        tasks: Task name per row (array-like of str).
-        item_ids: Item id per row (array-like of str), same length.
+        tasks: Task name per row (array-like of str, polars Series or Arrow array).
+        item_ids: Item id per row (same kinds), same length.
 
     Returns:
         A uint64 array with one key per row.
@@ -338,22 +370,19 @@ def item_keys(tasks: npt.ArrayLike, item_ids: npt.ArrayLike) -> np.ndarray:
     """
     from engine.errors import UserError
 
-    tasks_arr = _as_strings(tasks)
-    ids_arr = _as_strings(item_ids)
-    if tasks_arr.shape != ids_arr.shape:
+    n_tasks, n_ids = _length(tasks), _length(item_ids)
+    if n_tasks != n_ids:
         raise UserError(
-            f"item_keys: tasks has {tasks_arr.size} entries but item_ids has {ids_arr.size}",
+            f"item_keys: tasks has {n_tasks} entries but item_ids has {n_ids}",
             "pass one task and one item id per row",
         )
-    if tasks_arr.size == 0:
+    if n_tasks == 0:
         return np.zeros(0, dtype=np.uint64)
-    escaped = {t: escape_key_part(t) + KEY_SEP for t in set(tasks_arr.tolist())}
-    prefix = np.array([escaped[t] for t in tasks_arr.tolist()], dtype=object)
-    return _hash_strings(prefix + ids_arr)  # elementwise str concatenation
+    return pair_keys(tasks, item_ids)
 
 
-def stratum_keys(strata: npt.ArrayLike) -> np.ndarray:
-    """Stable 64-bit keys of strata (tasks): blake2b of the name, as in :func:`item_keys`.
+def stratum_keys(strata: Any) -> np.ndarray:
+    """Stable 64-bit keys of strata (tasks): XXH64 of the name, as in :func:`item_keys`.
 
     Args:
         strata: Stratum (task) name per item or row.
@@ -361,7 +390,8 @@ def stratum_keys(strata: npt.ArrayLike) -> np.ndarray:
     Returns:
         A uint64 array with one key per entry.
     """
-    arr = _as_strings(strata)
-    if arr.size == 0:
+    from metrics.bootstrap.strhash import hash_strings
+
+    if _length(strata) == 0:
         return np.zeros(0, dtype=np.uint64)
-    return _hash_strings(arr)
+    return hash_strings(strata)

@@ -1,0 +1,269 @@
+"""Stable 64-bit hashes of strings in one compiled pass over an Arrow string buffer.
+
+The hash is XXH64 with seed 0 (Yann Collet's xxHash, 64-bit variant, as specified in
+https://github.com/Cyan4973/xxHash/blob/dev/doc/xxhash_spec.md) of the string's UTF-8 bytes.
+It is fixed by that specification, so a key depends only on the text: not on the process (unlike
+Python's ``hash``, which is salted per process), the library version (unlike polars' ``hash``,
+which may change between releases), the row order or the machine.
+
+Why not blake2b: the previous keys called ``hashlib.blake2b`` once per distinct string from
+Python, about 2.7 microseconds per item; the kernel below reads the Arrow offsets and bytes
+directly and runs at tens of nanoseconds per string. Keys are not a security boundary (a key only
+seeds bootstrap draws), so a fast non-cryptographic hash with full avalanche is the right tool.
+
+:func:`xxh64_reference` is a plain-Python transcription of the specification, used by the tests to
+check the kernel string by string (and against the specification's published test vectors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+__all__ = ["arrow_strings", "hash_strings", "utf8_buffers", "xxh64_buffers", "xxh64_reference"]
+
+_P1 = np.uint64(0x9E3779B185EBCA87)
+_P2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_P3 = np.uint64(0x165667B19E3779F9)
+_P4 = np.uint64(0x85EBCA77C2B2AE63)
+_P5 = np.uint64(0x27D4EB2F165667C5)
+_M64 = (1 << 64) - 1
+
+
+@numba.njit(inline="always", cache=True)
+def _rotl(x: np.uint64, r: int) -> np.uint64:
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+@numba.njit(inline="always", cache=True)
+def _read64(data: np.ndarray, p: int) -> np.uint64:
+    # Little endian, byte by byte: the buffer offsets are not 8-byte aligned.
+    v = np.uint64(0)
+    for k in range(8):
+        v |= np.uint64(data[p + k]) << np.uint64(8 * k)
+    return v
+
+
+@numba.njit(inline="always", cache=True)
+def _read32(data: np.ndarray, p: int) -> np.uint64:
+    v = np.uint64(0)
+    for k in range(4):
+        v |= np.uint64(data[p + k]) << np.uint64(8 * k)
+    return v
+
+
+@numba.njit(inline="always", cache=True)
+def _round(acc: np.uint64, lane: np.uint64) -> np.uint64:
+    acc = acc + lane * _P2
+    acc = _rotl(acc, 31)
+    return acc * _P1
+
+
+@numba.njit(inline="always", cache=True)
+def _merge(acc: np.uint64, val: np.uint64) -> np.uint64:
+    acc = acc ^ _round(np.uint64(0), val)
+    return acc * _P1 + _P4
+
+
+@numba.njit(cache=True, nogil=True)
+def xxh64_buffers(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """XXH64 (seed 0) of each string ``data[offsets[i]:offsets[i + 1]]``.
+
+    Args:
+        offsets: int64 array of ``n + 1`` byte offsets (an Arrow large_string offsets buffer).
+        data: uint8 array of the concatenated UTF-8 bytes.
+
+    Returns:
+        A uint64 array of ``n`` hashes.
+    """
+    n = offsets.shape[0] - 1
+    out = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        p = offsets[i]
+        end = offsets[i + 1]
+        length = end - p
+        if length >= 32:
+            v1 = _P1 + _P2
+            v2 = _P2
+            v3 = np.uint64(0)
+            v4 = np.uint64(0) - _P1
+            limit = end - 32
+            while p <= limit:
+                v1 = _round(v1, _read64(data, p))
+                v2 = _round(v2, _read64(data, p + 8))
+                v3 = _round(v3, _read64(data, p + 16))
+                v4 = _round(v4, _read64(data, p + 24))
+                p += 32
+            h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+            h = _merge(h, v1)
+            h = _merge(h, v2)
+            h = _merge(h, v3)
+            h = _merge(h, v4)
+        else:
+            h = _P5
+        h = h + np.uint64(length)
+        while p + 8 <= end:
+            h = h ^ _round(np.uint64(0), _read64(data, p))
+            h = _rotl(h, 27) * _P1 + _P4
+            p += 8
+        if p + 4 <= end:
+            h = h ^ (_read32(data, p) * _P1)
+            h = _rotl(h, 23) * _P2 + _P3
+            p += 4
+        while p < end:
+            h = h ^ (np.uint64(data[p]) * _P5)
+            h = _rotl(h, 11) * _P1
+            p += 1
+        h = h ^ (h >> np.uint64(33))
+        h = h * _P2
+        h = h ^ (h >> np.uint64(29))
+        h = h * _P3
+        h = h ^ (h >> np.uint64(32))
+        out[i] = h
+    return out
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def _rotl_ref(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _round_ref(acc: int, lane: int) -> int:
+    acc = (acc + lane * int(_P2)) & _M64
+    return (_rotl_ref(acc, 31) * int(_P1)) & _M64
+
+
+def xxh64_reference(data: bytes) -> int:
+    """XXH64 with seed 0 of `data`, transcribed from the specification in plain Python."""
+    p1, p2, p3, p4, p5 = (int(c) for c in (_P1, _P2, _P3, _P4, _P5))
+    n = len(data)
+    p = 0
+    if n >= 32:
+        v = [(p1 + p2) & _M64, p2, 0, (-p1) & _M64]
+        while p + 32 <= n:
+            for lane in range(4):
+                word = int.from_bytes(data[p + 8 * lane : p + 8 * lane + 8], "little")
+                v[lane] = _round_ref(v[lane], word)
+            p += 32
+        h = _rotl_ref(v[0], 1) + _rotl_ref(v[1], 7) + _rotl_ref(v[2], 12) + _rotl_ref(v[3], 18)
+        h &= _M64
+        for lane in range(4):
+            h = ((h ^ _round_ref(0, v[lane])) * p1 + p4) & _M64
+    else:
+        h = p5
+    h = (h + n) & _M64
+    while p + 8 <= n:
+        h ^= _round_ref(0, int.from_bytes(data[p : p + 8], "little"))
+        h = (_rotl_ref(h, 27) * p1 + p4) & _M64
+        p += 8
+    if p + 4 <= n:
+        h ^= (int.from_bytes(data[p : p + 4], "little") * p1) & _M64
+        h = (_rotl_ref(h, 23) * p2 + p3) & _M64
+        p += 4
+    while p < n:
+        h ^= (data[p] * p5) & _M64
+        h = (_rotl_ref(h, 11) * p1) & _M64
+        p += 1
+    h ^= h >> 33
+    h = (h * p2) & _M64
+    h ^= h >> 29
+    h = (h * p3) & _M64
+    return h ^ (h >> 32)
+
+
+# ----------------------------------------------------------------------------- buffers
+
+
+def _python_buffers(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    # The slow path, for text Arrow refuses (lone surrogates, kept byte-exact by surrogatepass)
+    # and for non-string values (hashed as str(value), as the keys always were).
+    encoded = [(v if type(v) is str else str(v)).encode("utf-8", "surrogatepass") for v in values]
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+
+def arrow_strings(values: Any) -> Any:
+    """`values` as a pyarrow large_string array without nulls, or None if Arrow cannot hold it.
+
+    None means: fall back to Python (text with lone surrogates, non-string values, nulls).
+
+    Args:
+        values: A polars Series or pyarrow array of strings, or any array-like of str.
+
+    Returns:
+        A ``pyarrow.LargeStringArray`` or None.
+    """
+    import pyarrow as pa  # lazy: pyarrow is only needed when keys are built
+
+    if hasattr(values, "to_arrow") and not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = values.to_arrow()  # polars Series
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        arr = values
+    else:
+        obj = np.asarray(values, dtype=object).reshape(-1)
+        try:
+            arr = pa.array(obj, type=pa.large_string(), from_pandas=False)
+        except (pa.ArrowException, UnicodeError, TypeError):
+            return None
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.null_count:
+        return None
+    if pa.types.is_string(arr.type) or pa.types.is_string_view(arr.type):
+        arr = arr.cast(pa.large_string())
+    if not pa.types.is_large_string(arr.type):
+        return None
+    return arr
+
+
+def utf8_buffers(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The int64 offsets and uint8 UTF-8 bytes of a string array, zero-copy where Arrow allows.
+
+    Args:
+        values: A polars Series or pyarrow array of strings, or any array-like of str.
+
+    Returns:
+        ``(offsets, data)`` with ``data[offsets[i]:offsets[i + 1]]`` the bytes of value ``i``.
+    """
+    arr = arrow_strings(values)
+    if arr is None:
+        if hasattr(values, "to_list"):
+            values = values.to_list()
+        elif hasattr(values, "to_pylist"):
+            values = values.to_pylist()
+        return _python_buffers(np.asarray(values, dtype=object).reshape(-1))
+    _, off_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = (
+        np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    )
+    return offsets, data
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    # Arrow buffers are read-only, and numba compiles a separate (slow, first-run) specialization
+    # for read-only arrays: one signature for the kernel keeps the warmed cache valid.
+    if a.flags.writeable and a.flags.c_contiguous:
+        return a
+    return np.array(a, copy=True, order="C")
+
+
+def hash_strings(values: Any) -> np.ndarray:
+    """XXH64 (seed 0) of the UTF-8 bytes of each string, one uint64 per value.
+
+    Args:
+        values: A polars Series or pyarrow array of strings, or any array-like of str.
+
+    Returns:
+        A uint64 array, one hash per value.
+    """
+    offsets, data = utf8_buffers(values)
+    if offsets.shape[0] <= 1:
+        return np.zeros(0, dtype=np.uint64)
+    return xxh64_buffers(_writable(offsets), _writable(data))
