@@ -1,0 +1,64 @@
+"""Start-up stays cheap: the CLI and `metrics` import no heavy library until a command needs it.
+
+A structural check (what is in ``sys.modules``), not a timing: the timings are in
+benchmarks/startup_scale.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("numba", "scipy", "matplotlib", "ray", "vllm", "torch")
+
+_PROBE = """
+import contextlib, io, json, sys
+import engine.cli
+import metrics
+from metrics import analyze
+with contextlib.redirect_stdout(io.StringIO()) as help_text:
+    try:
+        engine.cli.main(["--help"])
+    except SystemExit:
+        pass
+print(json.dumps({
+    "loaded": sorted(m for m in HEAVY if m in sys.modules),
+    "help": help_text.getvalue(),
+    "analyze": callable(analyze) and analyze.__module__ == "metrics",
+}))
+"""
+
+
+def _probe() -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE.replace("HEAVY", repr(HEAVY))],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cli_help_and_metrics_import_no_heavy_library():
+    probe = _probe()
+    assert probe["loaded"] == [], f"imported at start-up: {probe['loaded']}"
+    assert "analyze" in probe["help"]  # the help really was built, subcommands included
+    assert probe["analyze"]
+
+
+def test_lazy_analyze_is_the_function_after_the_submodule_loads():
+    # Loading metrics.analyze binds the submodule on the package; the package keeps the function.
+    import metrics
+    import metrics.analyze as _  # noqa: F401
+    from metrics import analyze
+    from metrics.analyze import AnalysisResult
+
+    assert callable(analyze) and not isinstance(analyze, type(sys))
+    assert metrics.AnalysisResult is AnalysisResult
