@@ -21,6 +21,7 @@ from engine.contract import RunLayout, atomic_write
 from engine.errors import UserError
 from metrics.bootstrap import bca_interval, mean_acceleration, percentile_interval
 from metrics.bootstrap._validate import check_level, check_method, check_n_boot, check_scheme
+from metrics.compile_notice import announce_compiles
 from metrics.core import Tables, compute_tables
 from metrics.debias import (
     CI_METHOD,
@@ -271,6 +272,7 @@ def check_split_names(responses: pl.DataFrame, ref_split: str, eval_split: str) 
             )
 
 
+@announce_compiles
 def analyze(
     scored,
     *,

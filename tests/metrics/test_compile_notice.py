@@ -1,0 +1,87 @@
+"""The one progress line for kernels compiled at run time, and silence when they come from cache."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from metrics.compile_notice import COMPILE_MESSAGE, announce_compiles, compile_notice
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_compile_prints_one_line_and_a_compiled_signature_none():
+    @numba.njit
+    def add_one(x):
+        return x + 1
+
+    out = io.StringIO()
+    with compile_notice(out):
+        add_one(1)  # compiles (int64)
+        add_one(1.5)  # compiles again (float64): still one line
+    assert out.getvalue() == COMPILE_MESSAGE + "\n"
+
+    again = io.StringIO()
+    with compile_notice(again):
+        assert add_one(np.int64(2)) == 3  # already compiled: no line
+    assert again.getvalue() == ""
+
+
+def test_the_decorator_announces_and_returns(capsys):
+    @numba.njit
+    def twice(x):
+        return 2 * x
+
+    @announce_compiles
+    def run(x):
+        return twice(x)
+
+    assert run(4) == 8
+    assert run(5) == 10
+    assert capsys.readouterr().err == COMPILE_MESSAGE + "\n"
+
+
+def test_a_kernel_loaded_from_numba_cache_prints_nothing(tmp_path):
+    # Two fresh interpreters on the same cache directory: the first compiles (and writes the
+    # cache), the second loads the kernel from it, as a run after scripts/install.sh does.
+    (tmp_path / "kern.py").write_text(
+        textwrap.dedent(
+            """
+            import numba
+
+            @numba.njit(cache=True)
+            def total(a):
+                s = 0.0
+                for v in a:
+                    s += v
+                return s
+            """
+        )
+    )
+    script = (
+        "import numpy as np, kern\n"
+        "from metrics.compile_notice import announce_compiles\n"
+        "print(announce_compiles(kern.total)(np.arange(4.0)))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
+    }
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+        )
+
+    first, second = run(), run()
+    assert first.stdout.strip() == second.stdout.strip() == "6.0"
+    assert COMPILE_MESSAGE in first.stderr
+    assert COMPILE_MESSAGE not in second.stderr
