@@ -315,22 +315,23 @@ def pair_keys(firsts: Any, lasts: Any, prefix: str = "") -> np.ndarray:
     Returns:
         A uint64 array with one key per row.
     """
-    from metrics.bootstrap.strhash import arrow_strings, hash_strings
+    from metrics.bootstrap.strhash import arrow_strings, hash_prefixed, hash_strings
 
     a = arrow_strings(firsts)
     b = arrow_strings(lasts)
     if a is not None and b is not None:
-        import pyarrow as pa
         import pyarrow.compute as pc
 
-        a = pc.replace_substring(a, KEY_ESC, KEY_ESC + KEY_ESC)
-        a = pc.replace_substring(a, KEY_SEP, KEY_ESC + KEY_SEP)
-        sep = pa.scalar(KEY_SEP, pa.large_string())
-        if prefix:
-            a = pc.binary_join_element_wise(
-                pa.scalar(prefix, pa.large_string()), a, pa.scalar("", pa.large_string())
-            )
-        return hash_strings(pc.binary_join_element_wise(a, b, sep))
+        if len(a) != len(b):
+            raise ValueError(f"pair_keys: {len(a)} first parts but {len(b)} last parts")
+
+        # The firsts are few distinct names (tasks): escape each once in Python, and let the
+        # kernel hash prefix + last without building the joined strings.
+        codes = pc.dictionary_encode(a)
+        names = codes.dictionary.to_pylist()
+        prefixes = [prefix + escape_key_part(t) + KEY_SEP for t in names]
+        index = codes.indices.to_numpy(zero_copy_only=False)
+        return hash_prefixed(prefixes, index, b)
     texts = [
         prefix + escape_key_part(str(f)) + KEY_SEP + str(x)
         for f, x in zip(_as_strings(firsts), _as_strings(lasts), strict=True)

@@ -17,12 +17,21 @@ check the kernel string by string (and against the specification's published tes
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numba
 import numpy as np
 
-__all__ = ["arrow_strings", "hash_strings", "utf8_buffers", "xxh64_buffers", "xxh64_reference"]
+__all__ = [
+    "arrow_strings",
+    "hash_prefixed",
+    "hash_strings",
+    "utf8_buffers",
+    "xxh64_buffers",
+    "xxh64_prefixed",
+    "xxh64_reference",
+]
 
 _P1 = np.uint64(0x9E3779B185EBCA87)
 _P2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -30,6 +39,8 @@ _P3 = np.uint64(0x165667B19E3779F9)
 _P4 = np.uint64(0x85EBCA77C2B2AE63)
 _P5 = np.uint64(0x27D4EB2F165667C5)
 _M64 = (1 << 64) - 1
+# The word reads of `_xxh64_words` are uint64/uint32 views of bytes: little-endian only.
+_LITTLE = sys.byteorder == "little"
 
 
 @numba.njit(inline="always", cache=True)
@@ -67,6 +78,99 @@ def _merge(acc: np.uint64, val: np.uint64) -> np.uint64:
     return acc * _P1 + _P4
 
 
+@numba.njit(inline="always", cache=True)
+def _xxh64(data: np.ndarray, p: int, end: int) -> np.uint64:
+    """XXH64 (seed 0) of ``data[p:end]``."""
+    length = end - p
+    if length >= 32:
+        v1 = _P1 + _P2
+        v2 = _P2
+        v3 = np.uint64(0)
+        v4 = np.uint64(0) - _P1
+        limit = end - 32
+        while p <= limit:
+            v1 = _round(v1, _read64(data, p))
+            v2 = _round(v2, _read64(data, p + 8))
+            v3 = _round(v3, _read64(data, p + 16))
+            v4 = _round(v4, _read64(data, p + 24))
+            p += 32
+        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+        h = _merge(h, v1)
+        h = _merge(h, v2)
+        h = _merge(h, v3)
+        h = _merge(h, v4)
+    else:
+        h = _P5
+    h = h + np.uint64(length)
+    while p + 8 <= end:
+        h = h ^ _round(np.uint64(0), _read64(data, p))
+        h = _rotl(h, 27) * _P1 + _P4
+        p += 8
+    if p + 4 <= end:
+        h = h ^ (_read32(data, p) * _P1)
+        h = _rotl(h, 23) * _P2 + _P3
+        p += 4
+    while p < end:
+        h = h ^ (np.uint64(data[p]) * _P5)
+        h = _rotl(h, 11) * _P1
+        p += 1
+    h = h ^ (h >> np.uint64(33))
+    h = h * _P2
+    h = h ^ (h >> np.uint64(29))
+    h = h * _P3
+    return h ^ (h >> np.uint64(32))
+
+
+@numba.njit(inline="always", cache=True)
+def _xxh64_words(w64: np.ndarray, w32: np.ndarray, b8: np.ndarray, length: int) -> np.uint64:
+    """XXH64 (seed 0) of the first `length` bytes of a scratch buffer starting at byte 0.
+
+    Every word XXH64 reads starts at a multiple of 8 (stripes, then 8-byte words) or of 4 (the
+    one 4-byte word), so the reads are aligned loads from the uint64 / uint32 views of the same
+    memory (little-endian, as checked at import).
+    """
+    p = 0
+    end = length
+    if length >= 32:
+        v1 = _P1 + _P2
+        v2 = _P2
+        v3 = np.uint64(0)
+        v4 = np.uint64(0) - _P1
+        limit = end - 32
+        while p <= limit:
+            q = p >> 3
+            v1 = _round(v1, w64[q])
+            v2 = _round(v2, w64[q + 1])
+            v3 = _round(v3, w64[q + 2])
+            v4 = _round(v4, w64[q + 3])
+            p += 32
+        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+        h = _merge(h, v1)
+        h = _merge(h, v2)
+        h = _merge(h, v3)
+        h = _merge(h, v4)
+    else:
+        h = _P5
+    h = h + np.uint64(length)
+    while p + 8 <= end:
+        h = h ^ _round(np.uint64(0), w64[p >> 3])
+        h = _rotl(h, 27) * _P1 + _P4
+        p += 8
+    if p + 4 <= end:
+        h = h ^ (np.uint64(w32[p >> 2]) * _P1)
+        h = _rotl(h, 23) * _P2 + _P3
+        p += 4
+    while p < end:
+        h = h ^ (np.uint64(b8[p]) * _P5)
+        h = _rotl(h, 11) * _P1
+        p += 1
+    h = h ^ (h >> np.uint64(33))
+    h = h * _P2
+    h = h ^ (h >> np.uint64(29))
+    h = h * _P3
+    return h ^ (h >> np.uint64(32))
+
+
 @numba.njit(cache=True, nogil=True)
 def xxh64_buffers(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
     """XXH64 (seed 0) of each string ``data[offsets[i]:offsets[i + 1]]``.
@@ -81,47 +185,55 @@ def xxh64_buffers(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
     n = offsets.shape[0] - 1
     out = np.empty(n, dtype=np.uint64)
     for i in range(n):
-        p = offsets[i]
-        end = offsets[i + 1]
-        length = end - p
-        if length >= 32:
-            v1 = _P1 + _P2
-            v2 = _P2
-            v3 = np.uint64(0)
-            v4 = np.uint64(0) - _P1
-            limit = end - 32
-            while p <= limit:
-                v1 = _round(v1, _read64(data, p))
-                v2 = _round(v2, _read64(data, p + 8))
-                v3 = _round(v3, _read64(data, p + 16))
-                v4 = _round(v4, _read64(data, p + 24))
-                p += 32
-            h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
-            h = _merge(h, v1)
-            h = _merge(h, v2)
-            h = _merge(h, v3)
-            h = _merge(h, v4)
-        else:
-            h = _P5
-        h = h + np.uint64(length)
-        while p + 8 <= end:
-            h = h ^ _round(np.uint64(0), _read64(data, p))
-            h = _rotl(h, 27) * _P1 + _P4
-            p += 8
-        if p + 4 <= end:
-            h = h ^ (_read32(data, p) * _P1)
-            h = _rotl(h, 23) * _P2 + _P3
-            p += 4
-        while p < end:
-            h = h ^ (np.uint64(data[p]) * _P5)
-            h = _rotl(h, 11) * _P1
-            p += 1
-        h = h ^ (h >> np.uint64(33))
-        h = h * _P2
-        h = h ^ (h >> np.uint64(29))
-        h = h * _P3
-        h = h ^ (h >> np.uint64(32))
-        out[i] = h
+        out[i] = _xxh64(data, offsets[i], offsets[i + 1])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def xxh64_prefixed(
+    prefix_offsets: np.ndarray,
+    prefix_data: np.ndarray,
+    prefix_index: np.ndarray,
+    offsets: np.ndarray,
+    data: np.ndarray,
+) -> np.ndarray:
+    """XXH64 (seed 0) of ``prefix[prefix_index[i]] + string[i]`` for each row ``i``.
+
+    The same hash as :func:`xxh64_buffers` of the concatenated text, without building it: each
+    row's bytes are copied into one scratch buffer (a few dozen bytes) and hashed there. The
+    prefixes are few (one per task), the strings many (one per item).
+
+    Args:
+        prefix_offsets: int64 offsets of the distinct prefixes.
+        prefix_data: their UTF-8 bytes.
+        prefix_index: int64 prefix number per row.
+        offsets: int64 offsets of the per-row strings.
+        data: their UTF-8 bytes.
+
+    Returns:
+        A uint64 array with one hash per row.
+    """
+    n = offsets.shape[0] - 1
+    out = np.empty(n, dtype=np.uint64)
+    longest = 0
+    for k in range(prefix_offsets.shape[0] - 1):
+        longest = max(longest, prefix_offsets[k + 1] - prefix_offsets[k])
+    width = 0
+    for i in range(n):
+        width = max(width, offsets[i + 1] - offsets[i])
+    w64 = np.zeros((longest + width) // 8 + 1, dtype=np.uint64)
+    w32 = w64.view(np.uint32)
+    b8 = w64.view(np.uint8)
+    for i in range(n):
+        k = prefix_index[i]
+        a, b = prefix_offsets[k], prefix_offsets[k + 1]
+        m = b - a
+        for j in range(m):
+            b8[j] = prefix_data[a + j]
+        c, d = offsets[i], offsets[i + 1]
+        for j in range(d - c):
+            b8[m + j] = data[c + j]
+        out[i] = _xxh64_words(w64, w32, b8, m + d - c)
     return out
 
 
@@ -188,6 +300,28 @@ def _python_buffers(values: Any) -> tuple[np.ndarray, np.ndarray]:
     return offsets, np.frombuffer(b"".join(encoded), dtype=np.uint8)
 
 
+def _ascii_array(obj: np.ndarray) -> Any:
+    """Python str values as an Arrow array built from one joined ASCII buffer, or None.
+
+    Arrow's conversion of a Python object array costs ~100 ns per value; joining the values and
+    encoding once costs a few: for ASCII text (one byte per character) the offsets are the
+    cumulative lengths in characters.
+    """
+    import pyarrow as pa
+
+    values = obj.tolist()
+    try:
+        joined = "".join(values)  # TypeError on any non-str value
+    except TypeError:
+        return None
+    if not joined.isascii():
+        return None
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=offsets[1:])
+    data = joined.encode("ascii")
+    return pa.LargeStringArray.from_buffers(len(values), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
 def arrow_strings(values: Any) -> Any:
     """`values` as a pyarrow large_string array without nulls, or None if Arrow cannot hold it.
 
@@ -207,6 +341,9 @@ def arrow_strings(values: Any) -> Any:
         arr = values
     else:
         obj = np.asarray(values, dtype=object).reshape(-1)
+        fast = _ascii_array(obj)
+        if fast is not None:
+            return fast
         try:
             arr = pa.array(obj, type=pa.large_string(), from_pandas=False)
         except (pa.ArrowException, UnicodeError, TypeError):
@@ -267,3 +404,34 @@ def hash_strings(values: Any) -> np.ndarray:
     if offsets.shape[0] <= 1:
         return np.zeros(0, dtype=np.uint64)
     return xxh64_buffers(_writable(offsets), _writable(data))
+
+
+def hash_prefixed(prefixes: list[str], prefix_index: np.ndarray, values: Any) -> np.ndarray:
+    """XXH64 (seed 0) of ``prefixes[prefix_index[i]] + values[i]`` per row, in one pass.
+
+    Args:
+        prefixes: The distinct prefixes (Python str).
+        prefix_index: Prefix number per row (integer array).
+        values: The per-row strings (as for :func:`hash_strings`).
+
+    Returns:
+        A uint64 array, one hash per row.
+    """
+    p_off, p_data = _python_buffers(prefixes)
+    offsets, data = utf8_buffers(values)
+    if not _LITTLE:  # pragma: no cover - the word views assume little-endian memory
+        index = np.asarray(prefix_index)
+        texts = [
+            p_data[p_off[k] : p_off[k + 1]].tobytes() + data[offsets[i] : offsets[i + 1]].tobytes()
+            for i, k in enumerate(index.tolist())
+        ]
+        return np.array([xxh64_reference(t) for t in texts], dtype=np.uint64)
+    if offsets.shape[0] <= 1:
+        return np.zeros(0, dtype=np.uint64)
+    return xxh64_prefixed(
+        _writable(p_off),
+        _writable(p_data),
+        _writable(np.asarray(prefix_index, dtype=np.int64)),
+        _writable(offsets),
+        _writable(data),
+    )

@@ -7,7 +7,12 @@ import polars as pl
 import pyarrow as pa
 
 from metrics.bootstrap import rng
-from metrics.bootstrap.strhash import hash_strings, xxh64_buffers, xxh64_reference
+from metrics.bootstrap.strhash import (
+    hash_prefixed,
+    hash_strings,
+    xxh64_buffers,
+    xxh64_reference,
+)
 
 
 def test_reference_matches_the_published_xxh64_vectors():
@@ -78,3 +83,13 @@ def test_kernel_reads_raw_buffers():
         xxh64_reference(b""),
         xxh64_reference(b"abc"),
     ]
+
+
+def test_prefixed_kernel_equals_hashing_the_joined_text():
+    g = np.random.default_rng(3)
+    prefixes = ["", "gsm8k\x1f", "a much longer task name past thirty-two bytes\x1f", "é\x1f"]
+    values = ["".join(g.choice(list("xyz\x1fé"), size=n)) for n in range(60)]
+    index = g.integers(0, len(prefixes), len(values))
+    got = hash_prefixed(prefixes, index, values)
+    want = [xxh64_reference((prefixes[k] + v).encode()) for k, v in zip(index, values)]
+    assert got.tolist() == want
