@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.api import StudyResult, run_demo, run_study
 from engine.contract import RunLayout
 from engine.errors import UserError
 from engine.study import DEMO_NOTE, check_study_spec, plan_study
+
+if TYPE_CHECKING:
+    # engine.api imports the scoring pipeline (polars, pyarrow): only when a study runs, so
+    # that `mic --help` stays fast.
+    from engine.api import StudyResult
 
 
 def _judge_flags(p: argparse.ArgumentParser) -> None:
@@ -174,6 +178,8 @@ def _study(args: argparse.Namespace) -> int:
 
         print(format_plan(plan_study(args.spec, args.out, args.overrides)))
         return 0
+    from engine.api import run_study
+
     result = run_study(
         args.spec,
         args.out,
@@ -194,6 +200,8 @@ def _demo(args: argparse.Namespace) -> int:
     from metrics.summary import format_summary
 
     started = time.perf_counter()
+    from engine.api import run_demo
+
     result = run_demo(args.out, progress=not args.quiet)
     doc = json.loads((result.analysis_dir / RunLayout.METRICS).read_text())
     print(format_summary(doc))
