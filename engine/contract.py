@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -18,72 +19,93 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SCHEMA_VERSION = "1"
 NO_HEDGE = "<no_hedge>"
-
-# ---- scored run (input of `mic analyze`) -------------------------------------------------------
-
-RESPONSES = pa.schema(
-    [
-        ("model", pa.string()),
-        ("task", pa.string()),
-        ("split", pa.string()),
-        ("prompt", pa.string()),
-        ("item_id", pa.string()),
-        ("correct", pa.bool_()),
-        ("n_sentences", pa.int32()),
-    ]
-)
-
-SENTENCES = pa.schema(
-    [
-        ("model", pa.string()),
-        ("task", pa.string()),
-        ("split", pa.string()),
-        ("prompt", pa.string()),
-        ("item_id", pa.string()),
-        ("sentence_idx", pa.int32()),
-        ("marker", pa.string()),
-        ("raw_marker", pa.string()),
-        ("confidence", pa.float64()),
-        ("decisiveness", pa.float64()),
-    ]
-)
-
 # Keys that identify a response; `prompt` may be absent from user files (one prompt).
-RESPONSE_KEY = tuple(RESPONSES.names[:5])
+RESPONSE_KEY = ("model", "task", "split", "prompt", "item_id")
 
-# ---- generations (engine output; one row per item x sample) -----------------------------------
+# The Arrow schemas (RESPONSES, SENTENCES, TOPK_ENTRY, GENERATIONS) are built on first use
+# (module __getattr__, PEP 562): importing pyarrow costs ~0.25 s, and `mic --help` and the
+# commands that never touch a file should not pay it.
+_SCHEMA_NAMES = ("RESPONSES", "SENTENCES", "TOPK_ENTRY", "GENERATIONS")
 
-TOPK_ENTRY = pa.struct([("token_id", pa.int32()), ("logprob", pa.float32())])
 
-GENERATIONS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("unit_id", pa.string()),
-        ("model", pa.string()),
-        ("task", pa.string()),
-        ("split", pa.string()),
-        ("prompt", pa.string()),
-        ("item_id", pa.string()),
-        ("sample_idx", pa.int32()),
-        ("seed", pa.int64()),
-        ("prompt_text", pa.string()),
-        ("text", pa.string()),
-        ("token_ids", pa.list_(pa.int32())),
-        ("logprobs", pa.list_(pa.float32())),
-        ("top_logprobs", pa.list_(pa.list_(TOPK_ENTRY))),
-        ("cumulative_logprob", pa.float64()),
-        ("finish_reason", pa.string()),
-        ("error", pa.string()),
-        ("prompt_tokens", pa.int32()),
-        ("gen_seconds", pa.float64()),
-    ]
-)
+@functools.cache
+def _schemas() -> dict[str, Any]:
+    import pyarrow as pa
+
+    # ---- scored run (input of `mic analyze`) -------------------------------------------------------
+
+    RESPONSES = pa.schema(
+        [
+            ("model", pa.string()),
+            ("task", pa.string()),
+            ("split", pa.string()),
+            ("prompt", pa.string()),
+            ("item_id", pa.string()),
+            ("correct", pa.bool_()),
+            ("n_sentences", pa.int32()),
+        ]
+    )
+
+    SENTENCES = pa.schema(
+        [
+            ("model", pa.string()),
+            ("task", pa.string()),
+            ("split", pa.string()),
+            ("prompt", pa.string()),
+            ("item_id", pa.string()),
+            ("sentence_idx", pa.int32()),
+            ("marker", pa.string()),
+            ("raw_marker", pa.string()),
+            ("confidence", pa.float64()),
+            ("decisiveness", pa.float64()),
+        ]
+    )
+
+    # ---- generations (engine output; one row per item x sample) -----------------------------------
+
+    TOPK_ENTRY = pa.struct([("token_id", pa.int32()), ("logprob", pa.float32())])
+
+    GENERATIONS = pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("unit_id", pa.string()),
+            ("model", pa.string()),
+            ("task", pa.string()),
+            ("split", pa.string()),
+            ("prompt", pa.string()),
+            ("item_id", pa.string()),
+            ("sample_idx", pa.int32()),
+            ("seed", pa.int64()),
+            ("prompt_text", pa.string()),
+            ("text", pa.string()),
+            ("token_ids", pa.list_(pa.int32())),
+            ("logprobs", pa.list_(pa.float32())),
+            ("top_logprobs", pa.list_(pa.list_(TOPK_ENTRY))),
+            ("cumulative_logprob", pa.float64()),
+            ("finish_reason", pa.string()),
+            ("error", pa.string()),
+            ("prompt_tokens", pa.int32()),
+            ("gen_seconds", pa.float64()),
+        ]
+    )
+    built = {"RESPONSES": RESPONSES, "SENTENCES": SENTENCES, "TOPK_ENTRY": TOPK_ENTRY}
+    built["GENERATIONS"] = GENERATIONS
+    if tuple(RESPONSES.names[:5]) != RESPONSE_KEY:  # the literal above must follow the schema
+        raise RuntimeError("engine.contract: RESPONSE_KEY differs from RESPONSES' first columns")
+    return built
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SCHEMA_NAMES:
+        return _schemas()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def with_metadata(schema: pa.Schema, run_id: str, config_hash: str, **extra: str) -> pa.Schema:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("numba", "scipy", "matplotlib", "ray", "vllm", "torch")
+HEAVY = ("numba", "scipy", "matplotlib", "ray", "vllm", "torch", "polars", "pyarrow")
 
 _PROBE = """
 import contextlib, io, json, sys

@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-from engine.generate.verify import format_report, verify_run
-
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Add `mic verify` to the `mic` parser."""
@@ -32,6 +30,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    # Imported here: engine.generate.verify reads Arrow files (pyarrow, ~0.25 s to import),
+    # which building the parser for `mic --help` does not need.
+    from engine.generate.verify import format_report, verify_run
+
     report = verify_run(args.run_dir, check_duplicates=not args.no_duplicates)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
