@@ -17,7 +17,6 @@ check the kernel string by string (and against the specification's published tes
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numba
@@ -39,8 +38,6 @@ _P3 = np.uint64(0x165667B19E3779F9)
 _P4 = np.uint64(0x85EBCA77C2B2AE63)
 _P5 = np.uint64(0x27D4EB2F165667C5)
 _M64 = (1 << 64) - 1
-# The word reads of `_xxh64_words` are uint64/uint32 views of bytes: little-endian only.
-_LITTLE = sys.byteorder == "little"
 
 
 @numba.njit(inline="always", cache=True)
@@ -121,56 +118,6 @@ def _xxh64(data: np.ndarray, p: int, end: int) -> np.uint64:
     return h ^ (h >> np.uint64(32))
 
 
-@numba.njit(inline="always", cache=True)
-def _xxh64_words(w64: np.ndarray, w32: np.ndarray, b8: np.ndarray, length: int) -> np.uint64:
-    """XXH64 (seed 0) of the first `length` bytes of a scratch buffer starting at byte 0.
-
-    Every word XXH64 reads starts at a multiple of 8 (stripes, then 8-byte words) or of 4 (the
-    one 4-byte word), so the reads are aligned loads from the uint64 / uint32 views of the same
-    memory (little-endian, as checked at import).
-    """
-    p = 0
-    end = length
-    if length >= 32:
-        v1 = _P1 + _P2
-        v2 = _P2
-        v3 = np.uint64(0)
-        v4 = np.uint64(0) - _P1
-        limit = end - 32
-        while p <= limit:
-            q = p >> 3
-            v1 = _round(v1, w64[q])
-            v2 = _round(v2, w64[q + 1])
-            v3 = _round(v3, w64[q + 2])
-            v4 = _round(v4, w64[q + 3])
-            p += 32
-        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
-        h = _merge(h, v1)
-        h = _merge(h, v2)
-        h = _merge(h, v3)
-        h = _merge(h, v4)
-    else:
-        h = _P5
-    h = h + np.uint64(length)
-    while p + 8 <= end:
-        h = h ^ _round(np.uint64(0), w64[p >> 3])
-        h = _rotl(h, 27) * _P1 + _P4
-        p += 8
-    if p + 4 <= end:
-        h = h ^ (np.uint64(w32[p >> 2]) * _P1)
-        h = _rotl(h, 23) * _P2 + _P3
-        p += 4
-    while p < end:
-        h = h ^ (np.uint64(b8[p]) * _P5)
-        h = _rotl(h, 11) * _P1
-        p += 1
-    h = h ^ (h >> np.uint64(33))
-    h = h * _P2
-    h = h ^ (h >> np.uint64(29))
-    h = h * _P3
-    return h ^ (h >> np.uint64(32))
-
-
 @numba.njit(cache=True, nogil=True)
 def xxh64_buffers(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
     """XXH64 (seed 0) of each string ``data[offsets[i]:offsets[i + 1]]``.
@@ -190,6 +137,35 @@ def xxh64_buffers(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def _join_prefixed(
+    prefix_offsets: np.ndarray,
+    prefix_data: np.ndarray,
+    prefix_index: np.ndarray,
+    offsets: np.ndarray,
+    data: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The buffers of ``prefix[prefix_index[i]] + string[i]``: one sequential copy."""
+    n = offsets.shape[0] - 1
+    out_off = np.empty(n + 1, dtype=np.int64)
+    out_off[0] = 0
+    for i in range(n):
+        k = prefix_index[i]
+        size = prefix_offsets[k + 1] - prefix_offsets[k] + offsets[i + 1] - offsets[i]
+        out_off[i + 1] = out_off[i] + size
+    out = np.empty(out_off[n], dtype=np.uint8)
+    for i in range(n):
+        k = prefix_index[i]
+        q = out_off[i]
+        for j in range(prefix_offsets[k], prefix_offsets[k + 1]):
+            out[q] = prefix_data[j]
+            q += 1
+        for j in range(offsets[i], offsets[i + 1]):
+            out[q] = data[j]
+            q += 1
+    return out_off, out
+
+
+@numba.njit(cache=True, nogil=True)
 def xxh64_prefixed(
     prefix_offsets: np.ndarray,
     prefix_data: np.ndarray,
@@ -199,9 +175,9 @@ def xxh64_prefixed(
 ) -> np.ndarray:
     """XXH64 (seed 0) of ``prefix[prefix_index[i]] + string[i]`` for each row ``i``.
 
-    The same hash as :func:`xxh64_buffers` of the concatenated text, without building it: each
-    row's bytes are copied into one scratch buffer (a few dozen bytes) and hashed there. The
-    prefixes are few (one per task), the strings many (one per item).
+    The prefixes are few (one per task), the strings many (one per item): the joined text is
+    built by one compiled copy (much cheaper than joining Python or Arrow strings) and hashed by
+    :func:`xxh64_buffers`.
 
     Args:
         prefix_offsets: int64 offsets of the distinct prefixes.
@@ -213,28 +189,8 @@ def xxh64_prefixed(
     Returns:
         A uint64 array with one hash per row.
     """
-    n = offsets.shape[0] - 1
-    out = np.empty(n, dtype=np.uint64)
-    longest = 0
-    for k in range(prefix_offsets.shape[0] - 1):
-        longest = max(longest, prefix_offsets[k + 1] - prefix_offsets[k])
-    width = 0
-    for i in range(n):
-        width = max(width, offsets[i + 1] - offsets[i])
-    w64 = np.zeros((longest + width) // 8 + 1, dtype=np.uint64)
-    w32 = w64.view(np.uint32)
-    b8 = w64.view(np.uint8)
-    for i in range(n):
-        k = prefix_index[i]
-        a, b = prefix_offsets[k], prefix_offsets[k + 1]
-        m = b - a
-        for j in range(m):
-            b8[j] = prefix_data[a + j]
-        c, d = offsets[i], offsets[i + 1]
-        for j in range(d - c):
-            b8[m + j] = data[c + j]
-        out[i] = _xxh64_words(w64, w32, b8, m + d - c)
-    return out
+    out_off, out = _join_prefixed(prefix_offsets, prefix_data, prefix_index, offsets, data)
+    return xxh64_buffers(out_off, out)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -419,13 +375,6 @@ def hash_prefixed(prefixes: list[str], prefix_index: np.ndarray, values: Any) ->
     """
     p_off, p_data = _python_buffers(prefixes)
     offsets, data = utf8_buffers(values)
-    if not _LITTLE:  # pragma: no cover - the word views assume little-endian memory
-        index = np.asarray(prefix_index)
-        texts = [
-            p_data[p_off[k] : p_off[k + 1]].tobytes() + data[offsets[i] : offsets[i + 1]].tobytes()
-            for i, k in enumerate(index.tolist())
-        ]
-        return np.array([xxh64_reference(t) for t in texts], dtype=np.uint64)
     if offsets.shape[0] <= 1:
         return np.zeros(0, dtype=np.uint64)
     return xxh64_prefixed(
