@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-# benchmarks/coverage.py is named like the `coverage` package numba imports: take this folder
-# off the path.
+# The repository root on the path (the packages), not this folder (a script named like a package
+# here would shadow it).
 _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 sys.path.insert(0, str(_here.parent))

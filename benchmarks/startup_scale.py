@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Not this directory on the path: benchmarks/coverage.py would shadow the `coverage` package that
-# numba imports.
+# The repository root on the path (the packages), not this folder (a script named like a package
+# here would shadow it).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 

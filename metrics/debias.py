@@ -5,7 +5,7 @@ of the MICs (they are biased up), a Spearman of noisy MICs moves with the noise.
 replicates carry the same bias again, so a percentile interval of the replicates sits on the
 wrong side of the plug-in value and misses the population value (docs/statistics.md measures
 it). What this module does instead (methods chosen by coverage on known-truth populations,
-benchmarks/coverage.py):
+benchmarks/interval_coverage.py):
 
 * MAE (all modes) and ECE: ``debiased = 2 theta_hat - mean(theta*)``, the bootstrap bias
   correction (Efron & Tibshirani, section 10.2), and the basic (reverse-percentile) interval

@@ -434,7 +434,7 @@ def _sample_one(pop: Population, n_items: int, rng, model: str, prompt: str):
 
 
 def standard_populations() -> dict[str, Population]:
-    """The three populations of benchmarks/coverage.py and the coverage tests.
+    """The three populations of benchmarks/interval_coverage.py and the coverage tests.
 
     * ``example``: `Population.example()`: 4 tasks x 10 markers, Zipf(0.8) frequencies, task
       shifts of sd 0.08. I-AvgMAE Mode 4 is 0 (the two halves of a task share a population).

@@ -1,7 +1,7 @@
 """Debiased metrics and their intervals against known truths (metrics.simulate).
 
 Seeded and small (R runs of a few hundred items): they guard the methods against regressions; the
-full coverage table is benchmarks/coverage.py.
+full coverage table is benchmarks/interval_coverage.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Coverage of the metric intervals on known-truth populations (metrics.simulate).
 
-    python benchmarks/coverage.py [--reps 200] [--n-boot 400] [--sizes 100 300 1000]
+    python benchmarks/interval_coverage.py [--reps 200] [--n-boot 400] [--sizes 100 300 1000]
 
 For each population and each number of items per task (half reference, half evaluation), draws
 R scored runs, analyzes each in-process with B bootstrap replicates (held-out mode, threshold
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-# This file is named like the `coverage` package numba imports: take its folder off the path.
+# The repository root on the path (the packages), not this folder.
 _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 sys.path.insert(0, str(_here.parent))
