@@ -32,7 +32,7 @@ from metrics.debias import (
     metric_bounds,
     on_fisher_scale,
 )
-from metrics.encode import Encoded, encode, with_dropped_markers
+from metrics.encode import MIC_TABLE_SCHEMA, Encoded, encode, with_dropped_markers
 from metrics.frames import as_scored_run
 from metrics.guards import bootstrap_progress, check_bootstrap, check_output_dir
 from metrics.resample import (
@@ -231,24 +231,7 @@ def _mic_table(
             cols["shared"] += view.shared[present].tolist()
             for name in ("mic_c", "mic_i", "mic_f", "mic_uf", "mf"):
                 cols[name] += tables.variants[name][view.g, t, present].tolist()
-    schema = {
-        "model": pl.String,
-        "prompt": pl.String,
-        "task": pl.String,
-        "marker": pl.String,
-        "count": pl.Int64,
-        "n_present": pl.Int64,
-        "mic": pl.Float64,
-        "ci_lo": pl.Float64,
-        "ci_hi": pl.Float64,
-        "valid": pl.Boolean,
-        "shared": pl.Boolean,
-        "mic_c": pl.Float64,
-        "mic_i": pl.Float64,
-        "mic_f": pl.Float64,
-        "mic_uf": pl.Float64,
-        "mf": pl.Float64,
-    }
+    schema = MIC_TABLE_SCHEMA
     return pl.DataFrame(cols, schema=schema).with_columns(pl.col(pl.Float64).fill_nan(None))
 
 

@@ -256,8 +256,8 @@ def _markers_reaching(
     return keep
 
 
-# Columns of `Encoded.dropped` (the MIC table's columns a dropped marker can fill).
-DROPPED_SCHEMA = {
+# The columns of `mic.parquet`, one row per (model, prompt, task, marker).
+MIC_TABLE_SCHEMA = {
     "model": pl.String,
     "prompt": pl.String,
     "task": pl.String,
@@ -265,6 +265,8 @@ DROPPED_SCHEMA = {
     "count": pl.Int64,
     "n_present": pl.Int64,
     "mic": pl.Float64,
+    "ci_lo": pl.Float64,
+    "ci_hi": pl.Float64,
     "valid": pl.Boolean,
     "shared": pl.Boolean,
     "mic_c": pl.Float64,
@@ -273,6 +275,8 @@ DROPPED_SCHEMA = {
     "mic_uf": pl.Float64,
     "mf": pl.Float64,
 }
+# Columns of `Encoded.dropped` (the MIC table's columns a dropped marker can fill: no interval).
+DROPPED_SCHEMA = {k: v for k, v in MIC_TABLE_SCHEMA.items() if k not in ("ci_lo", "ci_hi")}
 
 
 def _dropped_rows(
