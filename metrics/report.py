@@ -656,7 +656,7 @@ def fig_bump(view: MicView) -> str:
         axis.set_yticks(pos, labels, fontsize=8)
         for tick, i in zip(axis.get_yticklabels(), idx):
             tick.set_color(color(i))
-    ax.set_ylabel("rank of MIC within task (1 = highest)")
+    ax.set_ylabel("rank (1 = highest MIC)")
     ax.set_xlabel("task")
     ax.grid(axis="y", alpha=0.25)
     for axis in (ax, right):
