@@ -222,7 +222,8 @@ def check(out: Path, expected_rows: int, units: int) -> list[tuple[str, bool, st
     # (a kill can land on an actor between units, so the final run alone may have none).
     log = out.parent / f"{out.name}-driver.log"
     text = log.read_text(errors="replace") if log.is_file() else ""
-    runs = re.split(r"^(?=(?:new|resume|replaced) run )", text, flags=re.MULTILINE)
+    # A run's header may follow a progress bar on the same line (tqdm ends without a newline).
+    runs = re.split(r"(?=(?:new|resume|replaced) run \S+ in )", text)
     final = runs[-1] if runs else ""
     logged_final = len(re.findall(r"; retrying$|failed for good", final, flags=re.MULTILINE))
     logged_all = len(re.findall(r"; retrying$|failed for good", text, flags=re.MULTILINE))
