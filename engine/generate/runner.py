@@ -52,6 +52,13 @@ class ModelStats:
     retries: list[dict[str, Any]] = field(default_factory=list)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def actor(self, name: str) -> dict[str, Any]:
+        """The accounting record of actor `name` (created empty on first use)."""
+        return self.actors.setdefault(
+            name,
+            {"units": 0, "rows": 0, "prompt_tokens": 0, "generated_tokens": 0, "gen_seconds": 0.0},
+        )
+
     def add(self, actor: str, result: dict[str, Any]) -> None:
         """Count one finished unit (a successful result of `GenerationActor.run_unit`)."""
         self.units += 1
@@ -61,10 +68,7 @@ class ModelStats:
         self.generated_tokens += result["generated_tokens"]
         self.gen_seconds += result["gen_seconds"]
         self.write_seconds += result["write_seconds"]
-        per = self.actors.setdefault(
-            actor,
-            {"units": 0, "rows": 0, "prompt_tokens": 0, "generated_tokens": 0, "gen_seconds": 0.0},
-        )
+        per = self.actor(actor)
         for key in ("rows", "prompt_tokens", "generated_tokens", "gen_seconds"):
             per[key] += result[key]
         per["units"] += 1
@@ -522,16 +526,7 @@ def _run_model(
                 if other_name == name:
                     inflight.pop(other_ref)
             stats.restarts += 1
-            dead = stats.actors.setdefault(
-                name,
-                {
-                    "units": 0,
-                    "rows": 0,
-                    "prompt_tokens": 0,
-                    "generated_tokens": 0,
-                    "gen_seconds": 0.0,
-                },
-            )
+            dead = stats.actor(name)
             dead["died"] = f"{type(exc).__name__}"
             dead["lifetime_seconds"] = time.time() - state["born"]
             dead["gpu_seconds" if resources["num_gpus"] else "cpu_seconds"] = dead[
@@ -570,10 +565,7 @@ def _run_model(
         with contextlib.suppress(Exception):
             ray.kill(state["handle"])
         lifetime = time.time() - state["born"]
-        per = stats.actors.setdefault(
-            name,
-            {"units": 0, "rows": 0, "prompt_tokens": 0, "generated_tokens": 0, "gen_seconds": 0.0},
-        )
+        per = stats.actor(name)
         per.update(infos.get(name, {}))
         per["lifetime_seconds"] = lifetime
         per["gpu_seconds" if resources["num_gpus"] else "cpu_seconds"] = lifetime * (
