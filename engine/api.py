@@ -72,6 +72,10 @@ class StudyResult:
         items_without_value: Ledger rows per scoring stage.
         judge_failures: One line: the failed share of every judge stage.
         seconds: Wall time per stage (generate, score, analyze, report).
+        waves: With `target_width`: one record per analysed wave (items, widths, status per
+            task), as in DIR/waves.json; empty otherwise.
+        stopping: With `target_width`: the stopping block added to metrics.json (rule, target,
+            wave log, final state and smoothed intervals); None otherwise.
     """
 
     study_dir: Path
@@ -83,6 +87,8 @@ class StudyResult:
     items_without_value: Mapping[str, int]
     judge_failures: str
     seconds: Mapping[str, float]
+    waves: tuple[Mapping[str, Any], ...] = ()
+    stopping: Mapping[str, Any] | None = None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
@@ -178,7 +184,8 @@ def run_study(spec_path: str | Path, out: str | Path, **options: Any) -> StudyRe
         spec_path: The study spec (TOML or YAML).
         out: The study directory.
         **options: `overrides`, `judges`, `ray_address`, `new_run`, `report`, `progress`,
-            `local` of `engine.study.run_study`.
+            `local`, `target_width`, `metric`, `wave_items`, `max_waves` of
+            `engine.study.run_study`.
 
     Returns:
         The `StudyResult`.
@@ -207,4 +214,6 @@ def study_result(out: Path, doc: Mapping[str, Any]) -> StudyResult:
         items_without_value=doc.get("items_without_value", {}),
         judge_failures=doc.get("judge_failures", ""),
         seconds=doc.get("seconds", {}),
+        waves=tuple(doc.get("waves", ())),
+        stopping=doc.get("stopping"),
     )

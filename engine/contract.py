@@ -162,6 +162,7 @@ class RunLayout:
     SCORE_RECORD: ClassVar[str] = "score.json"
     CANONICAL_MAP: ClassVar[str] = "canonical_map.json"
     STUDY: ClassVar[str] = "study.json"
+    WAVES: ClassVar[str] = "waves.json"  # `mic study --target-width`: the wave log
     TASKS: ClassVar[str] = "tasks"
     ANALYSIS: ClassVar[str] = "analysis"
     METRICS: ClassVar[str] = "metrics.json"
@@ -210,6 +211,10 @@ class RunLayout:
     @property
     def study(self) -> Path:
         return self.root / self.STUDY
+
+    @property
+    def waves(self) -> Path:
+        return self.root / self.WAVES
 
     def task_file(self, name: str) -> Path:
         """`tasks/<name>.jsonl`, a study's prepared task file."""

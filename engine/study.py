@@ -23,6 +23,7 @@ import copy
 import inspect
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -310,8 +311,17 @@ def run_study(
     report: bool = True,
     progress: bool = True,
     local: bool = False,
+    target_width: float | None = None,
+    metric: str | None = None,
+    wave_items: int | None = None,
+    max_waves: int | None = None,
+    backend_factory: Any = None,
+    judge: Any = None,
 ) -> dict[str, Any]:
     """Generate -> score -> analyze -> report, skipping every stage already done.
+
+    With `target_width` the study grows in waves of items until every task's chosen intervals
+    are that narrow or its items run out (`run_waves`).
 
     Args:
         spec_path: The study spec (TOML or YAML).
@@ -324,20 +334,33 @@ def run_study(
         progress: Print progress lines.
         local: Generate in this process without Ray; when the judge is the study's model, the
             same engine then serves the judges (one engine start instead of two).
+        target_width: Stop each task when its chosen intervals are at most this wide (None:
+            one pass over every item).
+        metric: With `target_width`: decide by this metric's interval (None: per task, by the
+            widest interval of its shared markers' MICs).
+        wave_items: With `target_width`: items per task each wave adds (default
+            `DEFAULT_WAVE_ITEMS`; fixed for the study once it started).
+        max_waves: With `target_width`: stop after this many waves in total (resume later).
+        backend_factory: `(ModelSpec, max_logprobs) -> Backend` instead of vLLM (tests).
+        judge: A judge to score with instead of starting one (tests).
 
     Returns:
-        Paths and timings: run, scored, analysis, report (or None), seconds per stage.
+        Paths and timings: run, scored, analysis, report (or None), seconds per stage; with
+        `target_width` also `waves` (the wave log) and `stopping` (the final state).
     """
     from engine.config.judges import settings_from
     from engine.config.sweep import apply_overrides, read_raw, validate
-    from engine.generate.runner import run_sweep
-    from engine.score.pipeline import score_run
 
+    if target_width is not None:
+        check_wave_options(target_width, metric, wave_items, max_waves)
     spec_path = Path(spec_path)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = apply_overrides(read_raw(spec_path), overrides or [], str(spec_path))
     engine_raw, study = prepare_study(raw, out_dir, str(spec_path))
+    waves = None
+    if target_width is not None:
+        waves = WavePlan.start(engine_raw, out_dir, target_width, metric, wave_items, spec_path)
     spec = validate(engine_raw, source=str(spec_path), base_dir=spec_path.resolve().parent)
     settings = settings_from(study["judges"], judges, source=str(spec_path))
     study_record = {
@@ -346,33 +369,36 @@ def run_study(
         **{"analysis": study["analysis"]},
     }
     atomic_write(RunLayout(out_dir).study, json.dumps(study_record, indent=2, default=str))
+
+    if waves is not None:
+        return run_waves(
+            waves,
+            spec,
+            out_dir,
+            settings,
+            study["analysis"],
+            max_waves=max_waves,
+            report=report,
+            progress=progress,
+            ray_address=ray_address,
+            new_run=new_run,
+            local=local,
+            backend_factory=backend_factory,
+            judge=judge,
+        )
     timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    judge = None
-    if local:
-        same = [m.name for m in spec.models if m.path == settings.model]
-        summary, backend = run_local(
-            spec, out_dir, new_run=new_run, keep_model=same[0] if same else None, progress=progress
-        )
-        if backend is not None:
-            from engine.score.judges.vllm import VLLMJudge
-
-            judge = VLLMJudge(backend=backend, top_k=settings.top_k, chat=settings.chat)
-    else:
-        summary = run_sweep(
-            spec, str(out_dir), ray_address=ray_address, new_run=new_run, progress=progress
-        )
-        _shutdown_ray()
-    timings["generate"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    try:
-        scored = score_run(out_dir, settings, judge=judge, log=progress)
-    finally:
-        if judge is not None:
-            judge.backend.close()
-    timings["score"] = time.perf_counter() - t0
+    summary, scored = generate_and_score(
+        spec,
+        out_dir,
+        settings,
+        timings,
+        ray_address=ray_address,
+        new_run=new_run,
+        progress=progress,
+        local=local,
+        backend_factory=backend_factory,
+        judge=judge,
+    )
 
     t0 = time.perf_counter()
     analysis_dir = run_analysis(out_dir, scored.key, study["analysis"], progress)
@@ -395,6 +421,80 @@ def run_study(
     }
 
 
+def generate_and_score(
+    spec: Any,
+    out_dir: Path,
+    settings: Any,
+    timings: dict[str, float],
+    *,
+    ray_address: str | None = None,
+    new_run: bool = False,
+    progress: bool = True,
+    local: bool = False,
+    backend_factory: Any = None,
+    judge: Any = None,
+    only: set[str] | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """Generate the spec's units (or the ones in `only`) and score the run, resuming both.
+
+    Args:
+        spec: The validated engine spec.
+        out_dir: The study directory.
+        settings: The judge settings.
+        timings: Seconds per step are added here ("generate", "score").
+        ray_address, new_run, progress, local: As in `run_study`.
+        backend_factory: `(ModelSpec, max_logprobs) -> Backend` instead of vLLM (tests).
+        judge: A judge to score with instead of starting one (tests).
+        only: Generate only these unit ids (a wave); None: every unit.
+
+    Returns:
+        (generation summary, `ScoreResult`).
+    """
+    from engine.generate.runner import run_sweep
+    from engine.score.pipeline import score_run
+
+    t0 = time.perf_counter()
+    own = None  # a judge made here on the kept generation engine: closed here
+    if local:
+        same = [m.name for m in spec.models if m.path == settings.model]
+        summary, backend = run_local(
+            spec,
+            out_dir,
+            new_run=new_run,
+            keep_model=same[0] if same else None,
+            progress=progress,
+            backend_factory=backend_factory,
+            only=only,
+        )
+        if backend is not None and judge is None:
+            from engine.score.judges.vllm import VLLMJudge
+
+            judge = own = VLLMJudge(backend=backend, top_k=settings.top_k, chat=settings.chat)
+        elif backend is not None:
+            backend.close()
+    else:
+        summary = run_sweep(
+            spec,
+            str(out_dir),
+            ray_address=ray_address,
+            new_run=new_run,
+            progress=progress,
+            backend_factory=backend_factory,
+            only=only,
+        )
+        _shutdown_ray()
+    timings["generate"] = timings.get("generate", 0.0) + time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    try:
+        scored = score_run(out_dir, settings, judge=judge, log=progress)
+    finally:
+        if own is not None:
+            own.backend.close()
+    timings["score"] = timings.get("score", 0.0) + time.perf_counter() - t0
+    return summary, scored
+
+
 def run_local(
     spec: Any,
     out: Path,
@@ -402,6 +502,8 @@ def run_local(
     new_run: bool = False,
     keep_model: str | None = None,
     progress: bool = True,
+    backend_factory: Any = None,
+    only: set[str] | None = None,
 ) -> tuple[dict[str, Any], Any | None]:
     """Generate in this process, one model at a time, with no Ray (small machines, the demo).
 
@@ -415,12 +517,15 @@ def run_local(
         new_run: Replace a run of a different spec.
         keep_model: Return this model's engine still running (a judge can reuse it).
         progress: Print one line per unit.
+        backend_factory: `(ModelSpec, max_logprobs) -> Backend` (default: vLLM).
+        only: Generate only these unit ids; the manifest lists them as the plan (see
+            `engine.generate.runner.run_sweep`).
 
     Returns:
         (a small summary, the kept `VLLMBackend` or None).
     """
     from engine.generate.actors import GenerationActor, vllm_backend_factory
-    from engine.generate.runner import ModelStats, write_summary
+    from engine.generate.runner import ModelStats, select_units, write_summary
     from engine.generate.store import RunStore
     from engine.generate.units import plan_units
 
@@ -430,7 +535,9 @@ def run_local(
     stats: dict[str, ModelStats] = {}
     started = time.time()
     with store.locked():
+        # Resume over the whole plan (keeps finished units outside `only`), then take the wave.
         _, records, todo = store.resume(spec, units, new_run=new_run)
+        units, todo = select_units(units, only), select_units(todo, only)
         order = [u.unit_id for u in units]
         rows = {u.unit_id: u.n_rows for u in units}
         if progress:
@@ -446,7 +553,7 @@ def run_local(
                     store,
                     model,
                     max(1, spec.sampling.logprobs),
-                    vllm_backend_factory,
+                    backend_factory or vllm_backend_factory,
                     overlap_writes=False,
                 )
             except UserError:
@@ -505,8 +612,7 @@ def run_analysis(
     from metrics.analyze import analyze
 
     out = RunLayout(study_dir).analysis
-    accepted = set(inspect.signature(analyze).parameters)
-    options = {k: v for k, v in analysis.items() if k in accepted}
+    options = _analysis_options(analysis)
     key = content_hash([scored_key, options])
     marker = out / ".study-done.json"
     if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
@@ -545,3 +651,430 @@ def run_demo(out: str | Path = "mic-demo", progress: bool = True) -> dict[str, A
     if not spec.is_file():
         raise UserError(f"the demo spec {spec} is missing", "reinstall the mic-engine package")
     return run_study(spec, out, progress=progress, local=True)
+
+
+# ---- precision-stopped studies: waves of items ------------------------------------------------
+#
+# `mic study SPEC --out DIR --target-width W` binds DIR to the spec's whole item set (run.json:
+# every item, as a plain study would) and generates it in waves: wave k asks for the first
+# k x step items of each still-running task, half from each split (`run.chunk_size` is set to a
+# divisor of the per-split step, so a wave is whole work units and wave k+1's units are wave k's
+# plus new ones: the same unit ids, never generated twice). After each wave the run is scored
+# and analysed with a bootstrap, and `metrics.stopping.stop_decision` says which tasks stop.
+# DIR/waves.json (written atomically after each analysed wave) makes a killed study resume at
+# the wave it was in; the analysis is seeded, so the resumed study ends where an uninterrupted
+# one would.
+
+WAVE_STATE_VERSION = 1
+DEFAULT_BOOTSTRAP = 400  # a wave study needs intervals; 400 replicates when the spec sets none
+
+
+def default_wave_items() -> int:
+    """Items per task per wave when not given: twice the smallest pilot `mic power` plans from."""
+    from metrics.power import MIN_ITEMS
+
+    return 2 * MIN_ITEMS
+
+
+def known_metrics() -> list[str]:
+    """The metric names `--metric` accepts (the headline seven, their MAE modes, MarCon's)."""
+    from metrics.power import PLAN_METRICS
+    from metrics.summary import HEADLINE, MARCON
+
+    return list(dict.fromkeys([*HEADLINE, *PLAN_METRICS, *MARCON]))
+
+
+def check_wave_options(
+    target_width: float,
+    metric: str | None = None,
+    wave_items: int | None = None,
+    max_waves: int | None = None,
+) -> None:
+    """Refuse bad wave options before anything runs (one line each).
+
+    Raises:
+        UserError: A width that is not a positive number, an unknown metric, fewer than two
+            items per wave (each split needs one) or fewer than one wave.
+    """
+    if not (isinstance(target_width, (int, float)) and math.isfinite(target_width)) or (
+        target_width <= 0
+    ):
+        raise UserError(
+            f"--target-width {target_width} must be a positive number",
+            "e.g. --target-width 0.1 (the widest 95 % interval a task may end with)",
+        )
+    if metric is not None and metric not in known_metrics():
+        raise UserError(
+            f"--metric {metric!r} is not a metric",
+            f"use one of {', '.join(known_metrics()[:7])} (or leave it out: per-task MICs)",
+        )
+    if wave_items is not None and wave_items < 2:
+        raise UserError(f"--wave-items {wave_items} is too small", "use 2 or more (e.g. 80)")
+    if max_waves is not None and max_waves < 1:
+        raise UserError(f"--max-waves {max_waves} must be at least 1", "e.g. --max-waves 3")
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+
+
+class WavePlan:
+    """The wave state of a precision-stopped study (DIR/waves.json), loaded or started.
+
+    Attributes:
+        path: DIR/waves.json.
+        target_width: The width of this invocation (it may differ from earlier waves').
+        metric: The deciding metric (None: per-task shared MICs); fixed for the study.
+        wave_items: Items per task a wave adds; fixed for the study.
+        split_step: Per task, items per split a wave adds.
+        waves: The log, one record per analysed wave.
+        smoother: `metrics.stopping.WidthSmoother` history, as stored.
+    """
+
+    def __init__(self, path: Path, doc: dict[str, Any], target_width: float) -> None:
+        self.path = path
+        self.target_width = float(target_width)
+        self.metric: str | None = doc["metric"]
+        self.wave_items = int(doc["wave_items"])
+        self.split_step: dict[str, int] = dict(doc["split_step"])
+        self.chunk_size = int(doc["chunk_size"])
+        self.waves: list[dict[str, Any]] = list(doc.get("waves", []))
+        self.smoother_doc: dict[str, Any] = doc.get("smoother", {"history": [], "waves": {}})
+
+    @classmethod
+    def start(
+        cls,
+        engine_raw: dict[str, Any],
+        out_dir: Path,
+        target_width: float,
+        metric: str | None,
+        wave_items: int | None,
+        source: str | Path = "<spec>",
+    ) -> WavePlan:
+        """Load DIR/waves.json (checking it matches) or start a new plan, and set the spec's
+        `run.chunk_size` to whole waves (`engine_raw` is changed in place).
+
+        Raises:
+            UserError: waves.json was written with another metric or wave size, or is damaged.
+        """
+        path = RunLayout(out_dir).waves
+        doc: dict[str, Any] | None = None
+        if path.is_file():
+            try:
+                doc = json.loads(path.read_text())
+                assert doc.get("version") == WAVE_STATE_VERSION and "split_step" in doc
+            except (ValueError, AssertionError):
+                raise UserError(
+                    f"{path} is damaged or of another version",
+                    "delete it to restart the waves (finished units are kept and reused)",
+                ) from None
+            if doc["metric"] != metric:
+                raise UserError(
+                    f"{path}: this study stops on {doc['metric'] or 'per-task MICs'!r}, not "
+                    f"{metric or 'per-task MICs'!r} ('metric')",
+                    f"pass {'--metric ' + doc['metric'] if doc['metric'] else 'no --metric'}, "
+                    "or use another --out",
+                )
+            if wave_items is not None and wave_items != doc["wave_items"]:
+                raise UserError(
+                    f"{path}: this study's waves add {doc['wave_items']} items per task, not "
+                    f"{wave_items} ('wave_items')",
+                    f"pass --wave-items {doc['wave_items']} (or leave it out), or use another --out",
+                )
+        else:
+            items = wave_items or default_wave_items()
+            tasks = [t for t in engine_raw.get("tasks") or [] if isinstance(t, dict)]
+            steps = {
+                str(t.get("name")): -(-items // len(t.get("splits", ["train", "test"]) or [0]))
+                for t in tasks
+            }
+            run = engine_raw.get("run") or {}
+            spec_chunk = int(run.get("chunk_size", 256)) if isinstance(run, dict) else 256
+            gcd = 0
+            for step in steps.values():
+                gcd = math.gcd(gcd, step)
+            doc = {
+                "version": WAVE_STATE_VERSION,
+                "metric": metric,
+                "wave_items": items,
+                "split_step": steps,
+                "chunk_size": _largest_divisor(max(gcd, 1), max(spec_chunk, 1)),
+                "waves": [],
+            }
+        engine_raw.setdefault("run", {})["chunk_size"] = int(doc["chunk_size"])
+        return cls(path, doc, target_width)
+
+    def save(self, smoother: Any) -> None:
+        """Write waves.json atomically (a kill leaves the previous wave's state)."""
+        doc = {
+            "version": WAVE_STATE_VERSION,
+            "metric": self.metric,
+            "wave_items": self.wave_items,
+            "split_step": self.split_step,
+            "chunk_size": self.chunk_size,
+            "target_width": self.target_width,
+            "smoother": {
+                "history": [[t, n, h] for (t, n), h in smoother.history.items()],
+                "waves": smoother.waves,
+            },
+            "waves": self.waves,
+        }
+        atomic_write(self.path, json.dumps(doc, indent=1))
+
+    def smoother(self) -> Any:
+        """The `WidthSmoother` as it was after the last saved wave."""
+        from metrics.stopping import WidthSmoother
+
+        smoother = WidthSmoother()
+        for task, name, history in self.smoother_doc.get("history", []):
+            smoother.history[(task, name)] = [tuple(p) for p in history]
+        smoother.waves = dict(self.smoother_doc.get("waves", {}))
+        return smoother
+
+    def status(self) -> dict[str, str]:
+        """Each task's state after the last wave under this invocation's width: "stopped",
+        "limit" (its items ran out first) or "continuing".
+
+        A task stopped under the same width stays stopped (its items do not grow again); with
+        another width the last wave's (smoothed) widths are judged afresh against it, so a
+        looser width can stop tasks without a new wave and a tighter one restarts them.
+        """
+        from metrics.stopping import MIN_WAVES
+
+        if not self.waves:
+            return {}
+        last = self.waves[-1]
+        out = {}
+        for task, width in last["widths"].items():
+            if last["target_width"] == self.target_width:
+                stopped = last["status"][task] == "stopped"
+            else:
+                seen = self.smoother_doc.get("waves", {}).get(task, 0)
+                stopped = width is not None and width <= self.target_width and seen >= MIN_WAVES
+            at_limit = last["at_limit"][task]
+            out[task] = "stopped" if stopped else "limit" if at_limit else "continuing"
+        return out
+
+
+def _split_totals(units: list[Any]) -> dict[str, dict[str, int]]:
+    """Items per (task, split) of the plan (every model and prompt sees the same items)."""
+    first = (units[0].model.name, units[0].prompt.id) if units else None
+    totals: dict[str, dict[str, int]] = {}
+    for u in units:
+        if (u.model.name, u.prompt.id) == first:
+            split = totals.setdefault(u.task, {})
+            split[u.split] = split.get(u.split, 0) + len(u.item_ids)
+    return totals
+
+
+def run_waves(
+    plan: WavePlan,
+    spec: Any,
+    out_dir: Path,
+    settings: Any,
+    analysis: dict[str, Any],
+    *,
+    max_waves: int | None = None,
+    report: bool = True,
+    progress: bool = True,
+    **generate: Any,
+) -> dict[str, Any]:
+    """Generate, score and analyse wave after wave until every task has stopped or run out of
+    items (or `max_waves` waves are done); then note the stopping rule in metrics.json and
+    build the report.
+
+    Args:
+        plan: The study's `WavePlan`.
+        spec: The validated engine spec (all of the study's items).
+        out_dir: The study directory.
+        settings: Judge settings.
+        analysis: The study's `[analysis]` settings (a bootstrap is needed; 400 when unset).
+        max_waves: Stop after this many waves in all (None: until done).
+        report: Build the HTML report.
+        progress: Print progress lines (and one line per wave and task).
+        **generate: ray_address, new_run, local, backend_factory, judge (`generate_and_score`).
+
+    Returns:
+        As `run_study`, plus `waves` (the log) and `stopping` (the block added to metrics.json).
+    """
+    from engine.generate.units import plan_units
+    from metrics.analyze import analyze
+    from metrics.stopping import stop_decision
+
+    options = _analysis_options(analysis)
+    options.setdefault("bootstrap", DEFAULT_BOOTSTRAP)
+    if options["bootstrap"] < 100:
+        raise UserError(
+            f"analysis.bootstrap is {options['bootstrap']}: a precision-stopped study needs "
+            "intervals",
+            "set analysis.bootstrap to 400 or more (--set analysis.bootstrap=400)",
+        )
+    units = plan_units(spec)
+    totals = _split_totals(units)
+    layout = RunLayout(out_dir)
+    timings: dict[str, float] = {}
+    smoother = plan.smoother()
+    summary: dict[str, Any] = {}
+    scored = None
+    ran = 0
+    while True:
+        status = plan.status()
+        if plan.waves and "continuing" not in status.values():
+            break
+        if max_waves is not None and len(plan.waves) >= max_waves:
+            if progress:
+                _log(
+                    f"study: paused after wave {len(plan.waves)} (--max-waves {max_waves}); "
+                    "re-run without it to continue"
+                )
+            break
+        last = plan.waves[-1]["split_items"] if plan.waves else {t: 0 for t in totals}
+        reveal = {
+            t: last[t] + plan.split_step[t] if status.get(t, "continuing") == "continuing"
+            else last[t]
+            for t in totals
+        }  # fmt: skip
+        wave = len(plan.waves) + 1
+        only = {u.unit_id for u in units if u.chunk_index * plan.chunk_size < reveal[u.task]}
+        if progress:
+            sizes = ", ".join(f"{t} {n}" for t, n in _items(reveal, totals).items())
+            _log(f"study: wave {wave}: {len(only)} units (items per task: {sizes})")
+        summary, scored = generate_and_score(
+            spec, out_dir, settings, timings, progress=progress, only=only, **generate
+        )
+        t0 = time.perf_counter()
+        result = analyze(str(layout.scored), out=str(layout.analysis), **options)
+        (layout.analysis / ".study-done.json").write_text(
+            json.dumps({"key": content_hash([scored.key, options]), "options": options})
+        )
+        timings["analyze"] = timings.get("analyze", 0.0) + time.perf_counter() - t0
+        items = _items(reveal, totals)
+        decision, chosen = stop_decision(
+            result, plan.target_width, plan.metric, smoother=smoother, items=items
+        )
+        previous = status
+        record_status = {}
+        for t in totals:
+            sticky = previous.get(t) == "stopped"
+            at_limit = all(reveal[t] >= n for n in totals[t].values())
+            record_status[t] = (
+                "stopped" if decision.stop.get(t) or sticky
+                else "limit" if at_limit
+                else "continuing"
+            )  # fmt: skip
+        plan.waves.append(
+            {
+                "wave": wave,
+                "target_width": plan.target_width,
+                "split_items": reveal,
+                "items": items,
+                "widths": {t: decision.widths.get(t) for t in totals},
+                "status": record_status,
+                "at_limit": {t: all(reveal[t] >= n for n in totals[t].values()) for t in totals},
+                "chosen": [c.__dict__ for c in chosen],
+            }
+        )
+        plan.save(smoother)
+        plan.smoother_doc = json.loads(plan.path.read_text())["smoother"]
+        ran += 1
+        if progress:
+            for line in wave_lines(plan.waves[-1]):
+                _log(line)
+    if not plan.waves:
+        raise UserError(f"{plan.path}: no wave ran", "re-run without --max-waves 0")
+    if scored is None:  # nothing new: every stage is done; re-read the scored run's record
+        from engine.score.pipeline import score_run
+
+        scored = score_run(out_dir, settings, judge=generate.get("judge"), log=progress)
+    final = plan.status()
+    stopping = stopping_block(plan, final)
+    metrics_path = layout.analysis / RunLayout.METRICS
+    doc = json.loads(metrics_path.read_text())
+    doc["stopping"] = stopping
+    atomic_write(metrics_path, json.dumps(doc, indent=2))
+    if progress and ran == 0:
+        _log(f"study: nothing new to run; the waves as they stand ({plan.path}):")
+        for line in wave_lines(plan.waves[-1], final, plan.target_width):
+            _log(line)
+    report_path = None
+    if report:
+        t0 = time.perf_counter()
+        report_path = build_study_report(out_dir)
+        timings["report"] = time.perf_counter() - t0
+    return {
+        "run": str(out_dir),
+        "rows": summary.get("rows"),
+        "scored": str(scored.scored_dir),
+        "items_without_value": scored.errors,
+        "judge_failures": scored.failure_summary(),
+        "analysis": str(layout.analysis),
+        "report": str(report_path) if report_path else None,
+        "seconds": timings,
+        "waves": plan.waves,
+        "stopping": stopping,
+    }
+
+
+def _items(split_items: dict[str, int], totals: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Items per task (all splits) when each split shows its first `split_items[task]`."""
+    return {t: sum(min(split_items[t], n) for n in totals[t].values()) for t in totals}
+
+
+def wave_lines(
+    record: dict[str, Any], status: dict[str, str] | None = None, target: float | None = None
+) -> list[str]:
+    """One progress line per task of a wave: items, current width, target, state."""
+    status = status or record["status"]
+    target = record["target_width"] if target is None else target
+    lines = []
+    for task, items in record["items"].items():
+        width = record["widths"].get(task)
+        shown = "none yet" if width is None else f"{width:.4f}"
+        lines.append(
+            f"study: wave {record['wave']}, {task}: {items} items, width {shown} "
+            f"(target {target:g}): {status[task]}"
+        )
+    return lines
+
+
+def stopping_block(plan: WavePlan, final: dict[str, str]) -> dict[str, Any]:
+    """The stopping rule, the wave log and the final (smoothed) chosen intervals, for
+    metrics.json: the intervals in the rest of metrics.json are the last wave's bootstrap ones;
+    the `final_intervals` here are widened to the smoothed width (the correction)."""
+    last = plan.waves[-1]
+    return {
+        "rule": (
+            "precision stopping: waves of items, each task stops when its chosen intervals are "
+            "at most target_width wide (or at its item limit); chosen = "
+            + (
+                f"the {plan.metric} interval of every (model, prompt)"
+                if plan.metric
+                else "the MIC intervals of the task's shared markers (the widest decides)"
+            )
+        ),  # fmt: skip
+        "correction": (
+            "widths smoothed across waves (metrics.stopping.WidthSmoother): each chosen interval "
+            "is widened about its centre to the log-log fit through every wave's width when that "
+            "is wider; no task stops before wave 2"
+        ),
+        "target_width": plan.target_width,
+        "metric": plan.metric,
+        "wave_items": plan.wave_items,
+        "waves": [
+            {k: w[k] for k in ("wave", "target_width", "items", "widths", "status")}
+            for w in plan.waves
+        ],
+        "final": {
+            t: {"items": last["items"][t], "width": last["widths"][t], "status": final[t]}
+            for t in last["items"]
+        },
+        "final_intervals": last["chosen"],
+    }
+
+
+def _analysis_options(analysis: dict[str, Any]) -> dict[str, Any]:
+    """The `[analysis]` settings `metrics.analyze` takes."""
+    from metrics.analyze import analyze
+
+    accepted = set(inspect.signature(analyze).parameters)
+    return {k: v for k, v in analysis.items() if k in accepted}

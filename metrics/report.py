@@ -1105,6 +1105,33 @@ def section_scoring(scoring: dict | None) -> str:
     )
 
 
+def section_stopping(metrics: dict | None) -> str:
+    """The wave log of a precision-stopped study (`mic study --target-width`, metrics.json's
+    `stopping` block): items, width and state of every task after each wave."""
+    block = (metrics or {}).get("stopping")
+    if not isinstance(block, dict) or not isinstance(block.get("waves"), list):
+        return ""
+    rows = [
+        [w.get("wave"), task, items, (w.get("widths") or {}).get(task),
+         w.get("target_width"), (w.get("status") or {}).get(task)]
+        for w in block["waves"] if isinstance(w, dict)
+        for task, items in (w.get("items") or {}).items()
+    ]  # fmt: skip
+    final = ", ".join(
+        f"{_e(t)}: {_e(f.get('items'))} items, {_e(f.get('status'))}"
+        for t, f in (block.get("final") or {}).items()
+        if isinstance(f, dict)
+    )
+    return (
+        "<h2>Precision stopping</h2>"
+        f'<p class="muted">{_e(block.get("rule"))}. Target width {_num(block.get("target_width"))}'
+        f", {_num(block.get('wave_items'), 0)} items per task per wave. Final: {final}. "
+        f"{_e(block.get('correction'))}; metrics.json's stopping.final_intervals hold the "
+        "widened intervals, the tables above the last wave's bootstrap ones.</p>"
+        + _table(["wave", "task", "items", "width (smoothed)", "target", "state"], rows, left=2)
+    )
+
+
 def section_planning(power: dict | None) -> str:
     """The plan of `mic power` (power.json): SE against items per task, detectable differences."""
     if not power or not isinstance(power.get("quantities"), list):
@@ -1299,6 +1326,7 @@ def render_report(inputs: ReportInputs) -> str:
         section_figures(inputs),
         section_significance(inputs.comparisons),
         section_planning(inputs.power),
+        section_stopping(inputs.metrics),
         section_scoring(inputs.scoring),
         section_throughput(inputs.summary),
         section_provenance(inputs, generated),

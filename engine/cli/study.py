@@ -102,7 +102,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "examples:\n  mic study configs/demo.toml --out runs/demo\n"
-            "  mic study configs/seed_study.toml --check"
+            "  mic study configs/seed_study.toml --check\n"
+            "  mic study configs/demo.toml --out runs/demo-w --local --target-width 0.3"
         ),
         formatter_class=fmt,
     )
@@ -123,6 +124,36 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--local",
         action="store_true",
         help="generate in this process without Ray; a judge on the same model reuses its engine",
+    )
+    g = p.add_argument_group(
+        "precision stopping",
+        "generate in waves of items and stop each task when its intervals are narrow enough "
+        "(DIR/waves.json; re-running resumes at the wave it was in)",
+    )
+    g.add_argument(
+        "--target-width",
+        default=None,
+        metavar="W",
+        help="stop a task when its chosen 95%% intervals are at most W wide (or its items run out)",
+    )
+    g.add_argument(
+        "--metric",
+        default=None,
+        metavar="NAME",
+        help="decide by this metric's interval, e.g. I-AvgMAE (default: per task, the widest "
+        "MIC interval of its shared markers)",
+    )
+    g.add_argument(
+        "--wave-items",
+        default=None,
+        metavar="N",
+        help="items per task each wave adds, half per split (default 80; fixed once started)",
+    )
+    g.add_argument(
+        "--max-waves",
+        default=None,
+        metavar="K",
+        help="stop after K waves in all (re-run without it to continue)",
     )
     _judge_flags(p)
     p.set_defaults(handler=_study)
@@ -161,11 +192,48 @@ def _print_study(result: StudyResult) -> None:
     print(f"study done ({times})")
     print(f"  scored run: {result.scored_dir} ({result.judge_failures})")
     print(f"  analysis:   {result.analysis_dir}/metrics.json, mic.parquet")
+    if result.waves and result.stopping:
+        states = ", ".join(
+            f"{task} {s['items']} items {s['status']}"
+            for task, s in result.stopping["final"].items()
+        )
+        print(f"  waves:      {len(result.waves)} ({states}); log in {result.study_dir}/waves.json")
     if result.report:
         print(f"  report:     {result.report}")
 
 
+def _number(value: str | None, option: str, kind: type, example: str) -> Any:
+    """An option's value as `kind`, or one clear line (argparse's own error spans two)."""
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise UserError(f"{option} {value!r} is not a number", f"e.g. {option} {example}") from None
+
+
+def _wave_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`--target-width` and its companions, checked before anything runs."""
+    from engine.study import check_wave_options
+
+    options = {
+        "target_width": _number(args.target_width, "--target-width", float, "0.1"),
+        "metric": args.metric,
+        "wave_items": _number(args.wave_items, "--wave-items", int, "80"),
+        "max_waves": _number(args.max_waves, "--max-waves", int, "3"),
+    }
+    if options["target_width"] is None:
+        given = [k for k in ("metric", "wave_items", "max_waves") if options[k] is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UserError(f"{flag} needs --target-width", "e.g. --target-width 0.1")
+        return {}
+    check_wave_options(**options)
+    return options
+
+
 def _study(args: argparse.Namespace) -> int:
+    waves = _wave_options(args)
     if args.check:
         print(json.dumps(check_study_spec(args.spec, args.overrides), indent=2))
         return 0
@@ -190,6 +258,7 @@ def _study(args: argparse.Namespace) -> int:
         report=not args.no_report,
         progress=not args.quiet,
         local=args.local,
+        **waves,
     )
     _print_study(result)
     return 0

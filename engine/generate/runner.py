@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,6 +297,7 @@ def run_sweep(
     progress: bool = True,
     overlap_writes: bool = True,
     ray_num_cpus: int | None = None,
+    only: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep into `out`.
 
@@ -309,6 +311,9 @@ def run_sweep(
         progress: Print progress lines with ETA to stderr.
         overlap_writes: Write shards on a thread while the next unit generates.
         ray_num_cpus: CPUs of a local Ray (default: all).
+        only: Run only these units of the plan (unit ids; None: all). The manifest then lists
+            them as the plan, so scoring sees a complete run of those units (a study growing in
+            waves); finished units outside them are kept for a later call.
 
     Returns:
         The summary written to `out/summary.json`.
@@ -323,7 +328,10 @@ def run_sweep(
     store = RunStore(out)
     started = time.time()
     with store.locked():
+        # Resume over the whole plan: a unit outside `only` is kept, not collected as garbage.
         mode, records, todo = store.resume(spec, units, new_run=new_run)
+        units, todo = select_units(units, only), select_units(todo, only)
+        records = {u.unit_id: records[u.unit_id] for u in units if u.unit_id in records}
         order = [u.unit_id for u in units]
         rows = {u.unit_id: u.n_rows for u in units}
         if progress:
@@ -354,7 +362,8 @@ def run_sweep(
                         failed,
                     )
         records = store.finished(order, rows)
-        store.collect_garbage({r.shard for r in records.values()})
+        if only is None:  # with `only`, shards of the other finished units are not garbage
+            store.collect_garbage({r.shard for r in records.values()})
         try:
             manifest = store.write_manifest(spec, order, records)
             summary = write_summary(spec, store, stats, manifest, failed, time.time() - started)
@@ -381,6 +390,14 @@ def run_sweep(
             f"{manifest['units_finished']} finished units are kept -- fix the cause and re-run to resume"
         )
     return summary
+
+
+def select_units(units: list[WorkUnit], only: Collection[str] | None) -> list[WorkUnit]:
+    """The units whose id is in `only`, in plan order (all of them when `only` is None)."""
+    if only is None:
+        return units
+    wanted = set(only)
+    return [u for u in units if u.unit_id in wanted]
 
 
 _STORAGE = "storage: "

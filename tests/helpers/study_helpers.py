@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -99,3 +100,53 @@ ASSERTIONS = [
     "Clearly the river flows into the sea.",
     "Question: what is the answer? Answer: I think it is no.",
 ]
+
+
+class MarkerBackend(FakeBackend):
+    """The FakeBackend whose samples read "<marker> <colour>." (a marker and an answer drawn from
+    the sample's seed), so the lexicon finds markers and the analysis has MICs to put intervals on.
+    """
+
+    MARKERS = ("definitely", "probably", "maybe", "possibly")
+    COLOURS = ("red", "blue", "green")
+
+    def to_table(self, unit, raw):
+        from engine.generate.backends.base import build_table, decode_rows
+
+        def one(ids: list[int]) -> str:
+            return f"{self.MARKERS[ids[0] % 4].capitalize()} {self.COLOURS[ids[-1] % 3]}."
+
+        texts, comps = decode_rows(unit, raw, lambda seqs: [one(s) for s in seqs], one)
+        return build_table(unit, raw, texts, comps)
+
+
+def marker_backend_factory(model, max_logprobs):
+    """`(ModelSpec, max_logprobs) -> MarkerBackend`, the `backend_factory` of the wave tests."""
+    return MarkerBackend(vocab_size=40)
+
+
+def wave_study_spec(folder: Path, items_per_split: int = 120, tasks: int = 2) -> Path:
+    """A study spec over `tasks` local tasks of `items_per_split` items per split (gold "red")."""
+    lines = []
+    for t in range(tasks):
+        rows = [
+            {"id": f"{s}-{k}", "question": f"What colour is thing {t}.{k}?", "answers": ["red"],
+             "split": s}
+            for s in ("train", "test")
+            for k in range(items_per_split)
+        ]  # fmt: skip
+        path = folder / f"task{t}.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        lines.append(f'[[tasks]]\nname = "t{t}"\nsource = "{path}"\nanswer_type = "free"\n')
+    spec = folder / "waves.toml"
+    spec.write_text(
+        '[run]\nname = "waves"\nchunk_size = 64\n\n'
+        '[[models]]\nname = "m"\npath = "builtin:tiny"\n\n'
+        + "\n".join(lines)
+        + '\n[[prompts]]\nid = "plain"\ntemplate = "{question}\\nAnswer:"\n\n'
+        "[sampling]\nn = 4\nmax_tokens = 3\nlogprobs = 1\nseed = 0\n\n"
+        '[judges]\nextract = "lexicon"\nconfidence = "consistency-logprob"\n'
+        'correctness = "rule"\ndecisiveness = "none"\n\n'
+        "[analysis]\nthreshold = 3\nbootstrap = 200\n"
+    )
+    return spec
