@@ -223,3 +223,23 @@ def test_waves_json_fixes_the_metric_and_the_wave_size(loose: tuple[Path, dict])
         _study(folder, LOOSE, metric="MRC")
     with pytest.raises(UserError, match="add 40 items per task, not 60"):
         run_study(folder / "waves.toml", folder / "out", target_width=LOOSE, wave_items=60)
+
+
+def test_mic_study_rerun_of_a_finished_study_prints_the_final_state(
+    loose: tuple[Path, dict], capsys: pytest.CaptureFixture
+) -> None:
+    """Through the command line: nothing is generated, judged or analysed again."""
+    from engine.cli.main import main
+
+    folder, result = loose
+    out = folder / "out"
+    before = (out / "waves.json").read_bytes()
+    args = ["study", str(folder / "waves.toml"), "--out", str(out), "--no-report"]
+    assert main([*args, "--target-width", str(LOOSE), "--wave-items", "40"]) == 0
+    captured = capsys.readouterr()
+    assert "nothing new to run" in captured.err and "done in" not in captured.err
+    last = result["waves"][-1]
+    for task, items in last["items"].items():
+        assert f"{task}: {items} items" in captured.err
+    assert f"waves:      {len(result['waves'])} (" in captured.out
+    assert (out / "waves.json").read_bytes() == before
