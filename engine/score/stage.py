@@ -101,6 +101,17 @@ class Stage:
             (self.dir / f"{name}.parquet").is_file() for name in record.get("outputs", [])
         )
 
+    def previous(self, name: str, reuse: str) -> pl.DataFrame | None:
+        """Output `name` of the stage's last completion if it recorded the same `reuse` key (its
+        reusable identity: settings and judge, not the inputs), else None."""
+        marker = self.dir / RunLayout.STAGE_DONE
+        path = self.dir / f"{name}.parquet"
+        if not (marker.is_file() and path.is_file()):
+            return None
+        if json.loads(marker.read_text()).get("reuse") != reuse:
+            return None
+        return pl.read_parquet(path)
+
     def read(self, name: str = "output") -> pl.DataFrame:
         """Read one output table of the stage."""
         return pl.read_parquet(self.dir / f"{name}.parquet")

@@ -11,10 +11,17 @@ import numpy as np
 import polars as pl
 
 from engine.config.judges import ScoreSettings
+from engine.contract import content_hash
 from engine.errors import CallFailure
 from engine.score.inputs import RunInputs, load_run
 from engine.score.judges.pool import JudgePool
-from engine.score.stage import RESPONSE_COLS, SENTENCE_COLS, Stage, judge_identity
+from engine.score.stage import (
+    RESPONSE_COLS,
+    SENTENCE_COLS,
+    STAGE_VERSION,
+    Stage,
+    judge_identity,
+)
 
 
 def stage_confidence(
@@ -42,7 +49,11 @@ def stage_confidence(
         out = _token_prob_confidence(inputs, sentences.read("responses"), sents, settings, stage)
         stage.finish({"output": out})
         return stage
-    pairs = consistency_pairs(inputs.generations, sents)
+    # Judgments of an earlier completion with the same judge and settings are kept for the pairs
+    # whose prompt is unchanged (a study growing in waves judges each pair once).
+    reuse = content_hash(["confidence", STAGE_VERSION, mode, *judge, *extra])
+    pairs = with_prompt_sha(consistency_pairs(inputs.generations, sents))
+    kept, pairs = reusable_judgments(stage.previous("judgments", reuse), pairs)
     prompts_of = _consistency_prompts(pairs)
     if mode == "consistency-logprob":
 
@@ -85,13 +96,49 @@ def stage_confidence(
             )
 
     judgments = stage.parts(pairs.height, settings.batch_size, compute)
+    if kept.height:
+        # the order of a judgment of every pair at once (consistency_pairs)
+        judgments = pl.concat([kept, judgments], how="vertical_relaxed").sort(
+            [*RESPONSE_COLS, "sample_idx", "sentence_idx"]
+        )
     out = _mean_per_sentence(sents, judgments)
     stage.finish(
         {"output": out, "judgments": judgments},
-        {"judge_prompts": pairs.height},
+        {"judge_prompts": pairs.height, "reused_judgments": kept.height, "reuse": reuse},
         max_failed_share=settings.max_failed_share,
     )
     return stage
+
+
+def with_prompt_sha(pairs: pl.DataFrame) -> pl.DataFrame:
+    """`pairs` with `prompt_sha`, the sha256 (16 hex digits) of each pair's judge prompt."""
+    prompts = _consistency_prompts(pairs)(0, pairs.height)
+    shas = [hashlib.sha256(p.encode()).hexdigest()[:16] for p in prompts]
+    return pairs.with_columns(pl.Series("prompt_sha", shas, dtype=pl.String))
+
+
+def reusable_judgments(
+    previous: pl.DataFrame | None, pairs: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split `pairs` into judgments kept from `previous` and the pairs still to judge.
+
+    A judgment is kept when its pair (keys and prompt) is the same and it has a value; a pair
+    that got none (the judge's answer had no yes / no, a failed call) is asked again, so its
+    ledger entry is written again too.
+
+    Returns:
+        (kept judgment rows, pairs to judge).
+    """
+    keys = [*SENTENCE_COLS, "sample_idx", "prompt_sha"]
+    columns = [*SENTENCE_COLS, "sample_idx", "prompt_sha", "judgment"]
+    if previous is None or any(c not in previous.columns for c in columns):
+        return pl.DataFrame(schema={c: pairs.schema.get(c, pl.Float64) for c in columns}), pairs
+    kept = (
+        previous.select(columns)
+        .filter(pl.col("judgment").is_not_null())
+        .join(pairs.select(keys), on=keys, how="inner")
+    )
+    return kept, pairs.join(kept.select(keys), on=keys, how="anti", maintain_order="left")
 
 
 def consistency_pairs(generations: pl.DataFrame, sents: pl.DataFrame) -> pl.DataFrame:
@@ -164,7 +211,7 @@ def _judgment_frame(
             numbers.append(None)
         else:
             numbers.append(value)
-    return chunk.select(SENTENCE_COLS + ["sample_idx"]).with_columns(
+    return chunk.select(SENTENCE_COLS + ["sample_idx", "prompt_sha"]).with_columns(
         pl.Series("judgment", numbers, dtype=pl.Float64)
     )
 

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pytest
 from helpers.study_helpers import FakeJudge, MarkerBackend, wave_study_spec
@@ -40,8 +41,7 @@ def _study(folder: Path, width: float, **options) -> dict:
         target_width=width,
         wave_items=40,
         backend_factory=_factory(folder / "units.log"),
-        judge=FakeJudge(),
-        **options,
+        **{"judge": FakeJudge(), **options},
     )
 
 
@@ -128,6 +128,25 @@ def test_a_study_killed_between_waves_resumes_to_the_same_result(
     again = _study(tmp_path, LOOSE)
     assert _logged_units(tmp_path) == logged and again["waves"] == whole["waves"]
     assert (tmp_path / "out" / "waves.json").read_bytes() == before
+
+
+def test_judgments_of_earlier_waves_are_kept_and_equal_a_fresh_judging(tmp_path: Path) -> None:
+    from engine.score.pipeline import score_run
+
+    judge = FakeJudge()
+    result = _study(tmp_path, LOOSE, judge=judge)
+    assert len(result["waves"]) == 3
+    stage = tmp_path / "out" / "stages" / "confidence"
+    record = json.loads((stage / "done.json").read_text())
+    reused = pl.read_parquet(stage / "judgments.parquet")
+    assert record["reused_judgments"] > 0
+    assert reused.height == record["reused_judgments"] + record["judge_prompts"]
+    # without keeping them, 3 waves of 80, 160 and 200 items would ask ~2.2x the final pairs
+    assert sum(map(len, judge.calls)) < 1.6 * reused.height
+    score_run(tmp_path / "out", judge=FakeJudge(), log=False, redo=["confidence"])
+    fresh = pl.read_parquet(stage / "judgments.parquet")
+    assert json.loads((stage / "done.json").read_text())["reused_judgments"] == 0
+    assert fresh.equals(reused)
 
 
 class _DiesInWave2(FakeJudge):
