@@ -361,6 +361,10 @@ def run_study(
     waves = None
     if target_width is not None:
         waves = WavePlan.start(engine_raw, out_dir, target_width, metric, wave_items, spec_path)
+    elif RunLayout(out_dir).waves.is_file():
+        # A wave study's run, now finished in one pass: same units (its chunk size), none redone.
+        recorded = json.loads(RunLayout(out_dir).waves.read_text())
+        engine_raw.setdefault("run", {})["chunk_size"] = int(recorded["chunk_size"])
     spec = validate(engine_raw, source=str(spec_path), base_dir=spec_path.resolve().parent)
     settings = settings_from(study["judges"], judges, source=str(spec_path))
     study_record = {
@@ -714,6 +718,11 @@ def check_wave_options(
         raise UserError(f"--max-waves {max_waves} must be at least 1", "e.g. --max-waves 3")
 
 
+def split_step(wave_items: int, splits: int) -> int:
+    """Items per split a wave adds to a task of `splits` splits (the splits grow together)."""
+    return -(-wave_items // max(splits, 1))
+
+
 def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
@@ -726,7 +735,7 @@ class WavePlan:
         target_width: The width of this invocation (it may differ from earlier waves').
         metric: The deciding metric (None: per-task shared MICs); fixed for the study.
         wave_items: Items per task a wave adds; fixed for the study.
-        split_step: Per task, items per split a wave adds.
+        split_step: Per task, items per split a wave adds (`split_step`).
         waves: The log, one record per analysed wave.
         smoother: `metrics.stopping.WidthSmoother` history, as stored.
     """
@@ -736,7 +745,7 @@ class WavePlan:
         self.target_width = float(target_width)
         self.metric: str | None = doc["metric"]
         self.wave_items = int(doc["wave_items"])
-        self.split_step: dict[str, int] = dict(doc["split_step"])
+        self.split_step: dict[str, int] = {}  # set from the validated spec (`run_waves`)
         self.chunk_size = int(doc["chunk_size"])
         self.waves: list[dict[str, Any]] = list(doc.get("waves", []))
         self.smoother_doc: dict[str, Any] = doc.get("smoother", {"history": [], "waves": {}})
@@ -762,7 +771,7 @@ class WavePlan:
         if path.is_file():
             try:
                 doc = json.loads(path.read_text())
-                assert doc.get("version") == WAVE_STATE_VERSION and "split_step" in doc
+                assert doc.get("version") == WAVE_STATE_VERSION and "wave_items" in doc
             except (ValueError, AssertionError):
                 raise UserError(
                     f"{path} is damaged or of another version",
@@ -784,20 +793,15 @@ class WavePlan:
         else:
             items = wave_items or default_wave_items()
             tasks = [t for t in engine_raw.get("tasks") or [] if isinstance(t, dict)]
-            steps = {
-                str(t.get("name")): -(-items // len(t.get("splits", ["train", "test"]) or [0]))
-                for t in tasks
-            }
             run = engine_raw.get("run") or {}
             spec_chunk = int(run.get("chunk_size", 256)) if isinstance(run, dict) else 256
             gcd = 0
-            for step in steps.values():
-                gcd = math.gcd(gcd, step)
+            for task in tasks:
+                gcd = math.gcd(gcd, split_step(items, len(task.get("splits", ["train", "test"]))))
             doc = {
                 "version": WAVE_STATE_VERSION,
                 "metric": metric,
                 "wave_items": items,
-                "split_step": steps,
                 "chunk_size": _largest_divisor(max(gcd, 1), max(spec_chunk, 1)),
                 "waves": [],
             }
@@ -911,6 +915,7 @@ def run_waves(
         )
     units = plan_units(spec)
     totals = _split_totals(units)
+    plan.split_step = {t.name: split_step(plan.wave_items, len(t.splits)) for t in spec.tasks}
     layout = RunLayout(out_dir)
     timings: dict[str, float] = {}
     smoother = plan.smoother()

@@ -128,6 +128,19 @@ def test_a_study_killed_between_waves_resumes_to_the_same_result(
     again = _study(tmp_path, LOOSE)
     assert _logged_units(tmp_path) == logged and again["waves"] == whole["waves"]
     assert (tmp_path / "out" / "waves.json").read_bytes() == before
+    # a plain study into the same directory finishes every item, regenerating no unit
+    run_study(
+        tmp_path / "waves.toml",
+        tmp_path / "out",
+        local=True,
+        report=False,
+        progress=False,
+        backend_factory=_factory(tmp_path / "units.log"),
+        judge=FakeJudge(),
+    )
+    rows = _shard_rows(tmp_path / "out")
+    assert len(rows) == len(set(rows)) == 2 * 2 * ITEMS_PER_SPLIT * 4
+    assert len(_logged_units(tmp_path)) == len(set(_logged_units(tmp_path))) > len(logged)
 
 
 def test_judgments_of_earlier_waves_are_kept_and_equal_a_fresh_judging(tmp_path: Path) -> None:
