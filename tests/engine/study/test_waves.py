@@ -275,3 +275,15 @@ def test_mic_study_rerun_of_a_finished_study_prints_the_final_state(
         assert f"{task}: {items} items" in captured.err
     assert f"waves:      {len(result['waves'])} (" in captured.out
     assert (out / "waves.json").read_bytes() == before
+
+
+def test_the_report_shows_the_wave_log(loose: tuple[Path, dict], tmp_path: Path) -> None:
+    from metrics.report import build_report
+
+    folder, result = loose
+    page = Path(build_report(folder / "out", out=tmp_path / "report.html")).read_text()
+    section = page[page.index("<h2>Precision stopping</h2>") :]
+    section = section[: section.index("<h2>", 5)]
+    rows = section.count("<tr>") - 1  # less the header
+    assert rows == sum(len(w["items"]) for w in result["waves"])
+    assert "WidthSmoother" in section and f"Target width {LOOSE}" in section
