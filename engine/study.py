@@ -987,10 +987,16 @@ def run_waves(
                 _log(line)
     if not plan.waves:
         raise UserError(f"{plan.path}: no wave ran", "re-run without --max-waves 0")
-    if scored is None:  # nothing new: every stage is done; re-read the scored run's record
-        from engine.score.pipeline import score_run
-
-        scored = score_run(out_dir, settings, judge=generate.get("judge"), log=progress)
+    if scored is None:
+        # Nothing new to generate. The manifest, scored run and analysis are made to hold the
+        # last wave's units again (a plain `mic study` may have finished every item since);
+        # when they already do, every step is skipped.
+        split_items = plan.waves[-1]["split_items"]
+        only = {u.unit_id for u in units if u.chunk_index * plan.chunk_size < split_items[u.task]}
+        summary, scored = generate_and_score(
+            spec, out_dir, settings, timings, progress=progress, only=only, **generate
+        )
+        run_analysis(out_dir, scored.key, {**analysis, **options}, progress)
     final = plan.status()
     stopping = stopping_block(plan, final)
     metrics_path = layout.analysis / RunLayout.METRICS
