@@ -167,3 +167,27 @@ def test_the_python_api_returns_a_frozen_sweep_result(ray_local: Any, tmp_path: 
     assert result.out_dir == out and result.models["fake"]["units"] == result.units_finished
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.rows = 0  # type: ignore[misc]
+
+
+def test_only_runs_a_part_of_the_plan_and_keeps_the_rest(ray_local: Any, tmp_path: Path) -> None:
+    """`only` (a study's wave): the manifest lists those units as the plan; finished units outside
+    them are kept, and a later call with more units runs only the new ones."""
+    import json
+
+    from engine.generate.units import plan_units
+
+    spec = _spec(tmp_path, replicas=1)
+    out = tmp_path / "out"
+    ids = [u.unit_id for u in plan_units(spec)]
+    summary = run_sweep(
+        spec, str(out), backend_factory=fake_backend_factory, progress=False, only=ids[:3]
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [u["unit_id"] for u in manifest["units"]] == ids[:3]
+    assert manifest["units_planned"] == 3 and summary["units_finished"] == 3
+    run_sweep(spec, str(out), backend_factory=fake_backend_factory, progress=False, only=ids[1:2])
+    assert len(list((out / "shards").iterdir())) == 3  # units 0 and 2 are kept, not garbage
+    run_sweep(spec, str(out), backend_factory=fake_backend_factory, progress=False)
+    logged = [line.split()[0] for line in (tmp_path / "units.log").read_text().splitlines()]
+    assert sorted(logged) == sorted(ids)  # each unit generated once over the three calls
+    _check_exact(out, spec)
