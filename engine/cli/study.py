@@ -103,7 +103,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         epilog=(
             "examples:\n  mic study configs/demo.toml --out runs/demo\n"
             "  mic study configs/seed_study.toml --check\n"
-            "  mic study configs/demo.toml --out runs/demo-w --local --target-width 0.3"
+            "  mic study configs/demo.toml --out runs/demo-w --local --target-width 0.5"
         ),
         formatter_class=fmt,
     )
