@@ -18,6 +18,8 @@ from helpers.study_helpers import FakeJudge, MarkerBackend, wave_study_spec
 from engine.contract import RunLayout
 from engine.study import run_study
 
+pytestmark = pytest.mark.slow  # eight small studies with bootstrap analyses: about a minute
+
 ITEMS_PER_SPLIT = 120  # the item limit: 240 per task
 LOOSE, TIGHT = 0.3, 0.12
 
