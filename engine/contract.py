@@ -4,6 +4,9 @@
   (`polars_dtypes`). Every file written carries schema metadata: schema version, run id and the
   config hash of the stage that wrote it (`with_metadata`).
 - `RunLayout`: the name of every file and folder of a run / study directory.
+- `safe_file_name` and `inside`: a name from a spec or a run record becomes a file name only
+  through `safe_file_name`, and every path written under a run / study directory is checked by
+  `inside` to stay under it (a task named `../../x` or a tampered hash cannot escape).
 - How those files are written and identified: `atomic_write` (all or nothing, fsynced) and
   `content_hash` (the key of a stage's inputs and settings).
 """
@@ -15,6 +18,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -132,6 +136,78 @@ def polars_dtypes(schema: pa.Schema, exclude: Iterable[str] = ()) -> dict[str, A
     return {name: dtype for name, dtype in frame.schema.items() if name not in skip}
 
 
+# ---- names that become paths ------------------------------------------------------------------
+
+# A name already safe as a file name on every file system we write to (and not hidden).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_file_name(name: str) -> str:
+    """The file name (without extension) that stands for `name` (a task, model or prompt name).
+
+    Names made of letters, digits, `.`, `_` and `-` (not starting with `.`, `_` or `-`, at most 100
+    characters) are used as they are, so existing runs keep their file names. Any other name
+    (`org/model`, `../../x`, `/abs/path`, spaces, non-ASCII) is mapped to its safe characters plus
+    the first 10 hex digits of its sha256: distinct names stay distinct, and none can leave the
+    directory it is written into.
+
+    Args:
+        name: The name.
+
+    Returns:
+        A file name of 1-100 characters from `[A-Za-z0-9._-]`.
+    """
+    if _SAFE_NAME.fullmatch(name):
+        return name
+    slug = _UNSAFE_CHARS.sub("_", name).strip("._-")[:64] or "name"
+    return f"{slug}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
+
+
+def is_plain_file_name(name: object) -> bool:
+    """True for a string usable as one file name inside a folder (no separator, not `.`/`..`).
+
+    For names read back from a run's records (a done-record's shard, a stored hash): a tampered
+    record must not point a read, move or delete outside the run directory.
+    """
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in ("/", "\\", "\0"))
+    )
+
+
+def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """`path` if it lies under `root` (after making both absolute and removing `..`), else raise.
+
+    The one guard every write of a run / study directory goes through (`RunLayout`'s named paths,
+    `atomic_write(..., root=)`, `RunStore.path`, a study's prepared task files, `--new-run`'s move
+    to `superseded/`). The check is lexical: symbolic links the user made inside the directory
+    (e.g. `shards/` on another disk) keep working; what it stops is a name that climbs out.
+
+    Args:
+        root: The output directory.
+        path: A path meant to lie under it (absolute, or relative to the working directory).
+
+    Returns:
+        `path` as given (as a `Path`).
+
+    Raises:
+        UserError: The path is not under `root`.
+    """
+    base = os.path.normpath(os.path.abspath(root))
+    target = os.path.normpath(os.path.abspath(path))
+    if target != base and not target.startswith(base.rstrip(os.sep) + os.sep):
+        from engine.errors import UserError
+
+        raise UserError(
+            f"refusing to write {path}: it is outside the output directory {root}",
+            "a name in the spec or a run record climbs out of the directory; rename it "
+            "(names become file names) or restore the damaged record",
+        )
+    return Path(path)
+
+
 # ---- run directory ----------------------------------------------------------------------------
 
 
@@ -184,7 +260,7 @@ class RunLayout:
 
     def stage(self, name: str) -> Path:
         """The directory of scoring stage `name`."""
-        return self.root / self.STAGES / name
+        return inside(self.root, self.root / self.STAGES / name)
 
     def stage_done(self, name: str) -> Path:
         return self.stage(name) / self.STAGE_DONE
@@ -198,7 +274,7 @@ class RunLayout:
 
     def scored_table(self, name: str) -> Path:
         """`scored/<name>.parquet` (name: "responses" or "sentences")."""
-        return self.scored / f"{name}.parquet"
+        return inside(self.root, self.scored / f"{name}.parquet")
 
     @property
     def score_record(self) -> Path:
@@ -217,8 +293,8 @@ class RunLayout:
         return self.root / self.WAVES
 
     def task_file(self, name: str) -> Path:
-        """`tasks/<name>.jsonl`, a study's prepared task file."""
-        return self.root / self.TASKS / f"{name}.jsonl"
+        """`tasks/<file name>.jsonl`, a study's prepared task file (`safe_file_name` of the task)."""
+        return inside(self.root, self.root / self.TASKS / f"{safe_file_name(name)}.jsonl")
 
     @property
     def analysis(self) -> Path:
@@ -232,7 +308,12 @@ class RunLayout:
 # ---- writing and identifying files --------------------------------------------------------------
 
 
-def atomic_write(path: str | Path, data: bytes | str | Callable[[str], Any]) -> None:
+def atomic_write(
+    path: str | Path,
+    data: bytes | str | Callable[[str], Any],
+    *,
+    root: str | os.PathLike[str] | None = None,
+) -> None:
     """Write a local file so that readers see all of it or nothing, and it survives a crash.
 
     The data goes to a temp file beside `path` (named with `RunLayout.TEMP_MARK`), which is
@@ -243,8 +324,13 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[str], Any]) -> 
         path: The target file; its directory is created.
         data: Bytes, text (UTF-8), or a function that writes the file at the path it is given
             (e.g. `lambda p: df.write_parquet(p)`).
+        root: The output directory `path` must lie under (`inside`); pass it whenever part of
+            the path comes from a name.
+
+    Raises:
+        UserError: `path` is not under `root`.
     """
-    path = Path(path)
+    path = Path(path) if root is None else inside(root, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}{RunLayout.TEMP_MARK}{uuid.uuid4().hex[:8]}"
     try:

@@ -111,6 +111,8 @@ def prepare_study(
     Raises:
         UserError: Unknown sample or registry task, a split without items, bad analysis settings.
     """
+    from engine.config.sweep import check_name
+
     engine_raw = copy.deepcopy(raw)
     judges = dict(engine_raw.pop("judges", {}) or {})
     analysis = dict(engine_raw.pop("analysis", {}) or {})
@@ -126,7 +128,9 @@ def prepare_study(
             if declared:
                 answer_types.setdefault(entry.get("name", ""), declared)
             continue
-        name = entry.get("name") or src_name
+        name = check_name(entry.get("name") or src_name, f"tasks.{i}.name", source)
+        # The task's file name is `safe_file_name(name)` (RunLayout.task_file): a name with a
+        # slash or `..` cannot place the file outside `out_dir/tasks/`.
         target = RunLayout(out_dir).task_file(name)
         sidecar = target.with_suffix(".source.json")
         wanted = {k: v for k, v in entry.items() if k != "path"} | {"path": entry.get("path")}
@@ -146,10 +150,9 @@ def prepare_study(
                         "split": split,
                     }
                     lines.append(json.dumps(row, ensure_ascii=False))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            atomic_write(target, "\n".join(lines) + "\n", root=out_dir)
             record = {"entry": wanted, "answer_type": answer_type}
-            sidecar.write_text(json.dumps(record, indent=2))
+            atomic_write(sidecar, json.dumps(record, indent=2), root=out_dir)
         entry.pop("path", None)
         # Absolute: the engine resolves relative sources against the spec's folder, not --out.
         entry["source"] = str(target.resolve())

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,22 +331,141 @@ def read_raw(path: str | Path) -> dict[str, Any]:
         if suffix == ".toml":
             with path.open("rb") as fh:
                 data = tomllib.load(fh)
+            _check_depth(data, str(path))
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
             with path.open("r", encoding="utf-8") as fh:
-                data = yaml.safe_load(fh) or {}
+                data = load_yaml(fh, str(path)) or {}
         else:
             raise UserError(
                 f"spec file {path} has extension '{suffix}'", "use a .toml, .yaml or .yml file"
             )
     except UserError:
         raise
+    except RecursionError:  # nesting deeper than the parsers' recursion allows
+        raise UserError(
+            f"spec file {path} is nested too deeply to read", "a spec needs a few levels only"
+        ) from None
     except Exception as exc:  # tomllib / yaml parse errors: one line, naming the file
-        raise UserError(f"spec file {path} does not parse: {exc}", "fix the syntax") from None
+        text = " ".join(str(exc).split())  # yaml's messages span lines: keep one
+        raise UserError(f"spec file {path} does not parse: {text}", "fix the syntax") from None
     if not isinstance(data, dict):
         raise UserError(f"spec file {path} must hold a table at top level", "see configs/tiny.toml")
     return data
+
+
+# A spec has tens to hundreds of values; YAML aliases may repeat a table (engine_args shared by
+# models), but a document that expands past this many values is an alias bomb, not a spec.
+MAX_SPEC_VALUES = 100_000
+MAX_SPEC_DEPTH = 64
+
+
+def load_yaml(stream: Any, source: str) -> Any:
+    """Parse one YAML document with aliases checked before anything is built.
+
+    PyYAML shares an aliased value instead of copying it, so a self-referencing alias builds a
+    cyclic object (every later copy or dump recurses forever) and "billion laughs" aliases build
+    a small graph that expands exponentially when copied or hashed. The node graph is therefore
+    walked first: a cycle, more than `MAX_SPEC_VALUES` values once every alias is expanded, or
+    nesting deeper than `MAX_SPEC_DEPTH` is refused. The document is returned as a plain tree
+    (aliases copied), so `--set models.0.engine_args.x=...` changes that model only.
+
+    Args:
+        stream: The open file.
+        source: The file, for messages.
+
+    Returns:
+        The document (dicts, lists, scalars), or None for an empty file.
+
+    Raises:
+        UserError: A cyclic alias, an alias bomb or too deep nesting (one line, naming the key).
+    """
+    import yaml
+
+    class SpecLoader(yaml.SafeLoader):
+        def get_single_data(self) -> Any:
+            node = self.get_single_node()
+            if node is None:
+                return None
+            _check_yaml_graph(node, source)
+            return self.construct_document(node)
+
+    return _plain_tree(yaml.load(stream, Loader=SpecLoader))  # noqa: S506 - a SafeLoader
+
+
+def _check_yaml_graph(root: Any, source: str) -> None:
+    """Refuse cycles, alias bombs and deep nesting in a composed YAML node graph."""
+    import yaml
+
+    sizes: dict[int, int] = {}  # node id -> values once expanded (memo: linear in the nodes)
+    open_nodes: set[int] = set()
+
+    def size(node: Any, path: tuple[str, ...]) -> int:
+        key = id(node)
+        where = ".".join(path) or "<top>"
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise UserError(
+                f"spec file {source}: the YAML alias at '{where}' refers to a value that "
+                "contains it (a cycle)",
+                "write the value out instead of aliasing its own ancestor",
+            )
+        if len(path) > MAX_SPEC_DEPTH:
+            raise UserError(
+                f"spec file {source}: '{where[:80]}...' is nested more than {MAX_SPEC_DEPTH} "
+                "levels deep",
+                "a spec needs a few levels only",
+            )
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            children = []
+            for key_node, value_node in node.value:  # a key may itself be an aliased table
+                label = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "<key>"
+                children += [(label, key_node), (label, value_node)]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(str(i), c) for i, c in enumerate(node.value)]
+        else:
+            children = []
+        for label, child in children:
+            total += size(child, (*path, label))
+            if total > MAX_SPEC_VALUES:
+                raise UserError(
+                    f"spec file {source}: YAML aliases expand '{where}' to more than "
+                    f"{MAX_SPEC_VALUES:,} values (an alias bomb?)",
+                    "write the values out, or alias fewer times",
+                )
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root, ())
+
+
+def _check_depth(data: Any, source: str) -> None:
+    """Refuse a parsed document nested deeper than `MAX_SPEC_DEPTH` (TOML has no aliases, but
+    `a = [[[[...]]]]` hundreds deep would overflow every later copy of the spec)."""
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_SPEC_DEPTH:
+            raise UserError(
+                f"spec file {source} is nested more than {MAX_SPEC_DEPTH} levels deep",
+                "a spec needs a few levels only",
+            )
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _plain_tree(value: Any) -> Any:
+    """`value` with every shared (aliased) dict or list copied: a tree, as TOML gives."""
+    if isinstance(value, dict):
+        return {k: _plain_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_tree(v) for v in value]
+    return value
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -489,6 +609,12 @@ def validate(
         if not isinstance(raw.get(section, {}), dict):
             raise UserError(f"{source}: '{section}' must be a table")
 
+    check_name(run.name, "run.name", source)
+    for section, entries, attr in (("models", models, "name"), ("tasks", tasks, "name")):
+        for i, entry in enumerate(entries):
+            check_name(getattr(entry, attr), f"{section}.{i}.{attr}", source)
+    for i, prompt in enumerate(prompts):
+        check_name(prompt.id, f"prompts.{i}.id", source)
     _check_unique([m.name for m in models], "models", "name", source)
     _check_unique([t.name for t in tasks], "tasks", "name", source)
     _check_unique([p.id for p in prompts], "prompts", "id", source)
@@ -536,6 +662,43 @@ def validate(
         analysis=dict(raw.get("analysis", {})),
         source=source,
     )
+
+
+MAX_NAME_LENGTH = 200
+
+
+def check_name(value: object, key: str, source: str) -> str:
+    """Check a name that labels output rows (run, model, task, prompt id) and may become a file.
+
+    Any text is allowed (`org/model`, spaces, non-ASCII): where a name becomes a file it goes
+    through `engine.contract.safe_file_name`. Refused are what no label means on purpose: a
+    non-string, a blank name, control characters (a newline or NUL breaks every line-based
+    listing), unpaired surrogates (not encodable as UTF-8) and names over 200 characters.
+
+    Args:
+        value: The name.
+        key: Its dotted key (`tasks.0.name`), for the message.
+        source: The spec file, for the message.
+
+    Returns:
+        The name.
+
+    Raises:
+        UserError: Naming the file, the key and the fix.
+    """
+    fix = "use a short name of letters, digits, '-', '_', '.' or '/'"
+    if not isinstance(value, str):
+        raise UserError(f"{source}: '{key}' is {value!r} ({type(value).__name__})", fix)
+    if not value.strip():
+        raise UserError(f"{source}: '{key}' is blank", fix)
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise UserError(f"{source}: '{key}' holds the control character {bad!r}", fix)
+    if len(value) > MAX_NAME_LENGTH:
+        raise UserError(
+            f"{source}: '{key}' is {len(value)} characters long (at most {MAX_NAME_LENGTH})", fix
+        )
+    return value
 
 
 def _check_unique(values: list[str], section: str, key: str, source: str) -> None:

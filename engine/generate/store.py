@@ -22,6 +22,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -35,7 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
 from engine.config.sweep import SweepSpec
-from engine.contract import RunLayout, atomic_write
+from engine.contract import RunLayout, atomic_write, inside, is_plain_file_name
 from engine.errors import UserError
 
 SHARDS = RunLayout.SHARDS
@@ -117,8 +118,15 @@ class RunStore:
     # ---- low-level I/O -------------------------------------------------------------------------
 
     def path(self, *parts: str) -> str:
-        """Return the filesystem path of `parts` inside the run directory."""
-        return "/".join([self.root.rstrip("/"), *parts])
+        """Return the filesystem path of `parts` inside the run directory.
+
+        Raises:
+            UserError: The parts climb out of the run directory (`engine.contract.inside`): every
+                read, write, move and delete of the store goes through here.
+        """
+        joined = "/".join([self.root.rstrip("/"), *parts])
+        inside(self.root, joined)
+        return joined
 
     def ensure_dirs(self) -> None:
         """Create the run directory and its sub-directories."""
@@ -130,7 +138,7 @@ class RunStore:
         target = self.path(rel)
         if self.is_local:
             # Removes its temp file when the write fails (disk full must not leave it eating space).
-            atomic_write(target, data)
+            atomic_write(target, data, root=self.root)
         else:  # an object-store put is atomic
             with self.fs.open_output_stream(target) as out:
                 out.write(data)
@@ -205,6 +213,8 @@ class RunStore:
         try:
             record = DoneRecord(**raw)
         except TypeError:
+            return None
+        if not is_plain_file_name(record.shard):  # a tampered record naming a path elsewhere
             return None
         data = self.read_bytes(f"{SHARDS}/{record.shard}")
         if data is None or len(data) != record.bytes:
@@ -334,6 +344,8 @@ class RunStore:
             self.ensure_dirs()
             self.write_json(RunLayout.RUN, record)
             return "new"
+        if not isinstance(stored, dict):  # an edited run.json: a run of an unknown spec
+            stored = {}
         if stored.get("hash") == spec.hash:
             self.ensure_dirs()
             return "resume"
@@ -345,7 +357,7 @@ class RunStore:
                 "use another --out, restore the spec, or pass --new-run to start over "
                 "(the old run moves to superseded/)",
             )
-        old = f"superseded/{str(stored.get('hash', 'unknown'))[:12]}"
+        old = self._superseded_dir(stored.get("hash"))
         self.fs.create_dir(self.path(old), recursive=True)
         for name in (RunLayout.RUN, RunLayout.MANIFEST, RunLayout.SUMMARY):
             if self.read_bytes(name) is not None:
@@ -357,6 +369,21 @@ class RunStore:
         self.ensure_dirs()
         self.write_json(RunLayout.RUN, record)
         return "replaced"
+
+    def _superseded_dir(self, stored_hash: object) -> str:
+        """`superseded/<first 12 hex digits of the old hash>`, unused so far.
+
+        The hash is read back from run.json, which anyone may have edited: only hex digits are
+        used as a folder name (`unknown` otherwise), and an existing folder (a spec that came
+        back) gets a `-2`, `-3`, ... suffix instead of having its files overwritten.
+        """
+        text = str(stored_hash or "")[:12]
+        name = text if re.fullmatch(r"[0-9a-f]{1,12}", text) else "unknown"
+        folder, n = f"superseded/{name}", 1
+        while self.fs.get_file_info(self.path(folder)).type != pafs.FileType.NotFound:
+            n += 1
+            folder = f"superseded/{name}-{n}"
+        return folder
 
     # ---- lock ------------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,9 +39,12 @@ if TYPE_CHECKING:
     from engine.config.sweep import SweepTask
 
 DEFAULT_SEED = 42
+# Split names a task file may hold beyond those a sweep asks for, left out without a word.
+KNOWN_SPLITS = frozenset({"train", "test", "validation", "valid", "val", "dev", "eval"})
 DEFAULT_LIMIT = 5000
 ROLES = ("train", "test")
 LETTERS = "ABCDEFGHIJ"
+logger = logging.getLogger(__name__)
 POPQA_RELATIONS = ("director", "screenwriter", "producer", "author", "place of birth", "occupation")
 
 
@@ -296,14 +300,34 @@ def _check_role(role: str) -> None:
 
 
 def _build_rows(
-    rows: Iterable[dict], source: Source, task: str, prefix: str, role: str | None, seed: int
+    rows: Iterable[dict],
+    source: Source,
+    task: str,
+    prefix: str,
+    role: str | None,
+    seed: int,
+    labels: Sequence[str] | None = None,
 ) -> list[Item]:
+    """Items of raw hub rows (from the hub, or a local export: then `labels` names each row as
+    `FILE:LINE` and a row the builder cannot read is refused on one line)."""
     builder = BUILDERS[source.builder]
     items: list[Item] = []
     for n, row in enumerate(rows):
         base = str(row[source.id_field]) if source.id_field and source.id_field in row else f"{n}"
         base = f"{prefix}{base}"
-        built = builder(row, source, base, seed)
+        try:
+            built = builder(row, source, base, seed)
+            built = [
+                (_text(q), [_text(a) for a in _answer_list(answers)], c) for q, answers, c in built
+            ]
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            where = labels[n] if labels is not None else f"{task}: row {n + 1}"
+            fields = ", ".join(repr(f) for f in (*source.question_fields, source.answer_field))
+            reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise UserError(
+                f"{where}: cannot read the row as a {task} item ({reason})",
+                f"check its fields {fields} against the {source.hf_id} format",
+            ) from None
         for k, (question, answers, choices) in enumerate(built):
             item_id = base if len(built) == 1 else f"{base}-{k}"
             item_role = role or assign_role(item_id, seed)
@@ -318,6 +342,22 @@ def _build_rows(
                 )
             )
     return items
+
+
+def _text(value: object) -> str:
+    """A question or answer of a hub row as text; null (which `str` would make "None") is refused."""
+    if value is None:
+        raise ValueError("a question or answer is null")
+    return str(value)
+
+
+def _answer_list(answers: object) -> list[Any]:
+    """A builder's answers as a list: a single string or number is one answer, null is refused."""
+    if isinstance(answers, str | int | float) and not isinstance(answers, bool):
+        return [answers]
+    if answers is None:
+        raise ValueError("the answers are null")
+    return list(answers)  # TypeError for anything that is not a sequence
 
 
 def _import_datasets() -> Any:
@@ -377,7 +417,21 @@ def read_rows(path: str | Path) -> list[dict]:
     Raises:
         UserError: For a missing file, an unknown extension or an unreadable line.
     """
+    return read_labelled_rows(path)[0]
+
+
+def read_labelled_rows(path: str | Path) -> tuple[list[dict], list[str]]:
+    """`read_rows` plus where each row is, for messages: `FILE:LINE` for JSONL, `FILE: row N`
+    otherwise."""
     path = Path(path)
+    if path.suffix.lower() in (".jsonl", ".ndjson") and path.exists():
+        numbered = list(read_jsonl(path))
+        return [row for _, row in numbered], [f"{path}:{lineno}" for lineno, _ in numbered]
+    rows = _read_rows(path)
+    return rows, [f"{path}: row {n + 1}" for n in range(len(rows))]
+
+
+def _read_rows(path: Path) -> list[dict]:
     if not path.exists():
         raise UserError(f"{path}: task file not found")
     suffix = path.suffix.lower()
@@ -430,7 +484,25 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
                 f"{path}:{lineno}: a JSON {type(row).__name__}, not an object",
                 'write one object per line, e.g. {"id": "q1", "question": "..."}',
             )
+        if "\\u" in line:  # only an escape can spell an unpaired surrogate ("\ud800")
+            _refuse_surrogates(row, f"{path}:{lineno}")
         yield lineno, row
+
+
+def _refuse_surrogates(row: dict, where: str) -> None:
+    """Refuse a row holding an unpaired UTF-16 surrogate (JSON allows the escape, UTF-8 and
+    Arrow do not: it would fail later, when the item is hashed or stored)."""
+    for key, value in row.items():
+        for text in (key, *(value if isinstance(value, list) else [value])):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UserError(
+                        f"{where}: field {key!r} holds an unpaired surrogate escape "
+                        f"({text[:40]!r})",
+                        "write the character itself or a valid surrogate pair",
+                    ) from None
 
 
 def plain_item(
@@ -461,6 +533,66 @@ def plain_item(
         question = format_mc(question, choices)
     answers = _as_list(row.get(cols.answers))
     return Item(task, item_id, question, tuple(answers), item_split, tuple(choices) or None)
+
+
+def check_plain_row(row: dict, cols: ColumnMap, where: str) -> None:
+    """Refuse the values of a plain task row that would become wrong items silently.
+
+    The question must be a non-blank string (a null question used to become the text "None");
+    the id, when the file has one, a non-blank string or an integer; the answers a string, a
+    number or a list of them (a list may be empty; null is refused: it says the gold answer was
+    lost, not that there is none); the split, when set, a string.
+
+    Args:
+        row: The raw row.
+        cols: Its column names (columns the file lacks are None).
+        where: `FILE:LINE` (or `FILE: row N`), for the message.
+
+    Raises:
+        UserError: Naming the file, the line and the field.
+    """
+    question = row.get(cols.question)
+    if not isinstance(question, str) or not question.strip():
+        shown = "blank" if isinstance(question, str) else f"{_json(question)}, not a string"
+        raise UserError(
+            f"{where}: field {cols.question!r} is {shown}", "give every item its question text"
+        )
+    if cols.id is not None and cols.id in row:
+        item_id = row[cols.id]
+        ok = (isinstance(item_id, int) and not isinstance(item_id, bool)) or (
+            isinstance(item_id, str) and item_id.strip() != ""
+        )
+        if not ok:
+            raise UserError(
+                f"{where}: field {cols.id!r} is {_json(item_id)}",
+                "give every item a non-blank string or integer id",
+            )
+    if cols.answers in row:
+        answers = row[cols.answers]
+        values = answers if isinstance(answers, list) else [answers]
+        if answers is None or not all(_is_answer(v) for v in values):
+            raise UserError(
+                f"{where}: field {cols.answers!r} is {_json(answers)}",
+                'give a list of strings (e.g. ["Paris"]), one string or number, or [] for none',
+            )
+    if cols.split is not None and row.get(cols.split) is not None:
+        if not isinstance(row[cols.split], str):
+            raise UserError(
+                f"{where}: field {cols.split!r} is {_json(row[cols.split])}, not a string",
+                'write the split as text, e.g. "train" or "test"',
+            )
+
+
+def _is_answer(value: object) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, int | float) and not isinstance(value, bool)
+    )
+
+
+def _json(value: object) -> str:
+    """A short rendering of a raw JSON value for a message."""
+    text = json.dumps(value, ensure_ascii=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _as_list(value: object) -> list[str]:
@@ -513,7 +645,7 @@ def load_local_task(
     """
     _check_role(role)
     path = Path(path)
-    rows = read_rows(path)
+    rows, labels = read_labelled_rows(path)
     if not rows:
         raise UserError(f"{path}: the task file is empty", "add at least one item")
     if task is not None:
@@ -521,7 +653,7 @@ def load_local_task(
         source = spec.sources[0]
         needed = (*source.question_fields, source.answer_field)
         _require_columns(path, rows[0], needed)
-        items = _build_rows(rows, source, name or spec.name, "", split, seed)
+        items = _build_rows(rows, source, name or spec.name, "", split, seed, labels)
         id_column = source.id_field or "row number"
     else:
         cols = columns or ColumnMap()
@@ -541,6 +673,7 @@ def load_local_task(
             _require_columns(path, row, (cols.question, cols.answers), row_number=n + 1)
             if has_id and row.get(cols.id) in (None, ""):
                 raise UserError(f"{path}: row {n + 1} has no item id in column {cols.id!r}")
+            check_plain_row(row, present_cols, labels[n])
             item_id = str(row[cols.id]) if has_id else str(n)
             item = plain_item(
                 row, present_cols, task=task_name, item_id=item_id, split=split, seed=seed
@@ -644,6 +777,8 @@ def load_items(task: SweepTask) -> dict[str, list[Item]]:
         id=task.id_column, question=task.question_column, split=task.split_column, choices=None
     )
     by_split: dict[str, list[Item]] = {split: [] for split in task.splits}
+    folded = {split.strip().casefold(): split for split in task.splits}
+    skipped: dict[str, tuple[int, int]] = {}  # unknown split -> (items, first line)
     seen: set[str] = set()
     for lineno, row in read_jsonl(path):
         for column in (task.id_column, task.question_column):
@@ -653,15 +788,36 @@ def load_items(task: SweepTask) -> dict[str, list[Item]]:
                     f"{path}:{lineno}: missing column '{column}'",
                     f"add it, or map another column with tasks.{task.name}.{which}_column",
                 )
+        check_plain_row(row, cols, f"{path}:{lineno}")
         item_id = str(row[task.id_column])
         if item_id in seen:
             raise UserError(f"{path}:{lineno}: item id '{item_id}' repeats", "make ids unique")
         seen.add(item_id)
         item = plain_item(row, cols, task=task.name, item_id=item_id, split=None, seed=DEFAULT_SEED)
         items = by_split.get(item.split)
-        if items is None or (task.limit and len(items) >= task.limit):
+        if items is None:
+            near = folded.get(item.split.strip().casefold())
+            if near is not None:  # "Train" for "train": a typo, not a split to leave out
+                raise UserError(
+                    f"{path}:{lineno}: field '{task.split_column}' is {item.split!r}, which "
+                    f"differs from the split {near!r} of tasks.{task.name}.splits only in case "
+                    "or spaces",
+                    f"write {near!r} in the file, or list {item.split!r} in the splits",
+                )
+            if item.split not in KNOWN_SPLITS:
+                count, first = skipped.get(item.split, (0, lineno))
+                skipped[item.split] = (count + 1, first)
+            continue
+        if task.limit and len(items) >= task.limit:
             continue
         items.append(item)
+    for split, (count, first) in skipped.items():
+        # Items of a split the spec does not ask for are left out on purpose (splits = ["test"]);
+        # a split name outside the usual ones is more likely a typo, so it is said once.
+        logger.warning(
+            f"{path}:{first}: {count} item(s) with split {split!r} are skipped: "
+            f"tasks.{task.name}.splits is {list(task.splits)}"
+        )
     empty = [split for split, items in by_split.items() if not items]
     if empty:
         # Most often a typo in `splits` or the wrong file: a sweep would silently skip it.
