@@ -375,7 +375,9 @@ def run_study(
         "judges": settings.__dict__,
         **{"analysis": study["analysis"]},
     }
-    atomic_write(RunLayout(out_dir).study, json.dumps(study_record, indent=2, default=str))
+    atomic_write(
+        RunLayout(out_dir).study, json.dumps(study_record, indent=2, default=str), root=out_dir
+    )
 
     if waves is not None:
         return run_waves(
@@ -628,7 +630,7 @@ def run_analysis(
                 _log("study: analysis already done (skipped)")
             return out
     analyze(str(RunLayout(study_dir).scored), out=str(out), **options)
-    marker.write_text(json.dumps({"key": key, "options": options}))
+    atomic_write(marker, json.dumps({"key": key, "options": options}), root=study_dir)
     if log:
         _log(f"study: analysis written to {out}")
     return out

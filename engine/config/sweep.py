@@ -488,7 +488,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"override '{text}' is not key=value", "write e.g. --set sampling.n=21")
     try:
         value = tomllib.loads(f"v = {raw_value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # not TOML (or absurdly nested): text
         value = raw_value.strip()
     return [part.strip() for part in key.split(".")], value
 

@@ -144,9 +144,18 @@ class RunStore:
                 out.write(data)
 
     def read_bytes(self, rel: str) -> bytes | None:
-        """Return a file's bytes, or None if it does not exist."""
+        """Return a file's bytes, or None if it does not exist.
+
+        A name read back from a record that points outside the run directory (a tampered
+        done-record's `../../x` shard) reads as missing: readers (`mic verify`, scoring) then
+        report the unit as damaged instead of reading someone else's file.
+        """
         try:
-            with self.fs.open_input_file(self.path(rel)) as fh:
+            target = self.path(rel)
+        except UserError:
+            return None
+        try:
+            with self.fs.open_input_file(target) as fh:
                 return fh.read()
         except FileNotFoundError:
             return None
