@@ -13,7 +13,9 @@ Local files come in two shapes:
   pass ``task=`` and the task's builder makes the items exactly as from the hub.
 
 Bad input raises `UserError` naming the file and the column: a missing question / answer column, an
-empty task, duplicate item ids.
+empty task, duplicate item ids; and naming the line too for a value that would become a wrong item
+silently (a null or non-string question, a null id or answers, a split differing from a requested
+one only in case, an unpaired surrogate escape, a hub-export row its task's builder cannot read).
 """
 
 from __future__ import annotations
@@ -490,19 +492,17 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _refuse_surrogates(row: dict, where: str) -> None:
-    """Refuse a row holding an unpaired UTF-16 surrogate (JSON allows the escape, UTF-8 and
-    Arrow do not: it would fail later, when the item is hashed or stored)."""
+    """Refuse a row holding an unpaired UTF-16 surrogate at any depth (JSON allows the escape,
+    UTF-8 and Arrow do not: it would fail later, when the item is hashed or stored)."""
     for key, value in row.items():
-        for text in (key, *(value if isinstance(value, list) else [value])):
-            if isinstance(text, str):
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise UserError(
-                        f"{where}: field {key!r} holds an unpaired surrogate escape "
-                        f"({text[:40]!r})",
-                        "write the character itself or a valid surrogate pair",
-                    ) from None
+        try:
+            json.dumps([key, value], ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = json.dumps(value, ensure_ascii=True)[:40]
+            raise UserError(
+                f"{where}: field {key!r} holds an unpaired surrogate escape ({shown})",
+                "write the character itself or a valid surrogate pair",
+            ) from None
 
 
 def plain_item(

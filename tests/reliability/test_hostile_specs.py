@@ -403,6 +403,11 @@ JSONL_CASES = {
         ["'answers'", "surrogate"],
         2,
     ),
+    "surrogate_nested": (
+        '{"id": "a", "question": "q", "answers": ["x"], "split": "train", "m": {"k": ["\\ud800"]}}',
+        ["'m'", "surrogate"],
+        2,
+    ),
     "surrogate_key": (
         '{"id": "a", "question": "q", "answers": ["x"], "split": "train", "\\ud800": 1}',
         ["surrogate"],
