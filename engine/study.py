@@ -134,7 +134,7 @@ def prepare_study(
         target = RunLayout(out_dir).task_file(name)
         sidecar = target.with_suffix(".source.json")
         wanted = {k: v for k, v in entry.items() if k != "path"} | {"path": entry.get("path")}
-        record = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+        record = _read_record(sidecar)
         if record is None or record.get("entry") != wanted or not target.is_file():
             _log(f"study: preparing task {name} from {src}")
             items, answer_type, instruction = _task_items(entry, where)
@@ -160,6 +160,16 @@ def prepare_study(
     if answer_types:
         judges["answer_types"] = answer_types
     return engine_raw, {"judges": judges, "analysis": check_analysis(analysis, source)}
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A small JSON record the study wrote (a task's sidecar, the analysis marker), or None when
+    it is missing or damaged: the step it records is then simply done again."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def check_analysis(analysis: dict[str, Any], source: str = "<spec>") -> dict[str, Any]:
@@ -624,7 +634,8 @@ def run_analysis(
     options = _analysis_options(analysis)
     key = content_hash([scored_key, options])
     marker = out / ".study-done.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+    done = _read_record(marker)
+    if done is not None and done.get("key") == key:
         if (out / RunLayout.METRICS).is_file():
             if log:
                 _log("study: analysis already done (skipped)")

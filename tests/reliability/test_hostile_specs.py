@@ -111,6 +111,22 @@ def test_distinct_task_names_get_distinct_files(root: Path) -> None:
     assert len(list((root / "out" / "tasks").glob("*.jsonl"))) == 2
 
 
+@pytest.mark.parametrize("damage", ["[1,", "[1, 2]", '{"entry": "../../x"}'])
+def test_damaged_task_sidecar_is_prepared_again(damage: str, root: Path) -> None:
+    """A study's `tasks/<name>.source.json` that is not a readable record is not trusted: the
+    task is prepared again (inside out/tasks), with no traceback."""
+    task = {"name": "../facts", "source": "sample:sample_facts"}
+    spec = write_toml(root / "spec" / "s.toml", base_spec(tasks=[task]))
+    assert study_plan(root, spec).code == 0
+    (sidecar,) = (root / "out" / "tasks").glob("*.source.json")
+    sidecar.write_text(damage)
+    result = study_plan(root, spec)
+    assert result.code == 0, result.stderr
+    assert "Traceback" not in result.stderr and "preparing task ../facts" in result.stderr
+    assert not outside(result, root, root / "out"), result.changed
+    assert json.loads(sidecar.read_text())["entry"]["source"] == "sample:sample_facts"
+
+
 # (section entry, key, bad name): names nobody means are refused on one line naming the key.
 BAD_NAMES = {
     "task_newline": ("tasks", "tasks.0.name", "arith\nrm -rf"),
