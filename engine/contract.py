@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from engine.errors import UserError
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -198,8 +200,6 @@ def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     base = os.path.normpath(os.path.abspath(root))
     target = os.path.normpath(os.path.abspath(path))
     if target != base and not target.startswith(base.rstrip(os.sep) + os.sep):
-        from engine.errors import UserError
-
         raise UserError(
             f"refusing to write {path}: it is outside the output directory {root}",
             "a name in the spec or a run record climbs out of the directory; rename it "
