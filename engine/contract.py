@@ -169,8 +169,8 @@ def safe_file_name(name: str) -> str:
 def is_plain_file_name(name: object) -> bool:
     """True for a string usable as one file name inside a folder (no separator, not `.`/`..`).
 
-    For names read back from a run's records (a done-record's shard, a stored hash): a tampered
-    record must not point a read, move or delete outside the run directory.
+    For names read back from a run's records (a done-record's shard): a tampered record must not
+    point a read, move or delete outside the run directory.
     """
     return (
         isinstance(name, str)
@@ -201,7 +201,7 @@ def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     target = os.path.normpath(os.path.abspath(path))
     if target != base and not target.startswith(base.rstrip(os.sep) + os.sep):
         raise UserError(
-            f"refusing to write {path}: it is outside the output directory {root}",
+            f"refusing to use {path}: it is outside the output directory {root}",
             "a name in the spec or a run record climbs out of the directory; rename it "
             "(names become file names) or restore the damaged record",
         )
