@@ -219,13 +219,14 @@ def test_tampered_hash_under_new_run_stays_inside(
 
 
 def test_done_record_naming_a_shard_outside_reads_as_missing(root: Path) -> None:
-    """A done-record whose shard is `../../../../x.jsonl` (a file that exists, outside the run)
+    """A done-record whose shard is `../../../../../x.jsonl` (root/x.jsonl, outside the run)
     makes that unit damaged in `mic verify`; nothing outside is read as a shard or changed."""
     out = root / "d1" / "d2" / "d3" / "run"
     write_run_without_ray(out, fake_raw_spec(out))
     record_path = sorted((out / "done").glob("*.json"))[0]
     record = json.loads(record_path.read_text())
-    record["shard"] = "../../../../x.jsonl"
+    record["shard"] = "../../../../../x.jsonl"
+    assert (out / "shards" / record["shard"]).resolve() == root / "x.jsonl"
     record_path.write_text(json.dumps(record))
     result = run_mic(["verify", str(out), "--json"], root)
     assert result.code == 1, result.stderr
