@@ -162,11 +162,11 @@ def test_study_task_name_with_control_character_writes_nothing(command: str, roo
 
 
 def test_hub_style_names_keep_working(root: Path) -> None:
-    """`org/model` names (hub ids), prompt ids and run names with slashes or `..` are labels:
-    they reach the plan unchanged and write nothing."""
+    """`org/model` names and paths (hub ids), prompt ids and run names with slashes or `..` are
+    labels: they reach the plan unchanged and write nothing."""
     raw = base_spec(
         run={"name": "../../runs/r", "chunk_size": 8},
-        models=[{"name": "meta-llama/Llama-3.1-8B", "path": "builtin:tiny"}],
+        models=[{"name": "meta-llama/Llama-3.1-8B", "path": "meta-llama/Llama-3.1-8B"}],
         prompts=[{"id": "../p/q", "template": "Q: {question}"}],
     )
     result = plan(root, write_toml(root / "spec" / "s.toml", raw), "--json")
