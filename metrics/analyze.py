@@ -98,6 +98,25 @@ def group_views(enc: Encoded, tables: Tables, valid: np.ndarray) -> list[GroupVi
     return views
 
 
+def common_marker_set(va: GroupView, vb: GroupView, valid: np.ndarray):
+    """The tasks both groups have and the markers usable in both, per task.
+
+    Returns:
+        (tasks, usable [T_common, M], shared [M], valid [G, T, M]: `valid` with both groups
+        restricted to the common set, for `compute_tables` and the bootstrap).
+    """
+    tasks = np.intersect1d(va.tasks, vb.tasks)
+    ia = np.searchsorted(va.tasks, tasks)
+    ib = np.searchsorted(vb.tasks, tasks)
+    usable = va.usable[ia] & vb.usable[ib]
+    shared = usable.all(axis=0) if len(tasks) else np.zeros(usable.shape[1], dtype=bool)
+    common = valid.copy()
+    for g in (va.g, vb.g):
+        common[g] = False
+        common[g][tasks] = usable
+    return tasks, usable, shared, common
+
+
 def group_metrics(
     view: GroupView,
     tables: Tables,
@@ -436,7 +455,27 @@ def analyze(
     if compare:
         from metrics.compare import compare_groups
 
-        comparisons = compare_groups(run, enc, views, group_values, level)
+        def common_metrics(va: GroupView, vb: GroupView):
+            # Recompute both groups' metrics on the markers valid in both (see
+            # `metrics.compare.compare_groups`): MAE cells, shared markers and every replicate
+            # change with the marker set, so both bootstraps are rerun with it.
+            tasks, usable, shared, common = common_marker_set(va, vb, valid)
+            point, _ = compute_tables(enc, threshold=threshold, parity=parity, valid=common)
+            out = []
+            for v in (va, vb):
+                reps = group_replicates(
+                    enc, v.g, keys, strata, seed=seed, n_boot=n_boot, scheme=scheme,
+                    parity=parity, valid=common, point=point,
+                    group_sums=group_sums or local_group_sums,
+                )  # fmt: skip
+                view = GroupView(v.g, tasks, usable, shared)
+                out.append(group_metrics(view, point, parity, reps, level))
+            return out[0], out[1]
+
+        comparisons = compare_groups(
+            run, enc, views, group_values, level,
+            common=common_metrics if preset == "mic" else None,
+        )  # fmt: skip
         settings["comparisons"] = comparisons.height
     out_dir = None
     if out is not None:

@@ -6,14 +6,19 @@ distribution. Each metric's difference is debiased like the metric itself
 (`metrics.debias.paired_difference`): the debiased difference, its basic interval and the
 two-sided p-value that inverts that interval. Holm and Benjamini-Hochberg adjust across the
 family of distinct tests: a metric that is another's alias (MRC is MRC-S-all, I-AvgMAE is its
-Mode 1, ...) is tested once, under its headline name. `same_markers` says whether the two
-groups' valid marker sets agree (the metrics' population values depend on them). Accuracy per task also gets McNemar's
-exact test on the items both groups answered.
+Mode 1, ...) is tested once, under its headline name. A metric's population value depends on
+the marker set it is computed over, so when the two groups' valid marker sets differ
+(`same_markers` false: a rare marker crossed the count threshold in one group only) both groups
+are recomputed on the markers valid in both, per task (`on_common_markers`): otherwise two
+models drawn from one population would differ by the change of marker set (measured: 20 %
+rejections at alpha = 0.05). Accuracy per task also gets McNemar's exact test on the items both
+groups answered.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
@@ -102,9 +107,22 @@ def _same_markers(va, vb) -> bool:
 
 
 def compare_groups(
-    run: ScoredRun, enc: Encoded, views, group_values: dict[int, dict[str, Metric]], level: float
+    run: ScoredRun,
+    enc: Encoded,
+    views,
+    group_values: dict[int, dict[str, Metric]],
+    level: float,
+    common: Callable | None = None,
 ) -> pl.DataFrame:
-    """Every pair of groups x every metric defined in both, plus McNemar per task."""
+    """Every pair of groups x every metric defined in both, plus McNemar per task.
+
+    Args:
+        run, enc, views: the analysis' run, encoding and `GroupView`s.
+        group_values: each group's metrics (point estimate and replicates).
+        level: confidence level.
+        common: (view_a, view_b) -> both groups' metrics on the markers valid in both; called
+            for pairs whose marker sets differ (None: compare each group's own metrics).
+    """
     resp = run.responses.select("task", "split", "item_id").with_columns(
         pl.Series("_g", enc.r_g), pl.Series("_ref", enc.r_ref), pl.Series("_c", enc.r_correct)
     )
@@ -133,6 +151,9 @@ def compare_groups(
             "same_markers": _same_markers(va, vb),
         }  # fmt: skip
         ma, mb = group_values[ga], group_values[gb]
+        base["on_common_markers"] = not base["same_markers"] and common is not None
+        if base["on_common_markers"]:
+            ma, mb = common(va, vb)
         for metric in distinct_metrics(ma, mb):
             xa, xb = ma[metric].values, mb[metric].values
             if xa is None or xb is None or not (np.isfinite(xa[0]) and np.isfinite(xb[0])):
