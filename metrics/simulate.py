@@ -434,7 +434,7 @@ def _sample_one(pop: Population, n_items: int, rng, model: str, prompt: str):
 
 
 def standard_populations() -> dict[str, Population]:
-    """The three populations of benchmarks/interval_coverage.py and the coverage tests.
+    """The populations of benchmarks/interval_coverage.py and the coverage tests.
 
     * ``example``: `Population.example()`: 4 tasks x 10 markers, Zipf(0.8) frequencies, task
       shifts of sd 0.08. I-AvgMAE Mode 4 is 0 (the two halves of a task share a population).
@@ -443,6 +443,8 @@ def standard_populations() -> dict[str, Population]:
     * ``near-constant``: 5 tasks x 14 markers, a longer tail (Zipf 1.1), noisier confidences
       (kappa 8), more two-marker sentences, and a frequent marker whose level is nearly the same
       in every task (a near-0 term in C-AvgCV and C-AvgMAE Mode 4).
+    * ``separated``: `separated_population`: no two markers of a task closer than 0.045, so the
+      rank correlations' population value is an order the samples can resolve.
     """
     near = Population.example(
         n_tasks=5, n_markers=14, seed=3, zipf=1.1, concentration=8.0, multi_marker=0.3
@@ -453,7 +455,32 @@ def standard_populations() -> dict[str, Population]:
         "example": Population.example(),
         "stable": Population.example(seed=1, task_shift=0.0, no_hedge_level=0.72),
         "near-constant": Population(**{**near.__dict__, "mic": mic}),
+        "separated": separated_population(),
     }
+
+
+def separated_population(seed: int = 0, n_tasks: int = 4, n_markers: int = 10) -> Population:
+    """A population whose markers' orders within every task are resolvable (no near-ties).
+
+    Marker levels are evenly spaced over [0.25, 0.85] (0.067 apart); in each task two disjoint
+    pairs of neighbours swap places and every level moves by at most 0.01, so any two markers of
+    a task are at least 0.045 apart (2-3 standard errors of a MIC at 300 items per task) while
+    the task pairs' rank correlations are below 1. `<no_hedge>` sits above every marker. The
+    populations of `Population.example` put some markers of a task within 0.001 of each other:
+    the rank correlations' population value then depends on an order no realistic sample can
+    resolve (docs/statistics.md). Across tasks a marker moves little (MAC and MCC have near-ties
+    on that axis).
+    """
+    rng = np.random.default_rng(seed)
+    level = np.linspace(0.25, 0.85, n_markers)
+    mic = np.empty((n_tasks, n_markers))
+    for t in range(n_tasks):
+        v = level.copy()
+        for i in rng.choice(np.arange(0, n_markers - 1, 2), size=2, replace=False):
+            v[i], v[i + 1] = v[i + 1], v[i]
+        mic[t] = v + rng.uniform(-0.01, 0.01, n_markers)
+    no_hedge = 0.91 + 0.04 * rng.random(n_tasks)
+    return Population.example(n_tasks, n_markers, seed=seed, mic=mic, no_hedge_level=no_hedge)
 
 
 def valid_mask(pop: Population, mic_table: pl.DataFrame, model: str = "model-0") -> np.ndarray:
