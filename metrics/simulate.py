@@ -567,7 +567,8 @@ def comparison_study(
 
     Returns:
         One row per (run, metric) of the paired bootstrap tests: p_value, p_holm,
-        diff_debiased, ci_lo, ci_hi, and the population difference `truth_diff`.
+        diff_debiased, ci_lo, ci_hi, same_markers, on_common_markers, and the population
+        difference `truth_diff`.
     """
     from metrics.analyze import analyze
 
@@ -585,7 +586,14 @@ def comparison_study(
         ]
         frames.append(
             table.select(
-                "metric", "p_value", "p_holm", "diff_debiased", "ci_lo", "ci_hi"
+                "metric",
+                "p_value",
+                "p_holm",
+                "diff_debiased",
+                "ci_lo",
+                "ci_hi",
+                "same_markers",
+                "on_common_markers",
             ).with_columns(pl.lit(r).alias("run"), pl.Series("truth_diff", truth, pl.Float64))
         )
     return pl.concat(frames)
