@@ -7,18 +7,20 @@ wrong side of the plug-in value and misses the population value (docs/statistics
 it). What this module does instead (methods chosen by coverage on known-truth populations,
 benchmarks/interval_coverage.py):
 
-* MAE (all modes) and ECE: ``debiased = 2 theta_hat - mean(theta*)``, the bootstrap bias
+* MAE (Modes 1-3) and ECE: ``debiased = 2 theta_hat - mean(theta*)``, the bootstrap bias
   correction (Efron & Tibshirani, section 10.2), and the basic (reverse-percentile) interval
   ``[2 theta_hat - q_hi, 2 theta_hat - q_lo]``: the replicates' spread reflected around the plug-in
   value, i.e. centred on the bias-corrected estimate. ``ci_method``: "bootstrap bias-corrected,
   basic".
-* CVs: noise-corrected first (`metrics.seven.attach_noise_corrections`: the MICs' sampling
-  variance is taken out of their spread); the corrected value is the estimate and the interval is
-  the replicates' spread centred on it. "noise-corrected, basic spread".
-* Correlations (MRC, MAC, MCC): no bias correction (a rank correlation's bootstrap bias estimate
-  is noisier than its bias; measured: worse coverage and a null rejection rate far above alpha in
-  paired comparisons); the interval is the replicates' spread centred on the plug-in value, on
-  the Fisher z scale for MAC and MCC. "plug-in, basic spread".
+* CVs and Mode 4 MAE: noise-corrected first (`metrics.seven.attach_noise_corrections`: the
+  MICs' sampling variance is taken out of their spread; each |MIC - mean| of Mode 4 is unfolded
+  from its noise); the corrected value is the estimate and the interval is the corrected
+  replicates' spread centred on it. "noise-corrected, basic spread".
+* Correlations (MRC, MAC, MCC): no bias correction (where markers' true MICs are nearly tied,
+  the bootstrap's bias does not even share the sign of the estimate's: measured, bias
+  correction, BC percentiles and Fisher-normal intervals all covered worse); the interval is the
+  replicates' spread centred on the plug-in value, on the Fisher z scale for MAC and MCC.
+  "plug-in, basic spread". docs/statistics.md says what these intervals promise.
 * A CV or Mode 4 MAE whose data cannot reject a population value of 0 gets an interval that
   reaches 0 (a bootstrap test of "every difference is 0": |.| and a standard deviation are
   biased up at 0 by about the noise, which no bias correction removes).
