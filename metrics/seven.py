@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numba as nb
 import numpy as np
-from scipy import stats
+from scipy import special
 
 SIG_LEVEL = 0.05
 CLIP = 0.9999
@@ -58,6 +58,31 @@ class _quiet:
         self._w.__exit__(*exc)
 
 
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks along the last axis, ties sharing their average rank (1-based), as
+    ``scipy.stats.rankdata(a, axis=-1)``: a slice holding a NaN is all NaN.
+
+    Average ranks are halves of integers, so they equal scipy's bit for bit.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    n = a.shape[-1]
+    if n == 0:
+        return a.copy()
+    order = np.argsort(a, axis=-1, kind="stable")
+    s = np.take_along_axis(a, order, axis=-1)
+    idx = np.broadcast_to(np.arange(n), s.shape)
+    starts = np.ones(s.shape, dtype=bool)  # first position of each run of equal values
+    starts[..., 1:] = s[..., 1:] != s[..., :-1]
+    ends = np.ones(s.shape, dtype=bool)  # last position of each run
+    ends[..., :-1] = starts[..., 1:]
+    first = np.maximum.accumulate(np.where(starts, idx, 0), axis=-1)
+    last = np.flip(np.minimum.accumulate(np.flip(np.where(ends, idx, n - 1), -1), axis=-1), -1)
+    ranks = np.empty(s.shape)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=-1)
+    ranks[np.isnan(a).any(axis=-1)] = np.nan
+    return ranks
+
+
 def correlate(x: np.ndarray, y: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
     """Pearson or Spearman correlation along the last axis, with scipy's two-sided p-values.
 
@@ -67,8 +92,8 @@ def correlate(x: np.ndarray, y: np.ndarray, method: str) -> tuple[np.ndarray, np
     if method == "spearman":
         # Values that tie mathematically may differ in the last bits, depending on the order
         # their sums ran in: rank on values rounded to 12 decimals (all inputs lie in [0, 1]).
-        x = stats.rankdata(np.round(x, 12), axis=-1)
-        y = stats.rankdata(np.round(y, 12), axis=-1)
+        x = average_ranks(np.round(x, 12))
+        y = average_ranks(np.round(y, 12))
     n = x.shape[-1]
     xc = x - x.mean(axis=-1, keepdims=True)
     yc = y - y.mean(axis=-1, keepdims=True)
@@ -79,7 +104,9 @@ def correlate(x: np.ndarray, y: np.ndarray, method: str) -> tuple[np.ndarray, np
         if df <= 0:
             return r, np.full(r.shape, np.nan)
         t = r * np.sqrt(df / np.maximum(1.0 - r * r, 1e-300))
-        p = 2.0 * stats.t.sf(np.abs(t), df)
+        # scipy.stats.t.sf(x, df) is special.stdtr(df, -x); calling it directly keeps
+        # scipy.stats (0.8 s of imports) out of every analysis.
+        p = 2.0 * special.stdtr(df, -np.abs(t))
     p = np.where(np.isnan(r), np.nan, p)
     return r, p
 
