@@ -157,6 +157,7 @@ def _accumulate(run_w, run_c, w_items, row_item, row_conf, start, stop):
 def _mae_blocks(
     seg_ptr, seg_t, seg_m, row_item, row_conf, streams, rep_keys, use_counts, sorted_items,
     strat_ptr, draw_keys, mic_reps, usable, n_boot, resp_t, resp_e, resp_e1, resp_n1, eval_mean,
+    w_proto,
 ):  # fmt: skip
     """MAE sums per replicate: out[b, k, A, B] for k = mode-1 (ΣS, ΣW), mode-3 (Σ, n), mode-4 (Σ, n),
     mode-2 (Σ w e_r, Σ w) with e_r the response's mean error at the point MICs (`resp_e`), and
@@ -176,20 +177,22 @@ def _mae_blocks(
     for blk in nb.prange(n_blocks):
         b0 = blk * BLOCK
         nb_ = min(BLOCK, n_boot - b0)
-        # Item weights of this block (uint16: one or two cache lines per item).
-        w_items = np.empty((n_items, BLOCK), dtype=np.uint16)
+        # Item weights of this block in the narrowest exact integer type (w_proto's: uint8 for
+        # Poisson weights and for counts of strata up to 255 items), each item's row starting on
+        # a cache line: the sweep below reads one item row per evaluation row in confidence
+        # order, i.e. at random, and at scale that read is the cost of this kernel (one 64-byte
+        # line per row instead of two or three for uint16 rows at numba's 32-byte alignment).
+        buf = np.zeros(n_items * BLOCK + 64, dtype=w_proto.dtype)
+        off = (-buf.ctypes.data) % 64 // buf.itemsize
+        w_items = buf[off : off + n_items * BLOCK].reshape((n_items, BLOCK))
         if use_counts:
-            counts = np.zeros((n_items, BLOCK), dtype=np.int32)
-            _fill_multinomial_counts(sorted_items, strat_ptr, draw_keys, rep_keys, b0, counts)
-            for i in range(n_items):
-                for t in range(BLOCK):
-                    w_items[i, t] = counts[i, t]
+            _fill_multinomial_counts(sorted_items, strat_ptr, draw_keys, rep_keys, b0, w_items)
         else:
             ws = np.empty(BLOCK)
             for i in range(n_items):
                 _fill_poisson(streams[i], rep_keys, b0, ws)
                 for t in range(BLOCK):
-                    w_items[i, t] = np.uint16(ws[t])
+                    w_items[i, t] = ws[t]
         # Mode 2: weighted sums of each response's mean error (weights already drawn), into a
         # block-local array with the replicate innermost (contiguous, vectorizable).
         acc2 = np.zeros((T, T, 4, BLOCK))
@@ -384,6 +387,7 @@ def _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic_reps, usable
         p["strat_ptr"] if multinomial else np.zeros(1, np.int64),
         p["draw_keys"] if multinomial else np.zeros(1, np.uint64),
         mic_reps, usable, n_boot, resp_task, resp_e, resp_e1, resp_n1, eval_mean,
+        p["count_proto"] if multinomial else np.zeros(0, np.uint8),
     )  # fmt: skip
     shift = np.where(usable, mic_reps - point_mic, 0.0)  # [B, A, M]
     with np.errstate(invalid="ignore", divide="ignore"):

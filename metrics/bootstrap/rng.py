@@ -315,23 +315,16 @@ def pair_keys(firsts: Any, lasts: Any, prefix: str = "") -> np.ndarray:
     Returns:
         A uint64 array with one key per row.
     """
-    from metrics.bootstrap.strhash import arrow_strings, hash_prefixed, hash_strings
+    from metrics.bootstrap.strhash import arrow_strings, hash_pairs, hash_strings
 
     a = arrow_strings(firsts)
     b = arrow_strings(lasts)
     if a is not None and b is not None:
-        import pyarrow.compute as pc
-
         if len(a) != len(b):
             raise ValueError(f"pair_keys: {len(a)} first parts but {len(b)} last parts")
-
-        # The firsts are few distinct names (tasks): escape each once in Python, and let the
-        # kernel hash prefix + last without building the joined strings.
-        codes = pc.dictionary_encode(a)
-        names = codes.dictionary.to_pylist()
-        prefixes = [prefix + escape_key_part(t) + KEY_SEP for t in names]
-        index = codes.indices.to_numpy(zero_copy_only=False)
-        return hash_prefixed(prefixes, index, b)
+        # One compiled pass escapes the first part, joins and hashes each row's text (the
+        # kernel's escape is escape_key_part's, byte for byte: KEY_ESC and KEY_SEP are \x1e, \x1f).
+        return hash_pairs(prefix, a, b)
     texts = [
         prefix + escape_key_part(str(f)) + KEY_SEP + str(x)
         for f, x in zip(_as_strings(firsts), _as_strings(lasts), strict=True)

@@ -26,8 +26,10 @@ __all__ = [
     "arrow_strings",
     "hash_prefixed",
     "hash_strings",
+    "hash_pairs",
     "utf8_buffers",
     "xxh64_buffers",
+    "xxh64_pairs",
     "xxh64_prefixed",
     "xxh64_reference",
 ]
@@ -191,6 +193,73 @@ def xxh64_prefixed(
     """
     out_off, out = _join_prefixed(prefix_offsets, prefix_data, prefix_index, offsets, data)
     return xxh64_buffers(out_off, out)
+
+
+_ESC = 0x1E  # KEY_ESC and KEY_SEP of metrics.bootstrap.rng, as bytes
+_SEP = 0x1F
+
+
+@numba.njit(cache=True, nogil=True)
+def xxh64_pairs(
+    prefix: np.ndarray,
+    first_offsets: np.ndarray,
+    first_data: np.ndarray,
+    offsets: np.ndarray,
+    data: np.ndarray,
+) -> np.ndarray:
+    """XXH64 (seed 0) of ``prefix + escape(first[i]) + "\\x1f" + string[i]`` for each row ``i``.
+
+    ``escape`` puts ``\\x1e`` before every ``\\x1e`` and ``\\x1f`` byte (as
+    ``rng.escape_key_part``; UTF-8 never uses those bytes inside a multi-byte character, so
+    escaping bytes is escaping characters). Each row's text is built in a small scratch buffer
+    that stays in L1 and hashed from there: no joined copy of the whole column, and no
+    dictionary encoding of the first parts.
+
+    Args:
+        prefix: UTF-8 bytes put in front of every text (not escaped).
+        first_offsets: int64 offsets of the first parts (task names).
+        first_data: their UTF-8 bytes.
+        offsets: int64 offsets of the last parts (item ids).
+        data: their UTF-8 bytes.
+
+    Returns:
+        A uint64 array with one hash per row.
+    """
+    n = offsets.shape[0] - 1
+    longest = 0
+    for i in range(n):
+        size = 2 * (first_offsets[i + 1] - first_offsets[i]) + offsets[i + 1] - offsets[i]
+        longest = max(longest, size)
+    scratch = np.empty(prefix.shape[0] + longest + 1, dtype=np.uint8)
+    scratch[: prefix.shape[0]] = prefix
+    # Task names almost never hold the two escaped bytes: then copy without the test per byte.
+    plain = True
+    for j in range(first_data.shape[0]):
+        if first_data[j] == _ESC or first_data[j] == _SEP:
+            plain = False
+            break
+    out = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        q = prefix.shape[0]
+        if plain:
+            for j in range(first_offsets[i], first_offsets[i + 1]):
+                scratch[q] = first_data[j]
+                q += 1
+        else:
+            for j in range(first_offsets[i], first_offsets[i + 1]):
+                c = first_data[j]
+                if c == _ESC or c == _SEP:
+                    scratch[q] = _ESC
+                    q += 1
+                scratch[q] = c
+                q += 1
+        scratch[q] = _SEP
+        q += 1
+        for j in range(offsets[i], offsets[i + 1]):
+            scratch[q] = data[j]
+            q += 1
+        out[i] = _xxh64(scratch, 0, q)
+    return out
 
 
 # ----------------------------------------------------------------------------- reference
@@ -383,4 +452,30 @@ def hash_prefixed(prefixes: list[str], prefix_index: np.ndarray, values: Any) ->
         _writable(np.asarray(prefix_index, dtype=np.int64)),
         _writable(offsets),
         _writable(data),
+    )
+
+
+def hash_pairs(prefix: str, firsts: Any, lasts: Any) -> np.ndarray:
+    """XXH64 (seed 0) of ``prefix + escape_key_part(first) + KEY_SEP + last`` per row.
+
+    Args:
+        prefix: Text put in front of every key (not escaped).
+        firsts: First part per row (escaped), as for :func:`hash_strings`.
+        lasts: Last part per row, same length.
+
+    Returns:
+        A uint64 array, one hash per row.
+    """
+    a_off, a_data = utf8_buffers(firsts)
+    b_off, b_data = utf8_buffers(lasts)
+    if b_off.shape[0] <= 1:
+        return np.zeros(0, dtype=np.uint64)
+    # Arrow's buffers are read-only: the kernel takes them as they are (copying the columns to
+    # get the writable signature would cost a third of the kernel's time).
+    return xxh64_pairs(
+        np.frombuffer(prefix.encode("utf-8", "surrogatepass"), dtype=np.uint8),
+        np.ascontiguousarray(a_off),
+        np.ascontiguousarray(a_data),
+        np.ascontiguousarray(b_off),
+        np.ascontiguousarray(b_data),
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pytest
 
 from metrics.bootstrap import rng
 from metrics.bootstrap.strhash import (
+    hash_pairs,
     hash_prefixed,
     hash_strings,
     xxh64_buffers,
@@ -92,4 +94,17 @@ def test_prefixed_kernel_equals_hashing_the_joined_text():
     index = g.integers(0, len(prefixes), len(values))
     got = hash_prefixed(prefixes, index, values)
     want = [xxh64_reference((prefixes[k] + v).encode()) for k, v in zip(index, values)]
+    assert got.tolist() == want
+
+
+@pytest.mark.parametrize("alphabet", ["abé", "ab\x1e\x1fé"])  # without / with escaped bytes
+def test_pair_kernel_equals_hashing_the_escaped_joined_text(alphabet):
+    g = np.random.default_rng(4)
+    firsts = ["".join(g.choice(list(alphabet), size=n)) for n in g.integers(0, 40, 70)]
+    lasts = ["".join(g.choice(list("xyz\x1fé"), size=n)) for n in g.integers(0, 40, 70)]
+    got = hash_pairs("7\x1f", firsts, lasts)
+    want = [
+        xxh64_reference(("7\x1f" + rng.escape_key_part(f) + "\x1f" + v).encode())
+        for f, v in zip(firsts, lasts)
+    ]
     assert got.tolist() == want
