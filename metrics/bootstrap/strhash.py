@@ -471,11 +471,15 @@ def hash_pairs(prefix: str, firsts: Any, lasts: Any) -> np.ndarray:
     if b_off.shape[0] <= 1:
         return np.zeros(0, dtype=np.uint64)
     # Arrow's buffers are read-only: the kernel takes them as they are (copying the columns to
-    # get the writable signature would cost a third of the kernel's time).
+    # get the writable signature would cost a third of the kernel's time), and the Python path's
+    # buffers are passed read-only too, so one compiled signature (the warmed one) serves both.
     return xxh64_pairs(
         np.frombuffer(prefix.encode("utf-8", "surrogatepass"), dtype=np.uint8),
-        np.ascontiguousarray(a_off),
-        np.ascontiguousarray(a_data),
-        np.ascontiguousarray(b_off),
-        np.ascontiguousarray(b_data),
+        *(_readonly(x) for x in (a_off, a_data, b_off, b_data)),
     )
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    view = np.ascontiguousarray(a).view()
+    view.flags.writeable = False
+    return view
