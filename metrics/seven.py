@@ -427,7 +427,7 @@ def attach_noise_corrections(
 # of r (a plain index, no search, at run time: the terms number B x T x T x M).
 _FOLD_U = np.linspace(0.0, 13.0, 13001)
 _FOLD_H = np.sqrt(2 / np.pi) * np.exp(-(_FOLD_U**2) / 2) + _FOLD_U * (
-    1 - 2 * stats.norm.cdf(-_FOLD_U)
+    1 - 2 * special.ndtr(-_FOLD_U)
 )
 _FOLD_DR = 0.002
 _FOLD_R = np.arange(0.0, 12.0 + _FOLD_DR / 2, _FOLD_DR)
