@@ -20,6 +20,7 @@ from engine.config.sweep import ModelSpec
 from engine.generate.backends.base import Backend
 from engine.generate.backends.fake import FakeBackend
 from engine.generate.backends.vllm import VLLMBackend
+from engine.generate.scheduler import TimingModel
 from engine.generate.store import RunStore, is_storage_error
 from engine.generate.units import WorkUnit
 
@@ -40,10 +41,24 @@ def vllm_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
 
 
 def fake_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
-    """Build a `FakeBackend` (tests) from `engine_args` keys `fake_seconds`, `fake_log`,
-    `fake_crash_once` and `fake_max_prompt_chars` (see `FakeBackend`)."""
+    """Build a `FakeBackend` (tests, `benchmarks/sweep_sim.py`) from `engine_args` keys
+    `fake_seconds`, `fake_log`, `fake_crash_once`, `fake_max_prompt_chars` and the timing model's
+    `fake_load_seconds`, `fake_prefill_tps`, `fake_decode_tps`, `fake_batch_half`,
+    `fake_tail_seconds`, `fake_work_scale`, `fake_time_scale` (see `FakeBackend`)."""
     args = model.engine_args
+    timing = None
+    if "fake_decode_tps" in args:
+        timing = TimingModel(
+            load_seconds=float(args.get("fake_load_seconds", 0.0)),
+            prefill_tps=float(args.get("fake_prefill_tps", 8 * float(args["fake_decode_tps"]))),
+            decode_tps=float(args["fake_decode_tps"]),
+            batch_half=float(args.get("fake_batch_half", 32.0)),
+            tail_seconds=float(args.get("fake_tail_seconds", 0.0)),
+        )
     return FakeBackend(
+        timing=timing,
+        work_scale=float(args.get("fake_work_scale", 1.0)),
+        time_scale=float(args.get("fake_time_scale", 1.0)),
         seconds_per_unit=float(args.get("fake_seconds", 0.0)),
         max_prompt_chars=int(args.get("fake_max_prompt_chars", 10_000)),
         log_path=args.get("fake_log"),
@@ -108,18 +123,20 @@ class GenerationActor:
         error message when the unit failed (the driver retries it).
         """
         started = time.perf_counter()
+        began = time.time()  # the scheduler's timeline (wall clock, comparable across processes)
         try:
             raw = self.backend.generate(unit)
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries the unit
             return [*self._collect(block=False), _failure(unit, exc)]
         gen_wall = time.perf_counter() - started
+        span = (began, time.time())
         if self.writer is None:
-            return [self._write(unit, raw, gen_wall)]
+            return [self._write(unit, raw, gen_wall, span)]
         # Back-pressure: at most one write in flight beside the new one.
         results = self._collect(block=False)
         while len(self.pending) >= 2:
             results.extend(self._collect(block=True, limit=1))
-        self.pending.append(self.writer.submit(self._write, unit, raw, gen_wall))
+        self.pending.append(self.writer.submit(self._write, unit, raw, gen_wall, span))
         return results
 
     def drain(self) -> list[dict[str, Any]]:
@@ -144,7 +161,9 @@ class GenerationActor:
         self.pending = still
         return results
 
-    def _write(self, unit: WorkUnit, raw: Any, gen_wall: float) -> dict[str, Any]:
+    def _write(
+        self, unit: WorkUnit, raw: Any, gen_wall: float, span: tuple[float, float]
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             table = self.backend.to_table(unit, raw)
@@ -163,6 +182,7 @@ class GenerationActor:
             "generated_tokens": raw.generated_tokens,
             "gen_seconds": gen_wall,
             "write_seconds": time.perf_counter() - started,
+            "gen_span": span,
         }
 
 

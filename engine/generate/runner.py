@@ -1,9 +1,11 @@
 """The driver of `mic run` and `mic plan`: units -> Ray actors -> shards, exactly once.
 
 Flow of `run_sweep`: plan the units; lock the output directory; bind it to the spec (`run.json`);
-verify done-records and delete orphan shards; then model by model, start one actor per replica,
-let idle actors pull the next unit (no static split), restart actors that die and retry their
-units, tear the actors down; finally rebuild the manifest and write `summary.json`.
+verify done-records and delete orphan shards; then `SweepScheduler` runs the units: actors of
+several models side by side on the cluster's GPUs (the policy: `engine.generate.scheduler`), idle
+actors pull the next unit of their model (no static split), actors that die are replaced and
+their units retried, actors retire when their model has nothing left; finally rebuild the
+manifest and write `summary.json`.
 """
 
 from __future__ import annotations
@@ -24,10 +26,24 @@ from engine.errors import UserError
 from engine.generate.backends.base import STOP_STRING_MODE
 from engine.generate.backends.device import CPU_ENV
 from engine.generate.backends.vllm import ENGINE_ENV, check_model_available, hub_env
+from engine.generate.scheduler import (
+    SCHEDULES,
+    ActorSpan,
+    Demand,
+    choose_starts,
+    schedule_report,
+    slots,
+)
 from engine.generate.store import RunStore, is_storage_error
 from engine.generate.units import WorkUnit, plan_units
 
 logger = logging.getLogger(__name__)
+
+# How long a started actor may wait for Ray to find its resources before the run says so (an
+# actor that cannot be placed would otherwise wait for ever, e.g. after a node was lost).
+PLACEMENT_TIMEOUT_S = 600.0
+# How long a retiring actor may take to free its engine before it is killed.
+CLOSE_TIMEOUT_S = 120.0
 
 
 class RunIncomplete(RuntimeError):
@@ -298,6 +314,8 @@ def run_sweep(
     overlap_writes: bool = True,
     ray_num_cpus: int | None = None,
     only: Collection[str] | None = None,
+    schedule: str = "fill",
+    placement_timeout: float = PLACEMENT_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep into `out`.
 
@@ -314,6 +332,9 @@ def run_sweep(
         only: Run only these units of the plan (unit ids; None: all). The manifest then lists
             them as the plan, so scoring sees a complete run of those units (a study growing in
             waves); finished units outside them are kept for a later call.
+        schedule: "fill" (models side by side, filling the GPUs) or "sequential" (model after
+            model, the order before the node-filling scheduler; see `engine.generate.scheduler`).
+        placement_timeout: Seconds a started actor may wait for Ray to find its resources.
 
     Returns:
         The summary written to `out/summary.json`.
@@ -341,32 +362,34 @@ def run_sweep(
             )
         stats: dict[str, ModelStats] = {}
         failed: dict[str, str] = {}
+        report = None
         if todo:
             for i, model in enumerate(spec.models):
                 if any(u.model.name == model.name for u in todo):
                     check_model_available(model.path, f"models.{i}.path ({model.name})")
             init_ray(ray_address, num_cpus=ray_num_cpus, env=engine_env(spec))
-            for index, model in enumerate(spec.models):
-                mine = [u for u in todo if u.model.name == model.name]
-                if mine and not _storage_failures(failed):
-                    stats[model.name] = _run_model(
-                        spec,
-                        index,
-                        model,
-                        mine,
-                        store,
-                        actors,
-                        backend_factory,
-                        progress,
-                        overlap_writes,
-                        failed,
-                    )
+            scheduler = SweepScheduler(
+                spec,
+                store,
+                todo,
+                actors=actors,
+                backend_factory=backend_factory,
+                progress=progress,
+                overlap_writes=overlap_writes,
+                failed=failed,
+                schedule=schedule,
+                placement_timeout=placement_timeout,
+            )
+            stats = scheduler.run()
+            report = scheduler.report()
         records = store.finished(order, rows)
         if only is None:  # with `only`, shards of the other finished units are not garbage
             store.collect_garbage({r.shard for r in records.values()})
         try:
             manifest = store.write_manifest(spec, order, records)
-            summary = write_summary(spec, store, stats, manifest, failed, time.time() - started)
+            summary = write_summary(
+                spec, store, stats, manifest, failed, time.time() - started, report
+            )
         except OSError as exc:
             if not is_storage_error(exc):
                 raise
@@ -407,81 +430,329 @@ def _storage_failures(failed: dict[str, str]) -> list[str]:
     return [e[len(_STORAGE) :] for e in failed.values() if e.startswith(_STORAGE)]
 
 
-def _run_model(
-    spec: SweepSpec,
-    index: int,
-    model: ModelSpec,
-    units: list[WorkUnit],
-    store: RunStore,
-    actors: int | None,
-    backend_factory: Any,
-    progress: bool,
-    overlap_writes: bool,
-    failed: dict[str, str],
-) -> ModelStats:
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
+@dataclass
+class _Actor:
+    name: str
+    run: _ModelRun
+    handle: Any
+    group: Any  # its placement group (one bundle)
+    node: str
+    span: ActorSpan
+    placed: bool = False
+    outstanding: set[str] = field(default_factory=set)
+    idle: bool = False
+    retiring: bool = False
+    deadline: float | None = None
 
-    from engine.generate.actors import GenerationActor
 
-    replicas = min(actors or model.replicas, len(units))
-    resources = _actor_resources(model, spec.run.device, ray.cluster_resources(), index, replicas)
-    actor_cls = ray.remote(GenerationActor).options(
-        max_concurrency=1,
-        runtime_env={"env_vars": actor_env(spec)},
-        # Replicas on different nodes where they fit: a lost node takes fewer of them along.
-        scheduling_strategy="SPREAD",
-        **resources,
-    )
-    stats = ModelStats()
-    started = time.time()
-    max_logprobs = spec.sampling.logprobs
-    queue: deque[WorkUnit] = deque(units)
-    by_id = {u.unit_id: u for u in units}
-    attempts: dict[str, int] = dict.fromkeys(by_id, 0)
-    show = _Progress(model.name, len(units), sum(u.n_rows for u in units), replicas, progress)
-    counter = 0
+@dataclass
+class _ModelRun:
+    index: int
+    model: ModelSpec
+    queue: deque[WorkUnit]
+    by_id: dict[str, WorkUnit]
+    attempts: dict[str, int]
+    cap: int
+    options: dict[str, Any]  # Ray resources of one actor
+    need: dict[str, float]
+    stats: ModelStats = field(default_factory=ModelStats)
+    counter: int = 0
+    actors: set[str] = field(default_factory=set)
+    started: float | None = None
+    finished_at: float | None = None
+    last_freed: float = 0.0
+    show: Any = None
+    spans: list[ActorSpan] = field(default_factory=list)  # actors gone
 
-    def start_actor() -> tuple[Any, str, float]:
-        nonlocal counter
-        name = f"{model.name}/{counter}"
-        counter += 1
-        handle = actor_cls.remote(name, store, model, max_logprobs, backend_factory, overlap_writes)
-        return handle, name, time.time()
+    def demand(self, live: dict[str, _Actor]) -> Demand:
+        mine = [live[a] for a in self.actors if not live[a].retiring]
+        per_node: dict[str, int] = {}
+        for a in mine:
+            per_node[a.node] = per_node.get(a.node, 0) + 1
+        spans = [a.span for a in live.values() if a.run is self] + [
+            s for s in self.spans if s.ready is not None
+        ]
+        loads = [s.ready - s.born for s in spans if s.ready is not None]
+        done = [b - a for s in spans for a, b in s.units]
+        return Demand(
+            index=self.index,
+            need=self.need,
+            cap=self.cap,
+            queued=len(self.queue),
+            actors=len(mine),
+            per_node=per_node,
+            busy=sum(len(a.outstanding) for a in mine)
+            + sum(len(live[a].outstanding) for a in self.actors if live[a].retiring),
+            unit_seconds=sum(done) / len(done) if done else None,
+            load_seconds=max(loads) if loads else None,
+        )
 
-    live: dict[str, dict[str, Any]] = {}  # actor name -> {handle, outstanding, born, info}
-    for _ in range(replicas):
-        handle, name, born = start_actor()
-        live[name] = {"handle": handle, "outstanding": set(), "born": born}
-    inflight: dict[Any, tuple[str, str]] = {}  # ObjectRef -> (actor name, kind)
 
-    def account(name: str, result: dict[str, Any]) -> None:
-        live[name]["outstanding"].discard(result["unit_id"])
-        if result["ok"]:
-            stats.add(name, result)
-            show.update(result)
-        elif result.get("storage"):
-            stop_for_storage(result["unit_id"], result["error"])
-        else:
-            retry(result["unit_id"], result["error"], name)
+class SweepScheduler:
+    """The driver loop of `run_sweep`: one unit queue per model, the live actors, the accounting.
 
-    def stop_for_storage(unit_id: str, error: str) -> None:
-        # Disk full / read-only: every further unit would be generated only to fail its write.
-        failed[unit_id] = f"{_STORAGE}{error}"
-        if queue:
-            logger.warning(
-                f"[{model.name}] cannot write to {store.location} ({error}); stopping "
-                f"({len(queue)} units not started, finished units are kept)"
+    Actors of several models run at once, each holding a placement group of its GPUs (or CPUs)
+    on the node the policy chose (`engine.generate.scheduler.choose_starts`); an idle actor pulls
+    the next unit of its model (no static split). An actor that dies is replaced and its units
+    retried (a unit already committed is counted, not redone); a model that cannot load ends the
+    run with its cause; a full disk stops every model. Per model the figures are those of
+    `ModelStats`; `report()` gives the busy share of the slots and the idle time by cause.
+
+    Args:
+        spec: The validated spec.
+        store: The run directory.
+        todo: Units still to run (all models).
+        actors: Actors per model (overrides `models.replicas`).
+        backend_factory: `(ModelSpec, max_logprobs) -> Backend` (default: vLLM).
+        progress: Progress bars per model on stderr.
+        overlap_writes: Write shards on a thread while the next unit generates.
+        failed: Unit id -> error of units that failed for good (filled in).
+        schedule: "fill" (models side by side) or "sequential" (one model after another).
+        placement_timeout: Seconds an actor may wait for its resources.
+    """
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        store: RunStore,
+        todo: list[WorkUnit],
+        *,
+        actors: int | None,
+        backend_factory: Any,
+        progress: bool,
+        overlap_writes: bool,
+        failed: dict[str, str],
+        schedule: str = "fill",
+        placement_timeout: float = PLACEMENT_TIMEOUT_S,
+    ) -> None:
+        import ray
+
+        from engine.generate.actors import GenerationActor
+
+        if schedule not in SCHEDULES:
+            raise UserError(f"schedule is {schedule!r}", f"use one of {', '.join(SCHEDULES)}")
+        self.ray = ray
+        self.spec, self.store, self.failed = spec, store, failed
+        self.backend_factory, self.overlap_writes = backend_factory, overlap_writes
+        self.progress, self.schedule = progress, schedule
+        self.placement_timeout = placement_timeout
+        self.actor_cls = ray.remote(GenerationActor)
+        self.env = actor_env(spec)
+        cluster = ray.cluster_resources()
+        self.runs: list[_ModelRun] = []
+        for index, model in enumerate(spec.models):
+            mine = [u for u in todo if u.model.name == model.name]
+            if not mine:
+                continue
+            cap = min(actors or model.replicas, len(mine))
+            options = _actor_resources(model, spec.run.device, cluster, index, cap)
+            need = {"CPU": float(options["num_cpus"])}
+            if options["num_gpus"]:
+                need["GPU"] = float(options["num_gpus"])
+            self.runs.append(
+                _ModelRun(
+                    index=index,
+                    model=model,
+                    queue=deque(mine),
+                    by_id={u.unit_id: u for u in mine},
+                    attempts=dict.fromkeys((u.unit_id for u in mine), 0),
+                    cap=cap,
+                    options=options,
+                    need=need,
+                )
             )
-            queue.clear()
+        self.resource = "GPU" if any("GPU" in r.need for r in self.runs) else "CPU"
+        self.capacity = self._nodes()
+        for run in self.runs:
+            if not any(_fits(run.need, res) for res in self.capacity.values()):
+                raise UserError(
+                    f"models.{run.index} ({run.model.name}) needs {_fmt(run.need)} on one node; "
+                    f"no node of the Ray cluster has that much",
+                    "lower tensor_parallel_size / models.num_cpus, or use larger nodes",
+                )
+        self.used: dict[str, dict[str, float]] = {n: {} for n in self.capacity}
+        self.live: dict[str, _Actor] = {}
+        self.inflight: dict[Any, tuple[str, str]] = {}  # ObjectRef -> (actor name, kind)
+        self.started = time.time()
+        self.clock = self.started
+        self.waiting = 0.0  # slot-seconds free while units were queued (packing)
 
-    def retry(unit_id: str, error: str, actor: str) -> None:
-        attempts[unit_id] += 1
+    # ---- resources ----
+
+    def _nodes(self) -> dict[str, dict[str, float]]:
+        nodes = {}
+        for node in self.ray.nodes():
+            if node.get("Alive"):
+                res = node.get("Resources", {})
+                nodes[node["NodeID"]] = {k: float(res.get(k, 0.0)) for k in ("CPU", "GPU")}
+        return nodes
+
+    def _free(self) -> dict[str, dict[str, float]]:
+        return {
+            n: {k: cap[k] - self.used[n].get(k, 0.0) for k in cap}
+            for n, cap in self.capacity.items()
+        }
+
+    def _take(self, node: str, need: dict[str, float], sign: float) -> None:
+        used = self.used.setdefault(node, {})
+        for k, v in need.items():
+            used[k] = used.get(k, 0.0) + sign * v
+
+    def _tick(self) -> None:
+        now = time.time()
+        if any(r.queue for r in self.runs):
+            free = sum(max(f.get(self.resource, 0.0), 0.0) for f in self._free().values())
+            self.waiting += free * (now - self.clock)
+        self.clock = now
+
+    # ---- actors ----
+
+    def _start(self, run: _ModelRun, node: str) -> None:
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        name = f"{run.model.name}/{run.counter}"
+        run.counter += 1
+        bundle = {k: v for k, v in run.need.items() if v}
+        # One bundle, reserved on the chosen node: `ready()` says the resources were found, so
+        # an actor waiting for resources is told apart from one loading its engine.
+        group = placement_group([bundle], strategy="STRICT_PACK", _soft_target_node_id=node)
+        handle = self.actor_cls.options(
+            max_concurrency=1,
+            runtime_env={"env_vars": self.env},
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=group, placement_group_bundle_index=0
+            ),
+            **run.options,
+        ).remote(
+            name,
+            self.store,
+            run.model,
+            self.spec.sampling.logprobs,
+            self.backend_factory,
+            self.overlap_writes,
+        )
+        now = time.time()
+        actor = _Actor(
+            name,
+            run,
+            handle,
+            group,
+            node,
+            ActorSpan(run.model.name, slots(run.need), now),
+            deadline=now + self.placement_timeout,
+        )
+        self.live[name] = actor
+        run.actors.add(name)
+        self._take(node, run.need, +1)
+        if run.started is None:
+            run.started = now
+            run.show = _Progress(
+                run.model.name,
+                len(run.queue),
+                sum(u.n_rows for u in run.queue),
+                run.cap,
+                self.progress,
+            )
+        self.inflight[group.ready()] = (name, "placed")
+        self.inflight[handle.info.remote()] = (name, "ready")
+
+    def _fill(self) -> None:
+        demands = [r.demand(self.live) for r in self.runs]
+        for i, node in choose_starts(self.schedule, demands, self._free()):
+            self._start(self.runs[i], node)
+
+    def _dispatch(self, actor: _Actor) -> None:
+        run = actor.run
+        if actor.span.ready is None or actor.retiring:
+            return
+        actor.idle = False
+        if run.queue:
+            unit = run.queue.popleft()
+            actor.outstanding.add(unit.unit_id)
+            self.inflight[actor.handle.run_unit.remote(unit)] = (actor.name, "run")
+        elif actor.outstanding:
+            self.inflight[actor.handle.drain.remote()] = (actor.name, "drain")
+        else:
+            actor.idle = True
+
+    def _retire_idle(self) -> None:
+        for run in self.runs:
+            if run.queue:
+                continue
+            mine = [self.live[a] for a in run.actors if not self.live[a].retiring]
+            if self.schedule == "sequential" and not all(a.idle for a in mine):
+                continue  # the old order: a model's actors go together
+            for actor in mine:
+                if actor.idle:
+                    actor.retiring = True
+                    actor.deadline = time.time() + CLOSE_TIMEOUT_S
+                    self.inflight[actor.handle.close.remote()] = (actor.name, "close")
+
+    def _release(self, actor: _Actor, died: str | None = None) -> None:
+        """Give the actor's resources back and book its life."""
+        ray = self.ray
+        for ref, (name, _kind) in list(self.inflight.items()):
+            if name == actor.name:
+                self.inflight.pop(ref)
+        with contextlib.suppress(Exception):
+            ray.kill(actor.handle)
+        with contextlib.suppress(Exception):
+            ray.util.remove_placement_group(actor.group)
+        self.live.pop(actor.name, None)
+        run = actor.run
+        run.actors.discard(actor.name)
+        self._take(actor.node, run.need, -1)
+        now = time.time()
+        actor.span.freed = now
+        run.spans.append(actor.span)
+        run.last_freed = max(run.last_freed, now)
+        per = run.stats.actor(actor.name)
+        if died:
+            per["died"] = died
+        per["lifetime_seconds"] = now - actor.span.born
+        key = "gpu_seconds" if run.options["num_gpus"] else "cpu_seconds"
+        per[key] = per["lifetime_seconds"] * (run.options["num_gpus"] or run.options["num_cpus"])
+        if not run.actors and not run.queue and run.show is not None:
+            run.show.update({}, force=True)
+
+    # ---- results ----
+
+    def _account(self, actor: _Actor, result: dict[str, Any]) -> None:
+        run = actor.run
+        actor.outstanding.discard(result["unit_id"])
+        if result["ok"]:
+            run.stats.add(actor.name, result)
+            run.show.update(result)
+            run.finished_at = time.time()
+            span = result.get("gen_span")
+            if span:
+                actor.span.units.append((float(span[0]), float(span[1])))
+        elif result.get("storage"):
+            self._stop_for_storage(run, result["unit_id"], result["error"])
+        else:
+            self._retry(run, result["unit_id"], result["error"], actor.name)
+
+    def _stop_for_storage(self, run: _ModelRun, unit_id: str, error: str) -> None:
+        # Disk full / read-only: every further unit would be generated only to fail its write.
+        self.failed[unit_id] = f"{_STORAGE}{error}"
+        left = sum(len(r.queue) for r in self.runs)
+        if left:
+            logger.warning(
+                f"[{run.model.name}] cannot write to {self.store.location} ({error}); stopping "
+                f"({left} units not started, finished units are kept)"
+            )
+        for r in self.runs:
+            r.queue.clear()
+
+    def _retry(self, run: _ModelRun, unit_id: str, error: str, actor: str) -> None:
+        run.attempts[unit_id] += 1
+        stats = run.stats
         # Kept in summary.json: which unit failed where and why, even when a retry succeeded.
         stats.retries.append(
-            {"unit_id": unit_id, "actor": actor, "attempt": attempts[unit_id], "error": error}
+            {"unit_id": unit_id, "actor": actor, "attempt": run.attempts[unit_id], "error": error}
         )
-        record = store.done_record(unit_id)
+        record = self.store.done_record(unit_id)
         if record is not None:
             # Committed before its actor died: count its rows (tokens are not known).
             node = stats.actors.get(actor, {}).get("node", "unknown")
@@ -498,104 +769,188 @@ def _run_model(
                 },
             )
             return
-        if attempts[unit_id] >= spec.run.max_attempts:
-            failed[unit_id] = error
-            logger.warning(f"[{model.name}] unit {unit_id} failed for good: {error}")
+        if run.attempts[unit_id] >= self.spec.run.max_attempts:
+            self.failed[unit_id] = error
+            logger.warning(f"[{run.model.name}] unit {unit_id} failed for good: {error}")
+        elif _storage_failures(self.failed):
+            self.failed[unit_id] = error  # the run is stopping: do not hand it out again
         else:
-            logger.warning(f"[{model.name}] unit {unit_id} failed ({error}); retrying")
-            queue.appendleft(by_id[unit_id])
+            logger.warning(f"[{run.model.name}] unit {unit_id} failed ({error}); retrying")
+            run.queue.appendleft(run.by_id[unit_id])
 
-    def dispatch(name: str) -> None:
-        state = live[name]
-        if queue:
-            unit = queue.popleft()
-            state["outstanding"].add(unit.unit_id)
-            inflight[state["handle"].run_unit.remote(unit)] = (name, "run")
-        elif state["outstanding"]:
-            inflight[state["handle"].drain.remote()] = (name, "drain")
-        else:
-            state["idle"] = True
-
-    for name in list(live):
-        dispatch(name)
-    while inflight:
-        done, _ = ray.wait(list(inflight), num_returns=1)
-        ref = done[0]
-        name, _kind = inflight.pop(ref)
-        try:
-            results = ray.get(ref)
-        except (RayActorError, RayTaskError) as exc:
-            # A model that cannot load fails the same way every time: say why once, no retries.
-            cause = load_failure(exc)
-            if cause is not None and not stats.units:
-                for actor in live.values():
-                    with contextlib.suppress(Exception):
-                        ray.kill(actor["handle"])
-                raise UserError(
-                    f"model {model.name!r} ({model.path}) cannot be loaded: {cause}",
-                    "fix the model path or engine_args; finished units are kept",
-                ) from None
-            # The actor died (OOM, segfault, lost node) or raised: restart it, retry its units.
-            state = live.pop(name)
-            with contextlib.suppress(Exception):
-                ray.kill(state["handle"])
-            for other_ref, (other_name, _k) in list(inflight.items()):
-                if other_name == name:
-                    inflight.pop(other_ref)
-            stats.restarts += 1
-            dead = stats.actor(name)
-            dead["died"] = f"{type(exc).__name__}"
-            dead["lifetime_seconds"] = time.time() - state["born"]
-            dead["gpu_seconds" if resources["num_gpus"] else "cpu_seconds"] = dead[
-                "lifetime_seconds"
-            ] * (resources["num_gpus"] or resources["num_cpus"])
-            logger.warning(f"[{model.name}] actor {name} died ({type(exc).__name__}); restarting")
-            for unit_id in sorted(state["outstanding"]):
-                retry(unit_id, f"actor died: {root_cause(exc)}", name)
-            if stats.restarts > spec.run.max_attempts * replicas:
-                for unit in queue:
-                    failed[unit.unit_id] = "too many actor restarts"
-                queue.clear()
-            if queue:
-                handle, new_name, born = start_actor()
-                live[new_name] = {"handle": handle, "outstanding": set(), "born": born}
-                dispatch(new_name)
-            for other, st in live.items():  # wake idle actors if units came back
-                if st.pop("idle", False):
-                    dispatch(other)
-            continue
-        for result in results:
-            account(name, result)
-        dispatch(name)
-        for other, st in live.items():  # a retried unit may wake an idle actor
-            if other != name and st.get("idle") and queue:
-                st.pop("idle")
-                dispatch(other)
-    show.update({}, force=True)
-    finished_at = time.time()
-    infos = {}
-    for name, state in live.items():
-        with contextlib.suppress(Exception):
-            infos[name] = ray.get(state["handle"].info.remote(), timeout=30)
-        with contextlib.suppress(Exception):
-            ray.get(state["handle"].close.remote(), timeout=120)
-        with contextlib.suppress(Exception):
-            ray.kill(state["handle"])
-        lifetime = time.time() - state["born"]
-        per = stats.actor(name)
-        per.update(infos.get(name, {}))
-        per["lifetime_seconds"] = lifetime
-        per["gpu_seconds" if resources["num_gpus"] else "cpu_seconds"] = lifetime * (
-            resources["num_gpus"] or resources["num_cpus"]
+    def _died(self, actor: _Actor, exc: BaseException) -> None:
+        run = actor.run
+        # A model that cannot load fails the same way every time: say why once, no retries.
+        cause = load_failure(exc)
+        if cause is not None and not run.stats.units:
+            self._kill_all()
+            raise UserError(
+                f"model {run.model.name!r} ({run.model.path}) cannot be loaded: {cause}",
+                "fix the model path or engine_args; finished units are kept",
+            ) from None
+        # The actor died (OOM, segfault, lost node) or raised: release it, retry its units; the
+        # policy starts a replacement where there is room.
+        run.stats.restarts += 1
+        outstanding = sorted(actor.outstanding)
+        self._release(actor, died=type(exc).__name__)
+        logger.warning(
+            f"[{run.model.name}] actor {actor.name} died ({type(exc).__name__}); restarting"
         )
-    stats.wall_seconds = time.time() - started
-    ready = [a["ready_at"] for a in stats.actors.values() if "ready_at" in a]
-    # Busy time: first actor ready -> last unit committed (Ray, writes and drain included).
-    stats.busy_seconds = finished_at - min(ready) if ready else stats.wall_seconds
-    stats.startup_seconds = max(
-        (a.get("startup_seconds", 0.0) for a in stats.actors.values()), default=0.0
-    )
-    return stats
+        for unit_id in outstanding:
+            self._retry(run, unit_id, f"actor died: {root_cause(exc)}", actor.name)
+        if run.stats.restarts > self.spec.run.max_attempts * run.cap:
+            for unit in run.queue:
+                self.failed[unit.unit_id] = "too many actor restarts"
+            run.queue.clear()
+        self.capacity = self._nodes() or self.capacity  # a lost node takes its resources along
+        for name in list(self.used):
+            if name not in self.capacity and not any(a.node == name for a in self.live.values()):
+                self.used.pop(name)
+        for other in run.actors:  # wake idle actors: units came back
+            if self.live[other].idle:
+                self._dispatch(self.live[other])
+
+    def _expired(self) -> None:
+        now = time.time()
+        for actor in list(self.live.values()):
+            if actor.deadline is None or now < actor.deadline:
+                continue
+            run = actor.run
+            if actor.retiring:
+                self._release(actor)  # its engine did not close in time: killed
+                continue
+            self._release(actor)
+            logger.warning(
+                f"[{run.model.name}] actor {actor.name} found no node with {_fmt(run.need)} free "
+                f"within {self.placement_timeout:.0f} s"
+            )
+            if not run.actors and run.queue:
+                error = (
+                    f"no resources: no node had {_fmt(run.need)} free for an actor of "
+                    f"{run.model.name} within {self.placement_timeout:.0f} s"
+                )
+                for unit in run.queue:
+                    self.failed[unit.unit_id] = error
+                run.queue.clear()
+
+    def _kill_all(self) -> None:
+        for actor in list(self.live.values()):
+            self._release(actor)
+
+    # ---- the loop ----
+
+    def run(self) -> dict[str, ModelStats]:
+        """Run every queued unit; return the figures per model (models that ran)."""
+        ray = self.ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            self._fill()
+            while self.inflight:
+                deadlines = [a.deadline for a in self.live.values() if a.deadline is not None]
+                wait = max(min(deadlines) - time.time(), 0.0) + 0.05 if deadlines else None
+                done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=wait)
+                self._tick()
+                if not done:
+                    self._expired()
+                else:
+                    self._handle(done[0], (RayActorError, RayTaskError))
+                self._retire_idle()
+                self._fill()
+                if not self.inflight and any(r.queue for r in self.runs):
+                    self._stuck()
+        except BaseException:
+            self._kill_all()
+            raise
+        return {r.model.name: self._finish(r) for r in self.runs if r.started is not None}
+
+    def _handle(self, ref: Any, errors: tuple[type[BaseException], ...]) -> None:
+        name, kind = self.inflight.pop(ref)
+        actor = self.live.get(name)
+        if actor is None:
+            return
+        try:
+            value = self.ray.get(ref)
+        except errors as exc:
+            if kind == "close":
+                self._release(actor)
+            else:
+                self._died(actor, exc)
+            return
+        if kind == "placed":
+            actor.placed = True
+            actor.deadline = None
+            actor.node = self._placed_node(actor)
+        elif kind == "ready":
+            actor.span.ready = time.time()
+            actor.run.stats.actor(name).update(value)
+            self._dispatch(actor)
+        elif kind == "close":
+            self._release(actor)
+        else:
+            for result in value:
+                self._account(actor, result)
+            self._dispatch(actor)
+            for other in actor.run.actors:  # a retried unit may wake an idle actor
+                peer = self.live[other]
+                if peer is not actor and peer.idle and actor.run.queue:
+                    self._dispatch(peer)
+
+    def _placed_node(self, actor: _Actor) -> str:
+        """Where Ray put the bundle (the chosen node is a soft target)."""
+        try:
+            table = self.ray.util.placement_group_table(actor.group)
+            node = table["bundles_to_node_id"][0]
+        except Exception:  # noqa: BLE001 - accounting only: keep the chosen node
+            return actor.node
+        if node != actor.node:
+            self._take(actor.node, actor.run.need, -1)
+            self._take(node, actor.run.need, +1)
+        return node
+
+    def _stuck(self) -> None:
+        """Units are queued, nothing runs and nothing fits: the cluster shrank under the run."""
+        free = self._free()
+        for run in self.runs:
+            if not run.queue:
+                continue
+            error = (
+                f"no resources: no live node has {_fmt(run.need)} for an actor of {run.model.name} "
+                f"(free: {', '.join(_fmt(f) for f in free.values()) or 'no nodes'})"
+            )
+            logger.warning(f"[{run.model.name}] {error}")
+            for unit in run.queue:
+                self.failed[unit.unit_id] = error
+            run.queue.clear()
+
+    def _finish(self, run: _ModelRun) -> ModelStats:
+        stats = run.stats
+        stats.wall_seconds = (run.last_freed or time.time()) - (run.started or self.started)
+        ready = [s.ready for s in run.spans if s.ready is not None]
+        end = run.finished_at or run.last_freed or time.time()
+        # Busy time: first actor ready -> last unit committed (Ray, writes and drain included).
+        stats.busy_seconds = end - min(ready) if ready else stats.wall_seconds
+        stats.startup_seconds = max(
+            (a.get("startup_seconds", 0.0) for a in stats.actors.values()), default=0.0
+        )
+        return stats
+
+    def report(self) -> dict[str, Any]:
+        """The busy share of the cluster's slots over the run, idle slot-seconds by cause."""
+        spans = [s for r in self.runs for s in r.spans]
+        end = max((s.freed for s in spans if s.freed is not None), default=self.started)
+        total = sum(c.get(self.resource, 0.0) for c in self.capacity.values())
+        return schedule_report(
+            self.schedule, total, self.started, end, spans, self.waiting, self.resource
+        )
+
+
+def _fits(need: dict[str, float], res: dict[str, float]) -> bool:
+    return all(res.get(k, 0.0) >= v - 1e-9 for k, v in need.items())
+
+
+def _fmt(res: dict[str, float]) -> str:
+    return " + ".join(f"{v:g} {k}" for k, v in sorted(res.items()) if v) or "nothing"
 
 
 def write_summary(
@@ -605,12 +960,20 @@ def write_summary(
     manifest: dict[str, Any],
     failed: dict[str, str],
     seconds: float,
+    schedule: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write `summary.json` (keeping the previous figures when nothing ran) and return it."""
+    """Write `summary.json` (keeping the previous figures when nothing ran) and return it.
+
+    `schedule` is the scheduler's `report()` (busy share of the GPUs, idle time by cause).
+    """
     summary = _summary(spec, store, stats, manifest, failed, seconds)
+    if schedule is not None:
+        summary["schedule"] = schedule
     previous = store.read_json(RunLayout.SUMMARY) or {}
     if not stats and previous.get("config_hash") == spec.hash:
         summary["models"] = previous.get("models", {})  # nothing ran: keep the figures
+        if "schedule" in previous:
+            summary["schedule"] = previous["schedule"]
         engine = previous.get("settings", {}).get("engine")
         if engine:
             summary["settings"]["engine"] = engine

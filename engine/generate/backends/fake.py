@@ -15,6 +15,7 @@ from engine.generate.backends.base import (
     decode_rows,
     render_prompts,
 )
+from engine.generate.scheduler import TimingModel
 from engine.generate.units import WorkUnit, row_seeds
 
 
@@ -32,6 +33,12 @@ class FakeBackend:
         log_path: Append "<unit id> <pid>" to this file for every unit generated.
         crash_once_marker: If this file does not exist, create it and kill the process in the
             middle of the next unit (simulates an actor dying once).
+        timing: Sleep as a real engine would take instead (`TimingModel`: load in the
+            constructor, prefill + batched decode + tail per unit), on top of `seconds_per_unit`.
+        work_scale: With `timing`: each fake prompt, sample and token stands for this many (a
+            scaled-down sweep keeps the real one's unit times).
+        time_scale: With `timing`: wall seconds slept per modelled second (compresses a
+            day-long sweep into minutes; ratios between phases are kept).
     """
 
     def __init__(
@@ -41,7 +48,15 @@ class FakeBackend:
         max_prompt_chars: int = 10_000,
         log_path: str | None = None,
         crash_once_marker: str | None = None,
+        timing: TimingModel | None = None,
+        work_scale: float = 1.0,
+        time_scale: float = 1.0,
     ) -> None:
+        self.timing = timing
+        self.work_scale = work_scale
+        self.time_scale = time_scale
+        if timing is not None:
+            time.sleep(timing.load_seconds * time_scale)  # the engine's start-up
         self.vocab_size = vocab_size
         self.seconds_per_unit = seconds_per_unit
         self.max_prompt_chars = max_prompt_chars
@@ -96,11 +111,22 @@ class FakeBackend:
                 )
             completions.append(samples)
             errors.append(None)
-        if self.seconds_per_unit:
-            time.sleep(self.seconds_per_unit)
+        prompt_tokens = [len(p.split()) for p in prompts]
+        seconds = self.seconds_per_unit
+        if self.timing is not None:
+            generated = sum(len(c.token_ids) for cs in completions if cs for c in cs)
+            seconds += self.time_scale * self.timing.unit_seconds(
+                sum(prompt_tokens) * self.work_scale,
+                generated * self.work_scale,
+                len(prompts) * n * self.work_scale,
+            )
+        # What was already spent drawing the tokens counts toward the modelled time.
+        seconds -= time.perf_counter() - started if self.timing is not None else 0.0
+        if seconds > 0:
+            time.sleep(seconds)
         return RawUnit(
             prompt_texts=prompts,
-            prompt_tokens=[len(p.split()) for p in prompts],
+            prompt_tokens=prompt_tokens,
             completions=completions,
             errors=errors,
             gen_seconds=time.perf_counter() - started,
