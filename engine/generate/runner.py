@@ -440,6 +440,7 @@ class _Actor:
     span: ActorSpan
     placed: bool = False
     outstanding: set[str] = field(default_factory=set)
+    calls: int = 0  # run_unit / drain calls in flight
     idle: bool = False
     retiring: bool = False
     deadline: float | None = None
@@ -462,6 +463,7 @@ class _ModelRun:
     finished_at: float | None = None
     last_freed: float = 0.0
     show: Any = None
+    elastic: bool = False
     spans: list[ActorSpan] = field(default_factory=list)  # actors gone
 
     def demand(self, live: dict[str, _Actor]) -> Demand:
@@ -485,6 +487,7 @@ class _ModelRun:
             + sum(len(live[a].outstanding) for a in self.actors if live[a].retiring),
             unit_seconds=sum(done) / len(done) if done else None,
             load_seconds=max(loads) if loads else None,
+            elastic=self.elastic,
         )
 
 
@@ -559,6 +562,9 @@ class SweepScheduler:
                     cap=cap,
                     options=options,
                     need=need,
+                    # More replicas than asked on GPUs nothing else wants; never with --actors
+                    # (a hard limit) nor on CPUs (each engine takes its share of the host).
+                    elastic=actors is None and "GPU" in need,
                 )
             )
         self.resource = "GPU" if any("GPU" in r.need for r in self.runs) else "CPU"
@@ -667,11 +673,19 @@ class SweepScheduler:
         if actor.span.ready is None or actor.retiring:
             return
         actor.idle = False
-        if run.queue:
+        # While the queue is long, each actor holds a second unit behind the one it runs, so the
+        # driver's round trip is not a gap on the GPU; near the end, one at a time (a unit queued
+        # behind another would wait while a peer idles).
+        depth = 2 if len(run.queue) > 2 * len(run.actors) else 1
+        while run.queue and actor.calls < depth:
             unit = run.queue.popleft()
             actor.outstanding.add(unit.unit_id)
+            actor.calls += 1
             self.inflight[actor.handle.run_unit.remote(unit)] = (actor.name, "run")
-        elif actor.outstanding:
+        if actor.calls:
+            return
+        if actor.outstanding:
+            actor.calls += 1
             self.inflight[actor.handle.drain.remote()] = (actor.name, "drain")
         else:
             actor.idle = True
@@ -711,6 +725,7 @@ class SweepScheduler:
         if died:
             per["died"] = died
         per["lifetime_seconds"] = now - actor.span.born
+        per["started_at"], per["freed_at"] = actor.span.born, now  # the driver's clock
         key = "gpu_seconds" if run.options["num_gpus"] else "cpu_seconds"
         per[key] = per["lifetime_seconds"] * (run.options["num_gpus"] or run.options["num_cpus"])
         if not run.actors and not run.queue and run.show is not None:
@@ -888,6 +903,7 @@ class SweepScheduler:
         elif kind == "close":
             self._release(actor)
         else:
+            actor.calls -= 1
             for result in value:
                 self._account(actor, result)
             self._dispatch(actor)

@@ -9,7 +9,8 @@ Two schedules:
 - ``"fill"`` (the default): models run side by side. Models are served largest tensor-parallel
   size first (freed blocks of 4 GPUs go to the next 4-GPU model; 1-GPU models fill what is left at
   the end, so the node does not fragment), each up to its `replicas`, on the node where it has the
-  fewest actors (a lost node takes fewer along), then the tightest fit. An actor retires as soon as
+  fewest actors (a lost node takes fewer along), then the tightest fit; GPUs no model wants within
+  its `replicas` go to models with work left as extra replicas. An actor retires as soon as
   its model has nothing left to hand out, and its GPUs go to a model still running (one more
   replica) or to the next, whose engine loads while the previous model's last units finish. A new
   replica is started only when the model's queue is long enough to repay its load time.
@@ -45,6 +46,9 @@ class Demand:
         busy: Units handed out and not finished.
         unit_seconds: Mean seconds per unit seen so far (None: none finished yet).
         load_seconds: Seconds an actor of this model took to load (None: none loaded yet).
+        elastic: May run more than `cap` actors on resources no model wants within its cap
+            (GPU runs without `--actors`: a GPU nothing else wants is better used by one more
+            replica than left idle).
     """
 
     index: int
@@ -56,6 +60,7 @@ class Demand:
     busy: int = 0
     unit_seconds: float | None = None
     load_seconds: float | None = None
+    elastic: bool = False
 
     @property
     def finished(self) -> bool:
@@ -114,15 +119,23 @@ def choose_starts(
             added += 1
         return starts
     order = sorted(range(len(demands)), key=lambda i: (-slots(demands[i].need), demands[i].index))
-    for i in order:
-        d = demands[i]
-        added = 0
-        while d.queued > 0 and d.actors + added < d.cap and worth_starting(d, added):
-            node = _pick_node(d.need, per_node[i], room)
-            if node is None:
-                break
-            starts.append((i, node))
-            added += 1
+    added = dict.fromkeys(order, 0)
+    # First every model up to its replicas, then what is left to elastic models beyond them.
+    for beyond in (False, True):
+        for i in order:
+            d = demands[i]
+            if beyond and not d.elastic:
+                continue
+            while (
+                d.queued > 0
+                and (beyond or d.actors + added[i] < d.cap)
+                and worth_starting(d, added[i])
+            ):
+                node = _pick_node(d.need, per_node[i], room)
+                if node is None:
+                    break
+                starts.append((i, node))
+                added[i] += 1
     return starts
 
 
@@ -256,6 +269,7 @@ def simulate_sweep(
     *,
     handover_seconds: float = 0.0,
     close_seconds: float = 0.0,
+    elastic: bool = True,
 ) -> dict[str, Any]:
     """Run the scheduling policy on simulated time (no Ray, no engines).
 
@@ -265,6 +279,8 @@ def simulate_sweep(
         schedule: "fill" or "sequential".
         handover_seconds: Driver round trip between two units of an actor.
         close_seconds: Seconds an actor takes to free its engine once retired.
+        elastic: Models may get more actors than `replicas` on GPUs nothing else wants (as
+            `mic run` on GPUs without `--actors`).
 
     Returns:
         The `schedule_report` of the simulated run (makespan, busy share, idle by cause), plus
@@ -277,6 +293,7 @@ def simulate_sweep(
             need={"GPU": float(m.tensor_parallel_size), "CPU": 1.0},
             cap=min(m.replicas, m.units),
             queued=m.units,
+            elastic=elastic,
         )
         for i, m in enumerate(models)
     ]
