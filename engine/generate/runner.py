@@ -487,6 +487,7 @@ class _ModelRun:
             + sum(len(live[a].outstanding) for a in self.actors if live[a].retiring),
             unit_seconds=sum(done) / len(done) if done else None,
             load_seconds=max(loads) if loads else None,
+            closing=len(self.actors) - len(mine),
             elastic=self.elastic,
         )
 
@@ -809,7 +810,7 @@ class SweepScheduler:
         outstanding = sorted(actor.outstanding)
         self._release(actor, died=type(exc).__name__)
         logger.warning(
-            f"[{run.model.name}] actor {actor.name} died ({type(exc).__name__}); restarting"
+            f"[{run.model.name}] actor {actor.name} died ({root_cause(exc, 160)}); restarting"
         )
         for unit_id in outstanding:
             self._retry(run, unit_id, f"actor died: {root_cause(exc)}", actor.name)

@@ -46,6 +46,7 @@ class Demand:
         busy: Units handed out and not finished.
         unit_seconds: Mean seconds per unit seen so far (None: none finished yet).
         load_seconds: Seconds an actor of this model took to load (None: none loaded yet).
+        closing: Retired actors still freeing their engines.
         elastic: May run more than `cap` actors on resources no model wants within its cap
             (GPU runs without `--actors`: a GPU nothing else wants is better used by one more
             replica than left idle).
@@ -60,12 +61,13 @@ class Demand:
     busy: int = 0
     unit_seconds: float | None = None
     load_seconds: float | None = None
+    closing: int = 0
     elastic: bool = False
 
     @property
     def finished(self) -> bool:
-        """Nothing queued, nothing running, no actor left."""
-        return self.queued == 0 and self.busy == 0 and self.actors == 0
+        """Nothing queued, nothing running, no actor left (closing ones included)."""
+        return self.queued == 0 and self.busy == 0 and self.actors == 0 and self.closing == 0
 
 
 def slots(need: Mapping[str, float]) -> float:
@@ -343,6 +345,7 @@ def simulate_sweep(
         retiring.add(a)
         idle_actors[i].discard(a)
         demands[i].actors -= 1
+        demands[i].closing += 1
         demands[i].per_node[actor_node[a]] -= 1
         push(now + close_seconds, "freed", a)
 
@@ -365,6 +368,7 @@ def simulate_sweep(
             hand_out(a)
         else:  # freed
             spans[a].freed = now
+            d.closing -= 1
             for k, v in d.need.items():
                 free[actor_node[a]][k] += v
         if schedule == "fill":
