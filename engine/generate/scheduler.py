@@ -449,3 +449,51 @@ class TimingModel:
         """Seconds of one unit: prefill + decode at the unit's batch + the tail."""
         rate = self.decode_tps * sequences / (sequences + self.batch_half) if sequences else 1.0
         return prompt_tokens / self.prefill_tps + generated_tokens / rate + self.tail_seconds
+
+
+def sim_models(
+    spec: Any,
+    units: Sequence[Any],
+    timing: Mapping[str, TimingModel],
+    prompt_tokens: float = 150.0,
+    generated_share: float = 0.5,
+    node_gpus: int | None = None,
+) -> list[SimModel]:
+    """The `SimModel`s of a spec's planned units (for `simulate_sweep`, e.g. in `mic plan`).
+
+    Args:
+        spec: The validated `SweepSpec`.
+        units: Its planned units (`engine.generate.units.plan_units`), or the ones left to run.
+        timing: A `TimingModel` per model name (models without one are left out: API models).
+        prompt_tokens: Assumed prompt tokens per item.
+        generated_share: Assumed mean generation length as a share of `sampling.max_tokens`.
+        node_gpus: If given, `replicas` of each model is raised to fill a node of this many GPUs
+            (what the fill schedule does with GPUs no other model wants).
+
+    Returns:
+        One `SimModel` per timed model with units, in spec order.
+    """
+    n = int(spec.sampling.n)
+    generated = generated_share * float(spec.sampling.max_tokens)
+    out = []
+    for model in spec.models:
+        t = timing.get(model.name)
+        mine = [u for u in units if u.model.name == model.name]
+        if t is None or not mine:
+            continue
+        seconds = [
+            t.unit_seconds(
+                len(u.item_ids) * prompt_tokens,
+                len(u.item_ids) * n * generated,
+                len(u.item_ids) * n,
+            )
+            for u in mine
+        ]
+        tp = model.tensor_parallel_size
+        replicas = max(model.replicas, node_gpus // tp) if node_gpus else model.replicas
+        out.append(
+            SimModel(
+                model.name, tp, replicas, len(mine), sum(seconds) / len(seconds), t.load_seconds
+            )
+        )
+    return out

@@ -176,3 +176,24 @@ def test_an_actor_that_finds_no_resources_fails_its_units_with_one_clear_error(
             )
     finally:
         ray_local.kill(holder)
+
+
+def test_a_specs_units_become_simulated_models() -> None:
+    from engine.generate.scheduler import TimingModel, sim_models
+    from engine.generate.units import plan_units
+
+    raw = make_raw_spec()
+    raw["models"] = [
+        {"name": "small", "path": "builtin:tiny", "replicas": 2},
+        {"name": "api", "path": "builtin:tiny"},
+        {"name": "big", "path": "builtin:tiny", "tensor_parallel_size": 4},
+    ]
+    spec = validate(raw)
+    units = plan_units(spec)
+    timing = {"small": TimingModel.for_size(8), "big": TimingModel.for_size(70, 4)}
+    models = sim_models(spec, units, timing, node_gpus=8)
+    assert [m.name for m in models] == ["small", "big"]  # untimed (API) models are left out
+    assert [m.replicas for m in models] == [8, 2]
+    assert models[0].units == sum(u.model.name == "small" for u in units)
+    assert models[1].unit_seconds > models[0].unit_seconds  # a 70B unit takes longer
+    assert simulate_sweep(models, [8])["busy_share"] > 0
