@@ -31,9 +31,15 @@ def vllm_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
     """Build the default backend: the model's `vllm.LLM` (resolving `builtin:` names)."""
     from engine.generate.tiny_model import resolve_model
 
+    args = dict(model.engine_args)
+    if model.tensor_parallel_size > 1:
+        # The actor runs in a placement group (the scheduler's reservation of its GPUs); vLLM
+        # would take that as a request for its Ray executor and look for one bundle per GPU.
+        # Its own processes on the actor's GPUs, as before placement groups, unless asked.
+        args.setdefault("distributed_executor_backend", "mp")
     return VLLMBackend(
         resolve_model(model.path),
-        dict(model.engine_args),
+        args,
         tensor_parallel_size=model.tensor_parallel_size,
         max_logprobs=max_logprobs,
         chat=model.use_chat_template,
