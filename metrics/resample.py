@@ -163,7 +163,7 @@ def _mae_blocks(
     mode-2 (Σ w e_r, Σ w) with e_r the response's mean error at the point MICs (`resp_e`), and
     the same for Mode 1's linearization (Σ w Σ_rows e, Σ w n_rows).
     Also fills eval_mean[b, B, m], the replicate's mean confidence of marker m's rows in task B
-    (NaN where no row weighs; only markers some reference task can score).
+    (NaN where no row weighs, and where no reference task scores m in replicate b).
 
     Per block of replicates and per (task B, marker m) segment of rows sorted by confidence: the
     positions of every MIC_b(m, A) among the sorted confidences come first (binary searches, no
@@ -223,11 +223,13 @@ def _mae_blocks(
         q_c = np.empty(T * BLOCK)
         run_w = np.zeros(BLOCK)
         run_c = np.zeros(BLOCK)
+        scored = np.zeros(BLOCK, dtype=np.bool_)
         for s in range(seg_ptr.shape[0] - 1):
             lo, hi = seg_ptr[s], seg_ptr[s + 1]
             n = hi - lo
             tb, m = seg_t[s], seg_m[s]
             nq = 0
+            scored[:] = False
             for a in range(T):
                 for t in range(BLOCK):
                     q = a * BLOCK + t
@@ -245,6 +247,7 @@ def _mae_blocks(
                         else:
                             right = mid
                     q_pos[q] = left
+                    scored[t] = True
                     nq += 1
             if nq == 0:
                 continue
@@ -264,8 +267,10 @@ def _mae_blocks(
                 q_w[q] = run_w[t]
                 q_c[q] = run_c[t]
             _accumulate(run_w, run_c, w_items, row_item, row_conf, lo + j, lo + n)
+            # Only replicates in which some reference task scores the marker: whether another
+            # replicate of the same block does must not decide this one's value.
             for t in range(nb_):
-                if run_w[t] > 0:
+                if scored[t] and run_w[t] > 0:
                     eval_mean[b0 + t, tb, m] = run_c[t] / run_w[t]
             for q in range(T * BLOCK):
                 if q_pos[q] < 0:
