@@ -475,7 +475,7 @@ def generate_and_score(
     t0 = time.perf_counter()
     own = None  # a judge made here on the kept generation engine: closed here
     if local:
-        same = [m.name for m in spec.models if m.path == settings.model]
+        same = [m.name for m in spec.models if m.path == settings.model and not m.is_api]
         summary, backend = run_local(
             spec,
             out_dir,
@@ -543,7 +543,7 @@ def run_local(
     Returns:
         (a small summary, the kept `VLLMBackend` or None).
     """
-    from engine.generate.actors import GenerationActor, vllm_backend_factory
+    from engine.generate.actors import GenerationActor, default_backend_factory
     from engine.generate.runner import ModelStats, select_units, write_summary
     from engine.generate.store import RunStore
     from engine.generate.units import plan_units
@@ -572,7 +572,7 @@ def run_local(
                     store,
                     model,
                     max(1, spec.sampling.logprobs),
-                    backend_factory or vllm_backend_factory,
+                    backend_factory or default_backend_factory,
                     overlap_writes=False,
                 )
             except UserError:

@@ -2,7 +2,8 @@
 
 Real-engine tests share ONE in-process vLLM engine (`tiny_engine`), built lazily and released
 before tests that start engines in other processes (Ray actors, `mic run` subprocesses), so at
-most one engine is alive at a time on a small machine. Helpers live in the `helpers` package
+most one engine is alive at a time on a small machine; tests of OpenAI-compatible clients share
+ONE local vLLM server (`vllm_server`), started on first use. Helpers live in the `helpers` package
 (`tests/` is on the path because this conftest sits there).
 """
 
@@ -77,6 +78,16 @@ def engine_holder(tiny_model_dir: Path) -> Any:
 def tiny_engine(engine_holder: EngineHolder) -> Any:
     """The shared in-process `VLLMBackend` on the tiny model."""
     return engine_holder.get()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path) -> Any:
+    """A real vLLM OpenAI-compatible server on 127.0.0.1 serving the tiny model as "tiny"
+    (one per session; its base URL, ".../v1"). Used by the HTTP judge and the API subjects."""
+    from helpers.engine_helpers import openai_server
+
+    with openai_server(tiny_model_dir) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

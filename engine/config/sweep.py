@@ -36,13 +36,14 @@ import hashlib
 import json
 import math
 import os
+import re
 import typing
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UserError
+from engine.errors import UserError, redact_url
 from engine.tasks.builtin import PLANTED_TASK_NAMES, builtin_task_names
 from engine.tasks.sources import BUILTIN_PREFIX, parse_source
 
@@ -59,10 +60,26 @@ BUILTIN_MODEL_NAMES = (
     "builtin:planted-judge",
 )
 
+# Generation backends a model can name: a vLLM engine in an actor, or an OpenAI-compatible server.
+MODEL_BACKENDS = ("vllm", "openai")
+
+# Model fields that only an API model (`backend = "openai"`) uses. They are left out of a vLLM
+# model's stored spec, so specs written before API models existed keep their hash (and resume).
+API_MODEL_FIELDS = (
+    "base_url",
+    "api_key_env",
+    "concurrency",
+    "max_retries",
+    "timeout",
+    "price_in",
+    "price_out",
+)
+
 # Fields that say *how* a sweep runs, not *what* it computes: they may change between a run
-# and its resume (a different GPU count or actor count) without making it a different run.
+# and its resume (a different GPU count or actor count, another endpoint of the same API model,
+# new prices) without making it a different run.
 EXECUTION_FIELDS = {
-    "models": ("replicas", "tensor_parallel_size", "num_cpus"),
+    "models": ("replicas", "tensor_parallel_size", "num_cpus", "params_b", *API_MODEL_FIELDS),
     "run": ("max_attempts", "device"),
 }
 
@@ -90,12 +107,27 @@ class ModelSpec:
 
     Attributes:
         name: Short id used in output rows.
-        path: Hugging Face id, local directory, or `builtin:tiny`.
+        path: Hugging Face id, local directory, or `builtin:tiny`; for an API model, the model
+            name the server serves (e.g. "gpt-5-mini").
         replicas: Actors (engine copies) for this model.
         tensor_parallel_size: GPUs per replica (on a GPU node).
-        num_cpus: CPUs reserved per actor on a CPU-only node.
-        use_chat_template: Render prompts with the tokenizer's chat template.
-        engine_args: Extra keyword arguments for `vllm.LLM` (e.g. max_model_len, dtype).
+        num_cpus: CPUs reserved per actor on a CPU-only node (API models: always CPUs only).
+        use_chat_template: Render prompts with the tokenizer's chat template (API models: send
+            system + user messages to `/chat/completions` instead of text to `/completions`).
+        engine_args: Extra keyword arguments for `vllm.LLM` (e.g. max_model_len, dtype); for an
+            API model, extra fields of every request body (e.g. reasoning_effort).
+        backend: "vllm" (an engine in each actor) or "openai" (an OpenAI-compatible server).
+        base_url: The API model's server, e.g. "https://api.openai.com/v1".
+        api_key_env: Environment variable holding the API key ("" = send none); the key itself
+            is never stored or logged.
+        concurrency: Requests in flight per actor at most (API models).
+        max_retries: Retries per request (API models; backoff honours Retry-After and
+            rate-limit headers).
+        timeout: Seconds per request (API models).
+        price_in: USD per 1M prompt tokens, for the cost account (API models; 0 = unknown).
+        price_out: USD per 1M completion tokens (API models; 0 = unknown).
+        params_b: Parameters in billions for `mic plan`'s GPU-hour estimate (0 = read from
+            the name, e.g. "8B").
     """
 
     name: str
@@ -105,6 +137,20 @@ class ModelSpec:
     num_cpus: int = 1
     use_chat_template: bool = False
     engine_args: dict[str, Any] = field(default_factory=dict)
+    backend: str = "vllm"
+    base_url: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 16
+    max_retries: int = 5
+    timeout: float = 300.0
+    price_in: float = 0.0
+    price_out: float = 0.0
+    params_b: float = 0.0
+
+    @property
+    def is_api(self) -> bool:
+        """Whether the model is served by an OpenAI-compatible server (no GPU, no engine)."""
+        return self.backend == "openai"
 
 
 @dataclass(frozen=True)
@@ -208,9 +254,22 @@ class SweepSpec:
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the spec as plain JSON-able data (lists for tuples)."""
+        """Return the spec as plain JSON-able data (lists for tuples).
+
+        A vLLM model leaves out the API-only fields and its default `params_b` (specs written
+        before they existed keep their hash); an API model's base URL loses any credentials.
+        """
         data = dataclasses.asdict(self)
         data.pop("source")
+        for model in data["models"]:
+            if model.get("params_b") == 0.0:
+                model.pop("params_b")
+            if model["backend"] == "vllm":
+                model.pop("backend")
+                for name in API_MODEL_FIELDS:
+                    model.pop(name, None)
+            else:
+                model["base_url"] = redact_url(model["base_url"])
         return json.loads(json.dumps(data))
 
     def portable_dict(self, base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -306,6 +365,8 @@ _MINIMUM = {
     "num_cpus": 1,
     "n": 1,
     "max_tokens": 1,
+    "concurrency": 1,
+    "timeout": 1,
 }
 
 
@@ -640,8 +701,12 @@ def validate(
                 f"{source}: 'prompts.{i}.template' has a bad placeholder ({exc})",
                 "only {question} is filled; write other braces as {{ and }}",
             ) from None
+    for i, model in enumerate(models):
+        _check_backend(model, f"models.{i}", source)
     models = tuple(
-        dataclasses.replace(
+        m
+        if m.is_api
+        else dataclasses.replace(
             m, path=_resolve_model_path(m.path, f"models.{i}.path", source, base_dir)
         )
         for i, m in enumerate(models)
@@ -710,6 +775,48 @@ def _check_unique(values: list[str], section: str, key: str, source: str) -> Non
                 f"give each entry its own {key}",
             )
         seen.add(value)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_backend(model: ModelSpec, key: str, source: str) -> None:
+    """Check a model's backend and the fields only API models may set."""
+    if model.backend not in MODEL_BACKENDS:
+        raise UserError(
+            f"{source}: '{key}.backend' is {model.backend!r}",
+            f"use one of {', '.join(repr(b) for b in MODEL_BACKENDS)}",
+        )
+    if not model.is_api:
+        defaults = ModelSpec(name="", path="")
+        for name in API_MODEL_FIELDS:
+            if getattr(model, name) != getattr(defaults, name):
+                raise UserError(
+                    f"{source}: '{key}.{name}' is set but '{key}.backend' is \"vllm\"",
+                    f'set {key}.backend = "openai" for an API model, or remove {name}',
+                )
+        return
+    if not model.base_url.startswith(("http://", "https://")):
+        raise UserError(
+            f"{source}: '{key}.base_url' is {redact_url(model.base_url)!r}",
+            "give the API's http(s) URL, e.g. https://api.openai.com/v1",
+        )
+    if model.api_key_env and not _ENV_NAME.fullmatch(model.api_key_env):
+        raise UserError(
+            f"{source}: '{key}.api_key_env' is not an environment variable name",
+            "put the key in an environment variable and name the variable here "
+            '(e.g. api_key_env = "OPENAI_API_KEY"); never write the key into a spec',
+        )
+    if model.tensor_parallel_size != 1:
+        raise UserError(
+            f"{source}: '{key}.tensor_parallel_size' is {model.tensor_parallel_size}",
+            "an API model uses no GPUs: remove tensor_parallel_size",
+        )
+    if not model.path or model.path.startswith(BUILTIN_PREFIX):
+        raise UserError(
+            f"{source}: '{key}.path' is {model.path!r}",
+            'give the model name the server serves, e.g. path = "gpt-5-mini"',
+        )
 
 
 def _resolve_model_path(path: str, key: str, source: str, base_dir: Path) -> str:

@@ -46,6 +46,19 @@ def vllm_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
     )
 
 
+def openai_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
+    """Build the backend of an API model (`backend = "openai"`): an OpenAI-compatible server."""
+    from engine.generate.backends.openai import OpenAIBackend
+
+    return OpenAIBackend(model, max_logprobs)
+
+
+def default_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
+    """The backend the model's spec names: vLLM, or an OpenAI-compatible server."""
+    factory = openai_backend_factory if model.is_api else vllm_backend_factory
+    return factory(model, max_logprobs)
+
+
 def fake_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
     """Build a `FakeBackend` (tests, `benchmarks/sweep_sim.py`) from `engine_args` keys
     `fake_seconds`, `fake_log`, `fake_crash_once`, `fake_max_prompt_chars` and the timing model's
@@ -80,7 +93,7 @@ class GenerationActor:
         store: The run directory.
         model: The model this actor serves.
         max_logprobs: Largest top-k the units ask for.
-        backend_factory: Builds the backend (default: vLLM).
+        backend_factory: Builds the backend (default: the one the model's spec names).
         overlap_writes: Write shards on a background thread while the next unit generates.
     """
 
@@ -96,7 +109,7 @@ class GenerationActor:
         started = time.perf_counter()
         self.name = name
         self.store = store
-        self.backend = (backend_factory or vllm_backend_factory)(model, max_logprobs)
+        self.backend = (backend_factory or default_backend_factory)(model, max_logprobs)
         self.startup_seconds = time.perf_counter() - started
         self.ready_at = time.time()
         self.node = _node_name()
@@ -189,6 +202,8 @@ class GenerationActor:
             "gen_seconds": gen_wall,
             "write_seconds": time.perf_counter() - started,
             "gen_span": span,
+            # API models: the token account as billed (engine.generate.backends.openai).
+            "usage": dict(getattr(raw, "usage", None) or {}),
         }
 
 

@@ -68,6 +68,7 @@ class ModelStats:
     actors: dict[str, dict[str, Any]] = field(default_factory=dict)
     retries: list[dict[str, Any]] = field(default_factory=list)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)  # API models: tokens and requests billed
 
     def actor(self, name: str) -> dict[str, Any]:
         """The accounting record of actor `name` (created empty on first use)."""
@@ -96,6 +97,8 @@ class ModelStats:
         for key in ("rows", "prompt_tokens", "generated_tokens"):
             node[key] += result[key]
         node["units"] += 1
+        for key, value in (result.get("usage") or {}).items():
+            self.usage[key] = self.usage.get(key, 0) + value
 
 
 # ---- plan ----------------------------------------------------------------------------------------
@@ -201,7 +204,7 @@ def engine_env(spec: SweepSpec) -> dict[str, str]:
     The CPU build's variables are not among them: each actor's backend chooses those for the
     build installed on its own node (`engine.generate.backends.device.engine_settings`).
     """
-    return {**ENGINE_ENV, **hub_env([m.path for m in spec.models])}
+    return {**ENGINE_ENV, **hub_env([m.path for m in spec.models if not m.is_api])}
 
 
 def actor_env(spec: SweepSpec) -> dict[str, str]:
@@ -237,7 +240,8 @@ def _actor_resources(
     model: ModelSpec, device: str, cluster: dict[str, float], index: int, replicas: int
 ) -> dict[str, Any]:
     gpus = cluster.get("GPU", 0.0)
-    use_gpu = device == "gpu" or (device == "auto" and gpus > 0)
+    # An API model's actor only waits on the network: CPUs, whatever the device.
+    use_gpu = not model.is_api and (device == "gpu" or (device == "auto" and gpus > 0))
     if use_gpu:
         if gpus <= 0:
             raise UserError(
@@ -365,7 +369,7 @@ def run_sweep(
         report = None
         if todo:
             for i, model in enumerate(spec.models):
-                if any(u.model.name == model.name for u in todo):
+                if not model.is_api and any(u.model.name == model.name for u in todo):
                     check_model_available(model.path, f"models.{i}.path ({model.name})")
             init_ray(ray_address, num_cpus=ray_num_cpus, env=engine_env(spec))
             scheduler = SweepScheduler(
@@ -970,6 +974,26 @@ def _fmt(res: dict[str, float]) -> str:
     return " + ".join(f"{v:g} {k}" for k, v in sorted(res.items()) if v) or "nothing"
 
 
+def api_account(spec: SweepSpec, name: str, usage: dict[str, int]) -> dict[str, Any]:
+    """The token and cost account of API model `name` in this invocation (`summary.json`).
+
+    Cost uses the model's `price_in` / `price_out` (USD per 1M tokens); None when unpriced.
+    """
+    model = next(m for m in spec.models if m.name == name)
+    prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+    priced = model.price_in > 0 or model.price_out > 0
+    cost = (prompt * model.price_in + completion * model.price_out) / 1e6 if priced else None
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "requests": usage.get("requests", 0),
+        "retries": usage.get("retries", 0),
+        "price_in_per_1m": model.price_in,
+        "price_out_per_1m": model.price_out,
+        "cost_usd": cost,
+    }
+
+
 def write_summary(
     spec: SweepSpec,
     store: RunStore,
@@ -1023,6 +1047,7 @@ def _summary(
             "generate_seconds": s.gen_seconds,
             "write_seconds": s.write_seconds,
             "actor_restarts": s.restarts,
+            **({"api": api_account(spec, name, s.usage)} if s.usage else {}),
             "retries": s.retries,
             "cpu_seconds": sum(a.get("cpu_seconds", 0.0) for a in s.actors.values()),
             "gpu_seconds": sum(a.get("gpu_seconds", 0.0) for a in s.actors.values()),

@@ -97,13 +97,17 @@ def item_seed(base_seed: int, task: str, split: str, prompt_id: str, item_id: st
 
 
 def model_identity(model: ModelSpec) -> dict[str, Any]:
-    """The part of a model spec that decides its outputs."""
-    return {
+    """The part of a model spec that decides its outputs (the backend only for API models, so
+    vLLM units keep the ids they had before API models existed)."""
+    identity = {
         "name": model.name,
         "path": model.path,
         "use_chat_template": model.use_chat_template,
         "engine_args": model.engine_args,
     }
+    if model.backend != "vllm":
+        identity["backend"] = model.backend
+    return identity
 
 
 def unit_id_of(

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP judge against real local servers (no mocks).
 
-- A real vLLM OpenAI-compatible server on 127.0.0.1 with the tiny model: the judge's
+- A real vLLM OpenAI-compatible server on 127.0.0.1 with the tiny model (`vllm_server`,
+  tests/conftest.py): the judge's
   P(yes) / (P(yes) + P(no)) equals a transformers forward pass over the same top-k tokens.
 - A small real HTTP server that answers 429 (with Retry-After) and 503 before 200: retries,
   backoff and giving up; the API key is sent but appears in no error or repr.
@@ -10,10 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,13 +19,6 @@ from pathlib import Path
 import pytest
 
 from engine.generate.backends.http import HTTPJudge, HTTPSettings, OpenAICompatClient
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 # ---- retries against a flaky local server ------------------------------------------------------
 
@@ -114,44 +104,6 @@ def test_unauthorized_stops_at_once_and_names_the_endpoint_not_the_key(
 
 
 # ---- a real vLLM server with the tiny model -----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def vllm_server(tiny_model_dir: Path):
-    port = _free_port()
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(tiny_model_dir), "--served-model-name", "tiny",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
-    ]  # fmt: skip
-    log = open(tiny_model_dir.parent / f"vllm-server-{port}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        else:
-            pytest.fail(f"vLLM server did not start in 600 s; see {log.name}")
-        yield f"{url}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.mark.slow
