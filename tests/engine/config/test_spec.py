@@ -118,3 +118,65 @@ def test_resources_refuse_gpus_that_do_not_exist() -> None:
         _actor_resources(model, "cpu", {"CPU": 2.0}, 0, 3)
     assert _actor_resources(model, "auto", {"CPU": 2.0}, 0, 2) == {"num_cpus": 1, "num_gpus": 0}
     assert _actor_resources(model, "auto", {"CPU": 8.0, "GPU": 2.0}, 0, 2)["num_gpus"] == 1
+
+
+# ---- API models (backend = "openai") -------------------------------------------------------------
+
+API_MODEL = {
+    "name": "gpt",
+    "path": "gpt-5-mini",
+    "backend": "openai",
+    "base_url": "https://api.example.com/v1",
+    "api_key_env": "MY_KEY",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "fix"),
+    [
+        ({"backend": "anthropic"}, "models.0.backend", "'openai'"),
+        ({"base_url": "api.example.com"}, "models.0.base_url", "http(s)"),
+        ({"api_key_env": "sk-abc123"}, "models.0.api_key_env", "never write the key"),
+        ({"tensor_parallel_size": 2}, "models.0.tensor_parallel_size", "no GPUs"),
+        ({"path": "builtin:tiny"}, "models.0.path", "server serves"),
+        ({"concurrency": 0}, "models.0.concurrency", ">= 1"),
+        ({"price_out": -1.0}, "models.0.price_out", ">= 0"),
+        ({"backend": "vllm", "path": "builtin:tiny"}, "models.0.base_url", 'backend = "openai"'),
+    ],
+)
+def test_bad_api_model_gets_one_line(
+    tmp_path: Path, change: dict[str, object], key: str, fix: str
+) -> None:
+    path = write_toml(tmp_path / "bad.toml", make_raw_spec(models=[{**API_MODEL, **change}]))
+    with pytest.raises(UserError) as info:
+        load_spec(path)
+    text = str(info.value)
+    assert key in text and str(path) in text and fix in text and "\n" not in text
+    assert "sk-abc123" not in text  # a key pasted by mistake is not echoed
+
+
+def test_api_model_keeps_vllm_hashes_and_hides_credentials() -> None:
+    vllm_only = validate(make_raw_spec())
+    assert set(vllm_only.content_dict()["models"][0]) == {
+        "name",
+        "path",
+        "use_chat_template",
+        "engine_args",
+    }  # specs written before API models existed keep their hash and unit ids
+    url = "https://user:pw-secret@api.example.com/v1?api_key=k-secret"
+    raw = make_raw_spec(models=[{**API_MODEL, "base_url": url, "price_in": 1.25}])
+    spec = validate(raw)
+    model = spec.models[0]
+    assert model.is_api and model.path == "gpt-5-mini"  # a served name, not resolved as a path
+    stored = str(spec.to_dict())
+    assert "pw-secret" not in stored and "k-secret" not in stored
+    cheaper = validate(apply_overrides(raw, ["models.0.price_in=0.5", "models.0.concurrency=64"]))
+    assert cheaper.hash == spec.hash  # prices and concurrency do not change the rows
+    other = validate(apply_overrides(raw, ["models.0.path=gpt-5"]))
+    assert other.hash != spec.hash
+    from engine.generate.runner import _actor_resources
+
+    assert _actor_resources(model, "gpu", {"CPU": 2.0, "GPU": 8.0}, 0, 2) == {
+        "num_cpus": 1,
+        "num_gpus": 0,
+    }  # API actors never take a GPU

@@ -26,6 +26,8 @@ from engine.generate.backends.http import HTTPJudge, HTTPSettings, OpenAICompatC
 class _Flaky(BaseHTTPRequestHandler):
     plan: list[int] = []
     seen_auth: list[str] = []
+    headers_429: dict[str, str] = {"Retry-After": "0.05"}
+    headers_200: dict[str, str] = {}
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         length = int(self.headers.get("Content-Length", 0))
@@ -33,8 +35,8 @@ class _Flaky(BaseHTTPRequestHandler):
         _Flaky.seen_auth.append(self.headers.get("Authorization", ""))
         status = _Flaky.plan.pop(0) if _Flaky.plan else 200
         self.send_response(status)
-        if status == 429:
-            self.send_header("Retry-After", "0.05")
+        for name, value in (_Flaky.headers_429 if status == 429 else _Flaky.headers_200).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
         body = {"choices": [{"text": " yes", "logprobs": {"top_logprobs": [{" yes": -0.1}]}}]}
@@ -101,6 +103,41 @@ def test_unauthorized_stops_at_once_and_names_the_endpoint_not_the_key(
         HTTPSettings(flaky_server, "m", "MIC_TEST_KEY", max_retries=0, backoff=0.01)
     ).complete([{"prompt": "x"}])[0]
     assert "HTTP 500" in str(failed) and "sk-secret-123" not in str(failed)
+
+
+def test_rate_limit_headers_set_the_wait() -> None:
+    from engine.generate.backends.http import _exhausted_for, _retry_after, _seconds
+
+    assert _seconds("6m0s") == 360.0 and _seconds("1.5s") == 1.5 and _seconds("120ms") == 0.12
+    assert _seconds("2") == 2.0 and _seconds("soon") is None and _seconds(None) is None
+    assert _retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert _retry_after({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "3s"}) == 3
+    assert _retry_after({}) is None
+    used_up = {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "20ms"}
+    assert _exhausted_for(used_up) == 0.02
+    assert _exhausted_for({**used_up, "x-ratelimit-remaining-tokens": "5"}) is None
+
+
+def test_rate_limit_reset_headers_are_honoured(flaky_server) -> None:
+    client = OpenAICompatClient(HTTPSettings(flaky_server, "m", "", backoff=0.001))
+    _Flaky.plan = [429]
+    _Flaky.headers_429 = {"x-ratelimit-reset-requests": "80ms"}  # no Retry-After: the reset
+    try:
+        started = time.perf_counter()
+        assert isinstance(client.complete([{"prompt": "x"}])[0], dict)
+        assert time.perf_counter() - started >= 0.08 and client.retries_done == 1
+        # A 200 that says the budget is used up holds the next request back until the reset.
+        _Flaky.headers_200 = {
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "0.1",
+        }
+        one_at_a_time = OpenAICompatClient(HTTPSettings(flaky_server, "m", "", concurrency=1))
+        started = time.perf_counter()
+        replies = one_at_a_time.complete([{"prompt": "x"}] * 2)
+        assert all(isinstance(r, dict) for r in replies)
+        assert time.perf_counter() - started >= 0.1
+    finally:
+        _Flaky.headers_429, _Flaky.headers_200 = {"Retry-After": "0.05"}, {}
 
 
 # ---- a real vLLM server with the tiny model -----------------------------------------------------
