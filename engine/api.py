@@ -109,14 +109,15 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
 def plan(
     spec: SweepSpec | str | Path,
     overrides: list[str] | None = None,
-    tokens_per_second: float = 1000.0,
+    tokens_per_second: float | None = None,
 ) -> dict[str, Any]:
     """The work of a sweep or study spec without running anything (`mic plan`).
 
     Args:
         spec: A validated spec, or a sweep / study spec file.
         overrides: Overrides of a spec file.
-        tokens_per_second: Assumed generated tokens/s per replica for the time estimate.
+        tokens_per_second: Measured generated tokens/s per replica of every open model; None
+            assumes a rate by model size (`engine.generate.estimate`).
 
     Returns:
         The plan report: units, prompts, token counts and a GPU-hour estimate per model.

@@ -254,7 +254,7 @@ def plan_study(
     spec_path: str | Path,
     out: str | Path | None = None,
     overrides: list[str] | None = None,
-    tokens_per_second: float = 1000.0,
+    tokens_per_second: float | None = None,
 ) -> dict[str, Any]:
     """The engine's plan report of a sweep or study spec; runs nothing, needs no network.
 
@@ -266,7 +266,8 @@ def plan_study(
         spec_path: A sweep spec or a study spec (TOML or YAML).
         out: Prepare the tasks into `out/tasks` (kept for the run); None uses a temporary folder.
         overrides: `--set` overrides of the spec.
-        tokens_per_second: Assumed generated tokens/s per replica for the time estimate.
+        tokens_per_second: Measured generated tokens/s per replica of every open model; None
+            assumes a rate by model size (`engine.generate.estimate`).
 
     Returns:
         The plan report (`engine.generate.runner.plan_report`) plus `estimated_tasks`.

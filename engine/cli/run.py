@@ -39,8 +39,15 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "plan",
-        help="show a sweep's work units, prompt and token counts and a GPU-hour estimate",
-        description="Expand a sweep spec into work units and estimate its cost; runs nothing.",
+        help="show a sweep's work units and tokens, GPU-hours per open model, API cost",
+        description=(
+            "Expand a sweep spec into work units and estimate its cost; runs nothing. Open "
+            "models: GPU-hours from the token counts and an assumed throughput by model size "
+            "(80,000 / billions of parameters generated tokens/s per GPU, at most 30,000; "
+            "--tokens-per-second replaces it with your measurement). API models: requests, "
+            "tokens and the cost at models.price_in / price_out (USD per 1M tokens). Tokens "
+            "are upper bounds: every sample runs to max_tokens."
+        ),
         epilog="example:\n  mic plan configs/tiny.toml --set sampling.n=21",
         formatter_class=fmt,
     )
@@ -49,8 +56,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tokens-per-second",
         type=float,
-        default=1000.0,
-        help="assumed generated tokens/s per replica for the estimate (measure with mic bench)",
+        default=None,
+        help="measured generated tokens/s per replica of every open model (mic bench); "
+        "default: the size rule",
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(handler=_plan)

@@ -104,39 +104,65 @@ class ModelStats:
 # ---- plan ----------------------------------------------------------------------------------------
 
 
-def plan_report(spec: SweepSpec, tokens_per_second: float = 1000.0) -> dict[str, Any]:
+def plan_report(spec: SweepSpec, tokens_per_second: float | None = None) -> dict[str, Any]:
     """Describe the work of a spec without running anything.
 
     Args:
         spec: The validated spec.
-        tokens_per_second: Assumed generated tokens/s per replica for the time estimate
-            (measure it with `mic bench`).
+        tokens_per_second: Measured generated tokens/s per replica of every open model (`mic
+            bench`); None uses the size rule of `engine.generate.estimate`.
 
     Returns:
-        Units (model, task, split, prompt, chunk, items, rows, unit id), totals and estimates.
+        Units (model, task, split, prompt, chunk, items, rows, unit id), per model the token
+        counts with GPU-hours (open models) or tokens and cost (API models), totals.
     """
+    from engine.generate.estimate import (
+        THROUGHPUT_ASSUMPTION,
+        estimate_api_model,
+        estimate_open_model,
+        requests_per_item,
+    )
+
     units = plan_units(spec)
     n = spec.sampling.n
+    per_request = requests_per_item(spec.sampling.seed_mode, n)
+    prompt_chars: dict[tuple[str, str, str, int], int] = {}  # the same for every model
     per_model: dict[str, dict[str, Any]] = {}
     for model in spec.models:
         mine = [u for u in units if u.model.name == model.name]
         items = sum(len(u.item_ids) for u in mine)
         tokens = items * n * spec.sampling.max_tokens
-        hours = tokens / tokens_per_second / 3600 / model.replicas
-        per_model[model.name] = {
+        entry: dict[str, Any] = {
+            "backend": model.backend,
             "units": len(mine),
             "prompts": items,
             "samples": items * n,
             "max_generated_tokens": tokens,
             "replicas": model.replicas,
-            "gpus_per_replica": model.tensor_parallel_size,
-            "wall_hours_estimate": hours,
-            "gpu_hours_estimate": hours * model.replicas * model.tensor_parallel_size,
+            "gpus_per_replica": 0 if model.is_api else model.tensor_parallel_size,
         }
+        if model.is_api:
+            chars = 0
+            for u in mine:
+                key = (u.task, u.split, u.prompt.id, u.chunk_index)
+                if key not in prompt_chars:
+                    system = len(u.prompt.system)
+                    prompt_chars[key] = sum(len(t) + system for t in u.user_texts())
+                chars += prompt_chars[key]
+            entry["api"] = estimate_api_model(
+                model, items * per_request, chars * per_request, tokens
+            )
+            entry.update(gpu_hours_estimate=0.0, wall_hours_estimate=0.0)
+        else:
+            entry.update(estimate_open_model(model, tokens, tokens_per_second))
+        per_model[model.name] = entry
+    api = [m["api"] for m in per_model.values() if "api" in m]
+    costs = [a["cost_usd_max"] for a in api if a["cost_usd_max"] is not None]
     return {
         "run_id": spec.run_id,
         "config_hash": spec.hash,
         "assumed_tokens_per_second_per_replica": tokens_per_second,
+        "throughput_assumption": THROUGHPUT_ASSUMPTION if tokens_per_second is None else None,
         "units": [
             {
                 "unit_id": u.unit_id,
@@ -157,12 +183,19 @@ def plan_report(spec: SweepSpec, tokens_per_second: float = 1000.0) -> dict[str,
             "samples": sum(m["samples"] for m in per_model.values()),
             "max_generated_tokens": sum(m["max_generated_tokens"] for m in per_model.values()),
             "gpu_hours_estimate": sum(m["gpu_hours_estimate"] for m in per_model.values()),
+            # Models run one after another, each on its own replicas.
+            "sequential_wall_hours_estimate": sum(
+                m["wall_hours_estimate"] for m in per_model.values()
+            ),
+            "api_prompt_tokens_estimate": sum(a["prompt_tokens_estimate"] for a in api),
+            "api_max_completion_tokens": sum(a["max_completion_tokens"] for a in api),
+            "api_cost_usd_max": sum(costs) if costs else None,
         },
     }
 
 
 def format_plan(report: dict[str, Any], max_units: int = 20) -> str:
-    """Render a plan report as text."""
+    """Render a plan report as text: units, then a table per kind of model, then totals."""
     lines = [f"run {report['run_id']}  ({report['totals']['units']} units)", ""]
     header = f"{'model':<14}{'task':<16}{'split':<8}{'prompt':<10}{'chunk':>6}{'items':>7}{'rows':>8}  unit"
     lines.append(header)
@@ -173,14 +206,46 @@ def format_plan(report: dict[str, Any], max_units: int = 20) -> str:
         )
     if len(report["units"]) > max_units:
         lines.append(f"... {len(report['units']) - max_units} more units")
-    lines.append("")
-    rate = report["assumed_tokens_per_second_per_replica"]
-    for name, m in report["models"].items():
+    models = report["models"]
+    open_models = {k: m for k, m in models.items() if "api" not in m}
+    api_models = {k: m for k, m in models.items() if "api" in m}
+    width = max([len(k) for k in models] + [5]) + 2
+    if open_models:
+        lines += ["", "open models (at most max_tokens per sample):"]
         lines.append(
-            f"{name}: {m['prompts']:,} prompts, {m['samples']:,} samples, <= {m['max_generated_tokens']:,} "
-            f"generated tokens; {m['replicas']} replica(s) x {m['gpus_per_replica']} GPU: "
-            f"~{m['wall_hours_estimate']:.3f} h wall, ~{m['gpu_hours_estimate']:.3f} GPU-h"
+            f"{'model':<{width}}{'prompts':>10}{'samples':>13}{'<= gen tokens':>16}{'GPUs':>8}"
+            f"{'size':>7}{'tok/s/GPU':>11}{'GPU-h':>10}{'wall h':>9}"
         )
+        for name, m in open_models.items():
+            gpus = f"{m['replicas']}x{m['gpus_per_replica']}"
+            size = f"{m['size_b']:g}B" if m.get("size_b") else "?"
+            rate = f"{m['tokens_per_gpu_second']:,.0f}" if m.get("tokens_per_gpu_second") else "?"
+            known = bool(m.get("tokens_per_gpu_second"))
+            hours = f"{m['gpu_hours_estimate']:,.1f}" if known else "?"
+            wall = f"{m['wall_hours_estimate']:,.1f}" if known else "?"
+            lines.append(
+                f"{name:<{width}}{m['prompts']:>10,}{m['samples']:>13,}"
+                f"{m['max_generated_tokens']:>16,}{gpus:>8}{size:>7}{rate:>11}{hours:>10}{wall:>9}"
+            )
+    if api_models:
+        lines += [
+            "",
+            "API models (prompt tokens ~ characters / 4; completions at most max_tokens):",
+        ]
+        lines.append(
+            f"{'model':<{width}}{'prompts':>10}{'requests':>10}{'~prompt tok':>14}"
+            f"{'<= completion tok':>19}{'USD/1M in/out':>15}{'<= USD':>11}"
+        )
+        for name, m in api_models.items():
+            a = m["api"]
+            prices = f"{a['price_in_per_1m']:g}/{a['price_out_per_1m']:g}"
+            cost = f"{a['cost_usd_max']:,.0f}" if a["cost_usd_max"] is not None else "?"
+            lines.append(
+                f"{name:<{width}}{m['prompts']:>10,}{a['requests']:>10,}"
+                f"{a['prompt_tokens_estimate']:>14,}{a['max_completion_tokens']:>19,}"
+                f"{prices:>15}{cost:>11}"
+            )
+    lines.append("")
     if report.get("estimated_tasks"):
         lines.append(
             f"estimated (hub tasks not loaded; `limit` placeholder items per split): "
@@ -188,10 +253,38 @@ def format_plan(report: dict[str, Any], max_units: int = 20) -> str:
         )
     t = report["totals"]
     lines.append(
-        f"total: {t['prompts']:,} prompts, {t['samples']:,} samples, <= {t['max_generated_tokens']:,} tokens, "
-        f"~{t['gpu_hours_estimate']:.3f} GPU-h at {rate:,.0f} generated tokens/s per replica "
-        "(an assumption: measure yours with `mic bench`)"
+        f"total: {t['prompts']:,} prompts, {t['samples']:,} samples, "
+        f"<= {t['max_generated_tokens']:,} tokens"
     )
+    if open_models:
+        rate = report["assumed_tokens_per_second_per_replica"]
+        assumption = (
+            f"at {rate:,.0f} generated tokens/s per replica (--tokens-per-second)"
+            if rate
+            else f"assuming {report['throughput_assumption']}"
+        )
+        unknown = [k for k, m in open_models.items() if not m.get("tokens_per_gpu_second")]
+        lines.append(
+            f"open models: ~{t['gpu_hours_estimate']:,.1f} GPU-h, "
+            f"~{t['sequential_wall_hours_estimate']:,.1f} h wall one model after another"
+            + (
+                f" (without {', '.join(unknown)}: size unknown, set models.params_b)"
+                if unknown
+                else ""
+            )
+        )
+        lines.append(f"  {assumption}")
+    if api_models:
+        cost = t["api_cost_usd_max"]
+        lines.append(
+            f"API models: ~{t['api_prompt_tokens_estimate']:,} prompt + <= "
+            f"{t['api_max_completion_tokens']:,} completion tokens, <= "
+            + (
+                f"${cost:,.0f}"
+                if cost is not None
+                else "? USD (no prices: set models.price_in / price_out)"
+            )
+        )
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from helpers import REPO
 from helpers.engine_helpers import make_raw_spec, write_toml
 
 from engine.cli import main
+from engine.config.sweep import load_spec
 
 
 def test_plan_prints_units_and_estimates(capsys) -> None:
@@ -75,3 +76,39 @@ def test_the_cli_sets_up_one_log_handler_for_the_library(capsys) -> None:
     logging.getLogger("engine.score.stage").debug("not shown at INFO")
     err = capsys.readouterr().err
     assert err == "score: markers already done (skipped)\n"
+
+
+def test_plan_gives_gpu_hours_by_size_and_api_tokens_and_cost(capsys, tmp_path: Path) -> None:
+    from engine.generate.estimate import estimate_open_model, model_size_b
+
+    api = {
+        "name": "api",
+        "path": "some-model",
+        "backend": "openai",
+        "base_url": "https://api.example.com/v1",
+        "price_in": 2.0,
+        "price_out": 10.0,
+    }
+    local = {"name": "tiny", "path": "builtin:tiny", "replicas": 2, "params_b": 8.0}
+    path = write_toml(tmp_path / "plan.toml", make_raw_spec(models=[local, api]))
+    assert main(["plan", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    tiny, remote = report["models"]["tiny"], report["models"]["api"]
+    tokens = 60 * 2 * 8  # 60 items x n = 2 x max_tokens = 8
+    assert tiny["max_generated_tokens"] == remote["max_generated_tokens"] == tokens
+    assert tiny["gpu_hours_estimate"] == tokens / 10_000 / 3600  # 80,000 / 8B tokens/s per GPU
+    assert tiny["wall_hours_estimate"] == tiny["gpu_hours_estimate"] / 2
+    a = remote["api"]
+    assert remote["gpu_hours_estimate"] == 0 and remote["gpus_per_replica"] == 0
+    assert a["requests"] == 60 and a["max_completion_tokens"] == tokens
+    assert a["prompt_tokens_estimate"] > 0
+    assert a["cost_usd_max"] == (a["prompt_tokens_estimate"] * 2.0 + tokens * 10.0) / 1e6
+    assert report["totals"]["api_cost_usd_max"] == a["cost_usd_max"]
+    assert main(["plan", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "API models" in text and "80,000 / parameters" in text and "GPU-h" in text
+    # A measured rate replaces the size rule; sizes come from names when not given.
+    spec = load_spec(path)
+    assert estimate_open_model(spec.models[0], 7200, 2.0)["gpu_hours_estimate"] == 1.0
+    named = spec.models[0].__class__(name="x", path="meta-llama/Llama-3.1-70B-Instruct")
+    assert model_size_b(named) == 70.0
