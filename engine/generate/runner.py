@@ -462,7 +462,13 @@ def run_sweep(
         report = None
         if todo:
             for i, model in enumerate(spec.models):
-                if not model.is_api and any(u.model.name == model.name for u in todo):
+                if not any(u.model.name == model.name for u in todo):
+                    continue
+                if model.is_api:
+                    from engine.generate.backends.openai import check_api_key
+
+                    check_api_key(model, f"models.{i} ({model.name})")
+                else:
                     check_model_available(model.path, f"models.{i}.path ({model.name})")
             init_ray(ray_address, num_cpus=ray_num_cpus, env=engine_env(spec))
             scheduler = SweepScheduler(

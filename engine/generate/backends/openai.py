@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -39,13 +40,31 @@ from typing import Any
 import pyarrow as pa
 
 from engine.config.sweep import ModelSpec
-from engine.errors import redact_url
+from engine.errors import UserError, redact_url
 from engine.generate.backends.base import Completion, RawUnit, build_table, render_prompts
 from engine.generate.backends.http import HTTPFailure, HTTPSettings, OpenAICompatClient
 from engine.generate.units import WorkUnit, seed_mode_of
 
 _TOKEN_ID = re.compile(r"token_id:(\d+)")
 TOKEN_ID_HASH = "31-bit blake2b of the token text (the API returns no token ids)"
+
+
+def check_api_key(model: ModelSpec, where: str) -> None:
+    """Fail in one line when an API model's key variable is not set in this process.
+
+    Args:
+        model: An API model.
+        where: The spec key, for the message (e.g. "models.3 (gpt-5)").
+
+    Raises:
+        UserError: `api_key_env` names a variable that is unset or empty.
+    """
+    if model.api_key_env and not os.environ.get(model.api_key_env):
+        raise UserError(
+            f"{where}: the API key variable ${model.api_key_env} is not set",
+            f"export {model.api_key_env} (on every node of a Ray cluster), or set "
+            'api_key_env = "" for a server that needs no key',
+        )
 
 
 def token_id(token: str) -> int:
@@ -95,6 +114,7 @@ class OpenAIBackend:
     """
 
     def __init__(self, model: ModelSpec, max_logprobs: int = 0) -> None:
+        check_api_key(model, f"model {model.name!r}")  # on this node: the actor's environment
         self.client = OpenAICompatClient(
             HTTPSettings(
                 base_url=model.base_url,

@@ -112,3 +112,20 @@ def test_plan_gives_gpu_hours_by_size_and_api_tokens_and_cost(capsys, tmp_path: 
     assert estimate_open_model(spec.models[0], 7200, 2.0)["gpu_hours_estimate"] == 1.0
     named = spec.models[0].__class__(name="x", path="meta-llama/Llama-3.1-70B-Instruct")
     assert model_size_b(named) == 70.0
+
+
+def test_run_of_an_api_model_without_its_key_exits_2_naming_the_variable(
+    capsys, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("MIC_UNSET_KEY", raising=False)
+    api = {
+        "name": "api",
+        "path": "some-model",
+        "backend": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "api_key_env": "MIC_UNSET_KEY",
+    }
+    path = write_toml(tmp_path / "api.toml", make_raw_spec(models=[api]))
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "$MIC_UNSET_KEY is not set" in err and "models.0 (api)" in err

@@ -38,6 +38,11 @@ KEY_ENV = "MIC_TEST_API_KEY"
 KEY = "sk-mic-test-9f8e7d6c5b4a3210"
 
 
+@pytest.fixture(autouse=True)
+def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)  # the local server takes any key; the backend needs one set
+
+
 def api_raw(url: str, *, items: int = 8, chunk: int = 4, **model: Any) -> dict[str, Any]:
     """A sweep spec document with one API model on the local server."""
     entry = {
@@ -107,10 +112,12 @@ class _NoN(BaseHTTPRequestHandler):
 
     upstream = ""
     bodies: list[dict[str, Any]] = []
+    auth: set[str] = set()
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         _NoN.bodies.append(body)
+        _NoN.auth.add(self.headers.get("Authorization", ""))
         if body.get("n", 1) != 1:
             status, text = (
                 400,
@@ -135,7 +142,7 @@ class _NoN(BaseHTTPRequestHandler):
 def test_a_server_refusing_n_gets_one_call_per_sample(vllm_server: str) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _NoN)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    _NoN.upstream, _NoN.bodies = vllm_server, []
+    _NoN.upstream, _NoN.bodies, _NoN.auth = vllm_server, [], set()
     try:
         raw = api_raw(f"http://127.0.0.1:{server.server_address[1]}/v1")
         unit = plan_units(validate(raw))[0]
@@ -154,6 +161,7 @@ def test_a_server_refusing_n_gets_one_call_per_sample(vllm_server: str) -> None:
         in backend.to_table(unit, result).schema.metadata[b"settings"].decode()
     )
     assert result.usage["prompt_tokens"] == sum(result.prompt_tokens) * 3  # billed per call
+    assert _NoN.auth == {f"Bearer {KEY}"}  # the key from the environment, on every request
 
 
 # ---- `mic run` subprocesses ---------------------------------------------------------------------
