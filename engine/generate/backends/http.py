@@ -237,8 +237,16 @@ def _error_param(response: Any) -> str | None:
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict) and isinstance(error.get("param"), str):
         return error["param"]
-    quoted = re.search(r"['\"`]([a-z_]+)['\"`]", response.text[:500])
+    # Without a `param`, only a message that says a field is not supported names one: "'max_tokens'
+    # is too large" (an over-long prompt) must not read as the server refusing max_tokens.
+    text = response.text[:500]
+    if not _UNSUPPORTED.search(text):
+        return None
+    quoted = re.search(r"['\"`]([a-z_]+)['\"`]", text)
     return quoted.group(1) if quoted else None
+
+
+_UNSUPPORTED = re.compile(r"unsupported|not supported|unrecognized|not allowed", re.IGNORECASE)
 
 
 class HTTPJudge:

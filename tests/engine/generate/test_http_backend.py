@@ -118,6 +118,21 @@ def test_rate_limit_headers_set_the_wait() -> None:
     assert _exhausted_for({**used_up, "x-ratelimit-remaining-tokens": "5"}) is None
 
 
+def test_a_refused_field_is_read_from_the_error_only_when_it_is_named_as_refused() -> None:
+    import httpx
+
+    from engine.generate.backends.http import _error_param
+
+    openai_style = {
+        "error": {"message": "Unsupported parameter: 'max_tokens'", "param": "max_tokens"}
+    }
+    assert _error_param(httpx.Response(400, json=openai_style)) == "max_tokens"
+    assert _error_param(httpx.Response(400, text="'seed' is not supported by this model")) == "seed"
+    # An over-long prompt names max_tokens without refusing it (vLLM's message): no field.
+    too_long = {"error": {"message": "'max_tokens' or 'max_completion_tokens' is too large: 8."}}
+    assert _error_param(httpx.Response(400, json=too_long)) is None
+
+
 def test_rate_limit_reset_headers_are_honoured(flaky_server) -> None:
     client = OpenAICompatClient(HTTPSettings(flaky_server, "m", "", backoff=0.001))
     _Flaky.plan = [429]
