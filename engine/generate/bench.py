@@ -73,17 +73,18 @@ def run_bench(
         spec: The validated spec (its sampling settings, except logprobs, are used).
         prompts: Prompts per measurement.
         logprobs: Top-k settings to measure (default 0, 1, 5, 20).
-        backend_factory: `(ModelSpec, max_logprobs) -> Backend` (default: vLLM).
+        backend_factory: `(ModelSpec, max_logprobs) -> Backend` (default: the model's own, vLLM
+            or its OpenAI-compatible server).
 
     Returns:
         {"prompts", "n", "max_tokens", "models": {model: {k: measurement}}}.
     """
-    from engine.generate.actors import vllm_backend_factory
+    from engine.generate.actors import default_backend_factory
 
     ks = list(dict.fromkeys(logprobs if logprobs is not None else [0, 1, 5, 20]))
     if prompts < 1 or any(k < 0 for k in ks):
         raise UserError("--prompts must be >= 1 and --logprobs values >= 0")
-    factory = backend_factory or vllm_backend_factory
+    factory = backend_factory or default_backend_factory
     result: dict[str, Any] = {
         "prompts": prompts,
         "n": spec.sampling.n,
@@ -228,6 +229,8 @@ def run_determinism_bench(
         "engine_settings": {},
     }
     for index, model in enumerate(spec.models):
+        if model.is_api:
+            continue  # chunked prefill is an engine setting: nothing to measure on an API
         rows = []
         for chunked in values:
             todo = [m for m in modes if determinism_allowed(build, chunked, m) is None]
