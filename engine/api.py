@@ -110,6 +110,7 @@ def plan(
     spec: SweepSpec | str | Path,
     overrides: list[str] | None = None,
     tokens_per_second: float | None = None,
+    node_gpus: int = 8,
 ) -> dict[str, Any]:
     """The work of a sweep or study spec without running anything (`mic plan`).
 
@@ -118,17 +119,19 @@ def plan(
         overrides: Overrides of a spec file.
         tokens_per_second: Measured generated tokens/s per replica of every open model; None
             assumes a rate by model size (`engine.generate.estimate`).
+        node_gpus: GPUs of the node the open models' makespan is simulated on.
 
     Returns:
-        The plan report: units, prompts, token counts and a GPU-hour estimate per model.
+        The plan report: units, prompts, token counts and a GPU-hour estimate per model, and
+        the simulated makespan of the open models on one node.
     """
     if isinstance(spec, SweepSpec):
         from engine.generate.runner import plan_report
 
-        return plan_report(spec, tokens_per_second)
+        return plan_report(spec, tokens_per_second, node_gpus)
     from engine.study import plan_study
 
-    return plan_study(spec, None, overrides, tokens_per_second)
+    return plan_study(spec, None, overrides, tokens_per_second, node_gpus)
 
 
 def run_sweep(spec: SweepSpec | str | Path, out: str | Path, **options: Any) -> SweepResult:

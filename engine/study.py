@@ -255,6 +255,7 @@ def plan_study(
     out: str | Path | None = None,
     overrides: list[str] | None = None,
     tokens_per_second: float | None = None,
+    node_gpus: int = 8,
 ) -> dict[str, Any]:
     """The engine's plan report of a sweep or study spec; runs nothing, needs no network.
 
@@ -268,6 +269,7 @@ def plan_study(
         overrides: `--set` overrides of the spec.
         tokens_per_second: Measured generated tokens/s per replica of every open model; None
             assumes a rate by model size (`engine.generate.estimate`).
+        node_gpus: GPUs of the node the open models' makespan is simulated on.
 
     Returns:
         The plan report (`engine.generate.runner.plan_report`) plus `estimated_tasks`.
@@ -306,7 +308,7 @@ def plan_study(
             raw, Path(out) if out is not None else Path(tmp), str(spec_path)
         )
         spec = validate(engine_raw, source=str(spec_path), base_dir=spec_path.resolve().parent)
-        report = plan_report(spec, tokens_per_second)
+        report = plan_report(spec, tokens_per_second, node_gpus)
     report["estimated_tasks"] = estimated
     return report
 

@@ -60,6 +60,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         help="measured generated tokens/s per replica of every open model (mic bench); "
         "default: the size rule",
     )
+    p.add_argument(
+        "--node-gpus",
+        type=int,
+        default=8,
+        help="GPUs of the node the open models' makespan is simulated on (default 8)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(handler=_plan)
 
@@ -143,10 +149,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from engine.errors import UserError
     from engine.generate.runner import format_plan
     from engine.study import plan_study
 
-    report = plan_study(args.spec, None, args.overrides, args.tokens_per_second)
+    if args.node_gpus < 1:
+        raise UserError(f"--node-gpus is {args.node_gpus}", "give the node's GPU count (>= 1)")
+    report = plan_study(
+        args.spec, None, args.overrides, args.tokens_per_second, node_gpus=args.node_gpus
+    )
     print(json.dumps(report, indent=2) if args.json else format_plan(report))
     return 0
 

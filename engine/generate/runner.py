@@ -104,17 +104,21 @@ class ModelStats:
 # ---- plan ----------------------------------------------------------------------------------------
 
 
-def plan_report(spec: SweepSpec, tokens_per_second: float | None = None) -> dict[str, Any]:
+def plan_report(
+    spec: SweepSpec, tokens_per_second: float | None = None, node_gpus: int = 8
+) -> dict[str, Any]:
     """Describe the work of a spec without running anything.
 
     Args:
         spec: The validated spec.
         tokens_per_second: Measured generated tokens/s per replica of every open model (`mic
             bench`); None uses the size rule of `engine.generate.estimate`.
+        node_gpus: GPUs of the node the makespan is simulated for.
 
     Returns:
         Units (model, task, split, prompt, chunk, items, rows, unit id), per model the token
-        counts with GPU-hours (open models) or tokens and cost (API models), totals.
+        counts with GPU-hours (open models) or tokens and cost (API models), totals, and
+        `makespan`: the open models' sweep simulated on one node (`plan_makespan`).
     """
     from engine.generate.estimate import (
         THROUGHPUT_ASSUMPTION,
@@ -191,6 +195,50 @@ def plan_report(spec: SweepSpec, tokens_per_second: float | None = None) -> dict
             "api_max_completion_tokens": sum(a["max_completion_tokens"] for a in api),
             "api_cost_usd_max": sum(costs) if costs else None,
         },
+        "makespan": plan_makespan(spec, units, per_model, node_gpus),
+    }
+
+
+def plan_makespan(
+    spec: SweepSpec, units: list[WorkUnit], per_model: dict[str, dict[str, Any]], node_gpus: int
+) -> dict[str, Any] | None:
+    """The open models' sweep simulated on one node: the fill schedule against model after model.
+
+    Each model's engine runs at the plan's own rate (the size rule or --tokens-per-second, the
+    one its GPU-hours use, at a saturating batch) with `TimingModel.for_size`'s load time and
+    per-unit tail, every sample running to max_tokens, through the scheduler's policy
+    (`engine.generate.scheduler.simulate_sweep`). None when no open model has a known rate or a
+    model needs more GPUs than the node has.
+    """
+    import dataclasses
+
+    from engine.generate.scheduler import TimingModel, sim_models, simulate_sweep
+
+    timing: dict[str, TimingModel] = {}
+    for model in spec.models:
+        entry = per_model.get(model.name, {})
+        rate = entry.get("tokens_per_gpu_second")
+        if model.is_api or not rate or model.tensor_parallel_size > node_gpus:
+            continue
+        tp = model.tensor_parallel_size
+        base = TimingModel.for_size(entry.get("size_b") or 8.0, tp, spec.sampling.max_tokens)
+        timing[model.name] = dataclasses.replace(
+            base, decode_tps=rate * tp, prefill_tps=8 * rate * tp
+        )
+    if not timing:
+        return None
+    models = sim_models(spec, units, timing, generated_share=1.0)
+    if not models:
+        return None
+    fill = simulate_sweep(models, [node_gpus], "fill")
+    sequential = simulate_sweep(models, [node_gpus], "sequential", elastic=False)
+    return {
+        "node_gpus": node_gpus,
+        "models": [m.name for m in models],
+        "fill_hours": fill["makespan_seconds"] / 3600,
+        "fill_busy_share": fill["busy_share"],
+        "sequential_hours": sequential["makespan_seconds"] / 3600,
+        "sequential_busy_share": sequential["busy_share"],
     }
 
 
@@ -274,6 +322,14 @@ def format_plan(report: dict[str, Any], max_units: int = 20) -> str:
             )
         )
         lines.append(f"  {assumption}")
+    sim = report.get("makespan")
+    if sim:
+        lines.append(
+            f"  simulated on one {sim['node_gpus']}-GPU node: ~{sim['fill_hours']:,.1f} h with "
+            f"models side by side (GPUs busy {sim['fill_busy_share']:.0%}), "
+            f"~{sim['sequential_hours']:,.1f} h at each model's replicas one model after "
+            f"another ({sim['sequential_busy_share']:.0%})"
+        )
     if api_models:
         cost = t["api_cost_usd_max"]
         lines.append(

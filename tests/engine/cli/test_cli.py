@@ -114,6 +114,27 @@ def test_plan_gives_gpu_hours_by_size_and_api_tokens_and_cost(capsys, tmp_path: 
     assert model_size_b(named) == 70.0
 
 
+def test_plan_simulates_the_open_models_makespan_on_one_node(capsys, tmp_path: Path) -> None:
+    # Two 8B models of 2 replicas each on an 8-GPU node: one after another, 4 GPUs stay idle
+    # all along (busy share at most 1/2); side by side with extra replicas the node fills.
+    models = [
+        {"name": n, "path": "builtin:tiny", "replicas": 2, "params_b": 8.0} for n in ("a", "b")
+    ]
+    raw = make_raw_spec(models=models)
+    raw["sampling"]["max_tokens"] = 2048
+    path = write_toml(tmp_path / "two.toml", raw)
+    assert main(["plan", str(path), "--json"]) == 0
+    sim = json.loads(capsys.readouterr().out)["makespan"]
+    assert sim["node_gpus"] == 8 and sim["models"] == ["a", "b"]
+    assert sim["sequential_busy_share"] <= 0.5 + 1e-9
+    assert sim["fill_hours"] < sim["sequential_hours"]
+    assert sim["fill_busy_share"] > sim["sequential_busy_share"]
+    assert main(["plan", str(path), "--node-gpus", "4"]) == 0
+    assert "simulated on one 4-GPU node" in capsys.readouterr().out
+    assert main(["plan", str(path), "--node-gpus", "0"]) == 2
+    assert "--node-gpus" in capsys.readouterr().err
+
+
 def test_run_of_an_api_model_without_its_key_exits_2_naming_the_variable(
     capsys, tmp_path: Path, monkeypatch
 ) -> None:
