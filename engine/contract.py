@@ -245,6 +245,9 @@ class RunLayout:
     LOCK: ClassVar[str] = ".lock"
     SHARDS: ClassVar[str] = "shards"
     DONE: ClassVar[str] = "done"
+    STALE: ClassVar[str] = (
+        "stale"  # done-records (+ shards) of units a resume found outside the plan
+    )
     STAGES: ClassVar[str] = "stages"
     STAGE_DONE: ClassVar[str] = "done.json"
     STAGE_ERRORS: ClassVar[str] = "errors.jsonl"

@@ -8,7 +8,8 @@ What is exported is whatever Arrow / Parquet table the run directory holds:
     analysis/mic.parquet, ...           -> analysis/mic, analysis/comparisons
     any other *.parquet / *.arrow       -> its path without the extension
 
-Judge batch parts (`parts/`), superseded runs (`superseded/`), earlier exports (a directory with
+Judge batch parts (`parts/`), superseded runs (`superseded/`), stale done-records and their shards
+(`stale/`), earlier exports (a directory with
 an export.json) and hidden or temporary files are left out. Every table is streamed through a lazy polars plan (no whole-table copy in memory), and
 `DIR/export.json` lists the tables with their rows, columns, sources and the contract metadata
 (schema version, run id, config hash); Parquet outputs also carry that metadata themselves.
@@ -29,7 +30,7 @@ from engine.errors import UserError
 FORMATS = ("jsonl", "parquet")
 ARROW_EXTS = (".arrow", ".ipc", ".feather")
 PARQUET_EXTS = (".parquet",)
-SKIP_DIRS = {"superseded", "parts", "__pycache__"}
+SKIP_DIRS = {"superseded", RunLayout.STALE, "parts", "__pycache__"}
 DEFAULT_OUT = "export"
 
 
@@ -81,7 +82,8 @@ def _manifest_shards(run_dir: Path) -> list[Path] | None:
         shards = [run_dir / RunLayout.SHARDS / u["shard"] for u in units]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return [p for p in shards if p.is_file()]
+    # Each shard once: a manifest listing a unit twice must not double its rows.
+    return [p for p in dict.fromkeys(shards) if p.is_file()]
 
 
 def find_tables(run_dir: str | Path, exclude: Path | None = None) -> list[Table]:

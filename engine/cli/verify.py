@@ -39,6 +39,11 @@ def _verify(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_report(report, show_done=args.all))
-    if not report.ok:
-        print(f"mic verify: {args.run_dir} is not complete and consistent", file=sys.stderr)
+    findings = report.findings()
+    if findings:
+        more = f" (+{len(findings) - 1} more in the report)" if len(findings) > 1 else ""
+        print(
+            f"mic verify: {args.run_dir} is not complete and consistent: {findings[0]}{more}",
+            file=sys.stderr,
+        )
     return 0 if report.ok else 1

@@ -8,6 +8,7 @@ Layout of a run directory (a local path or a pyarrow filesystem URI such as `s3:
     manifest.json          a view rebuilt from the done-records (never the only copy of the truth)
     summary.json           throughput accounting of the last run
     .lock                  pid + host of the run holding the directory
+    stale/<time>/          done-records (and shards) of units a resume found outside the plan
 
 A unit is finished iff its done-record exists and its shard's checksum matches. Object stores have
 no atomic rename, so the commit never depends on one: the shard gets a fresh attempt id and the
@@ -21,6 +22,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -41,6 +43,8 @@ from engine.errors import UserError
 
 SHARDS = RunLayout.SHARDS
 DONE = RunLayout.DONE
+
+logger = logging.getLogger(__name__)
 
 # A lock file without a pid older than this is taken over (see RunStore._check_stale_lock).
 STALE_EMPTY_LOCK_SECONDS = 10.0
@@ -73,6 +77,53 @@ class DoneRecord:
     sha256: str
     bytes: int
     actor: str = ""
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_DONE_FIELDS = ("unit_id", "shard", "rows", "sha256", "bytes", "actor")
+
+
+def parse_done_record(raw: Any, unit_id: str) -> tuple[DoneRecord | None, str]:
+    """Check a done-record read from `done/<unit_id>.json` field by field.
+
+    Resume, `mic verify` and scoring all read records through this one check, so they agree on
+    what a record is; a tampered field is a reason to give, never an exception later on.
+
+    Args:
+        raw: The parsed JSON (anything).
+        unit_id: The unit the file name says it belongs to.
+
+    Returns:
+        (the record, "") or (None, why it is not a record, naming the field).
+    """
+    if not isinstance(raw, dict):
+        return None, f"done/{unit_id}.json is not a JSON object"
+    unknown = sorted(set(raw) - set(_DONE_FIELDS))
+    if unknown:
+        return None, f"done/{unit_id}.json has unknown field {unknown[0]!r}"
+    for name in ("unit_id", "shard", "rows", "sha256", "bytes"):
+        if name not in raw:
+            return None, f"done/{unit_id}.json has no field {name!r}"
+    if raw["unit_id"] != unit_id:
+        return None, f"done/{unit_id}.json: field 'unit_id' names another unit"
+    shard = raw["shard"]
+    # commit_unit writes `<unit>-<time>-<id>.arrow`: anything else (a path, another unit's shard)
+    # was not written by a run.
+    if (
+        not is_plain_file_name(shard)
+        or not shard.startswith(f"{unit_id}-")
+        or not shard.endswith(".arrow")
+    ):
+        return None, f"done/{unit_id}.json: field 'shard' is not a shard name of this unit"
+    for name in ("rows", "bytes"):
+        value = raw[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return None, f"done/{unit_id}.json: field {name!r} is {value!r}, not a count"
+    if not isinstance(raw["sha256"], str) or not _SHA256.fullmatch(raw["sha256"]):
+        return None, f"done/{unit_id}.json: field 'sha256' is not a hex sha256"
+    if not isinstance(raw.get("actor", ""), str):
+        return None, f"done/{unit_id}.json: field 'actor' is not a string"
+    return DoneRecord(**raw), ""
 
 
 def table_to_ipc_bytes(table: pa.Table) -> bytes:
@@ -129,7 +180,17 @@ class RunStore:
         return joined
 
     def ensure_dirs(self) -> None:
-        """Create the run directory and its sub-directories."""
+        """Create the run directory and its sub-directories.
+
+        Raises:
+            UserError: `shards` or `done` exists as something other than a directory.
+        """
+        for sub in (SHARDS, DONE):
+            if self.kind(sub) not in ("dir", "missing"):
+                raise UserError(
+                    f"{self.location}/{sub} is not a directory",
+                    f"move it out of the run directory; the run recreates {sub}/",
+                )
         for sub in ("", SHARDS, DONE):
             self.fs.create_dir(self.path(sub) if sub else self.root, recursive=True)
 
@@ -178,14 +239,37 @@ class RunStore:
         """Write a JSON file atomically."""
         self.write_bytes(rel, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
-    def list_names(self, sub: str) -> list[str]:
-        """Return the base names of the files directly under `sub`."""
+    def kind(self, rel: str) -> str:
+        """Return what is at `rel`: "file", "dir", "missing" or "other"."""
+        info = self.fs.get_file_info(self.path(rel))
+        return {
+            pafs.FileType.File: "file",
+            pafs.FileType.Directory: "dir",
+            pafs.FileType.NotFound: "missing",
+        }.get(info.type, "other")
+
+    def list_entries(self, sub: str) -> tuple[list[str], list[str]]:
+        """Return (files, other entries such as directories) directly under `sub`, by base name.
+
+        Raises:
+            UserError: `sub` exists but is not a directory.
+        """
         selector = pafs.FileSelector(self.path(sub), allow_not_found=True)
-        return sorted(
-            info.base_name
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File
-        )
+        try:
+            infos = self.fs.get_file_info(selector)
+        except NotADirectoryError:
+            raise UserError(
+                f"{self.location}/{sub} is a file, not a directory",
+                f"move it out of the run directory (a resume recreates {sub}/; "
+                "`mic verify` lists the damage)",
+            ) from None
+        files = sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+        others = sorted(i.base_name for i in infos if i.type != pafs.FileType.File)
+        return files, others
+
+    def list_names(self, sub: str) -> list[str]:
+        """Return the base names of the files directly under `sub` (see `list_entries`)."""
+        return self.list_entries(sub)[0]
 
     # ---- units ---------------------------------------------------------------------------------
 
@@ -216,17 +300,12 @@ class RunStore:
 
     def done_record(self, unit_id: str) -> DoneRecord | None:
         """Return the unit's done-record if it exists and its shard checks out, else None."""
-        raw = self.read_json(f"{DONE}/{unit_id}.json")
-        if not isinstance(raw, dict):
-            return None
         try:
-            record = DoneRecord(**raw)
-        except TypeError:
+            record, _ = parse_done_record(self.read_json(f"{DONE}/{unit_id}.json"), unit_id)
+            data = None if record is None else self.read_bytes(f"{SHARDS}/{record.shard}")
+        except OSError:  # e.g. a directory where the record or its shard should be: not done
             return None
-        if not is_plain_file_name(record.shard):  # a tampered record naming a path elsewhere
-            return None
-        data = self.read_bytes(f"{SHARDS}/{record.shard}")
-        if data is None or len(data) != record.bytes:
+        if record is None or data is None or len(data) != record.bytes:
             return None
         if hashlib.sha256(data).hexdigest() != record.sha256:
             return None
@@ -271,9 +350,57 @@ class RunStore:
             done-records by unit id, and the units still to run, in plan order.
         """
         mode = self.check_run(spec, new_run=new_run)
+        self.archive_stale({u.unit_id for u in units})
         records = self.finished([u.unit_id for u in units], {u.unit_id: u.n_rows for u in units})
         self.collect_garbage({r.shard for r in records.values()})
         return mode, records, [u for u in units if u.unit_id not in records]
+
+    def archive_stale(self, planned: set[str]) -> str | None:
+        """Move done-records of units outside the plan, with their shards, to `stale/<time>/`.
+
+        After a resumable edit of a task file (items removed or changed) some finished units are
+        no longer planned; left in `done/` they would be reported by `mic verify` forever. Nothing
+        is deleted: the archive keeps them for whoever wants the old rows. Entries of `done/` and
+        `shards/` that are not files (a directory where a record should be) go there too, since a
+        commit could never replace them. Only call while holding the run lock.
+
+        Args:
+            planned: Unit ids of the plan.
+
+        Returns:
+            The archive directory (relative to the run), or None when nothing was stale.
+        """
+        done_files, done_others = self.list_entries(DONE)
+        shard_files, shard_others = self.list_entries(SHARDS)
+        moves: list[str] = [f"{DONE}/{n}" for n in done_others]
+        moves += [f"{SHARDS}/{n}" for n in shard_others]
+        present = set(shard_files)
+        stale_records = 0
+        for name in done_files:
+            unit_id = name[: -len(".json")]
+            if not name.endswith(".json") or RunLayout.TEMP_MARK in name or unit_id in planned:
+                continue
+            stale_records += 1
+            moves.append(f"{DONE}/{name}")
+            try:
+                record, _ = parse_done_record(self.read_json(f"{DONE}/{name}"), unit_id)
+            except OSError:
+                record = None
+            if record is not None and record.shard in present:
+                moves.append(f"{SHARDS}/{record.shard}")
+        if not moves:
+            return None
+        archive = f"{RunLayout.STALE}/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        for sub in (DONE, SHARDS):
+            self.fs.create_dir(self.path(archive, sub), recursive=True)
+        for rel in moves:
+            self.fs.move(self.path(rel), self.path(archive, rel))
+        logger.info(
+            f"resume: moved {stale_records} done-record(s) of units no longer in the plan (a task "
+            f"file changed?) and {len(moves) - stale_records} other file(s) to "
+            f"{self.location}/{archive}/"
+        )
+        return archive
 
     def collect_garbage(self, keep: set[str]) -> list[str]:
         """Delete shards (and partial files) that no valid done-record points to.
@@ -342,6 +469,11 @@ class RunStore:
         Raises:
             UserError: The stored spec differs and `new_run` is false; the differing keys are named.
         """
+        if self.kind(RunLayout.RUN) not in ("file", "missing"):
+            raise UserError(
+                f"{self.location}/run.json is not a file",
+                "move it away; the run writes run.json",
+            )
         stored = self.read_json(RunLayout.RUN)
         record = {
             "run_id": spec.run_id,
@@ -440,6 +572,11 @@ class RunStore:
                 self.fs.delete_file(lock)
 
     def _check_stale_lock(self) -> None:
+        if self.kind(RunLayout.LOCK) not in ("file", "missing"):
+            raise UserError(
+                f"{self.path(RunLayout.LOCK)} is a directory, not a lock file",
+                "remove it (no run can hold this directory while it is there)",
+            )
         holder = self.read_json(RunLayout.LOCK)
         if not isinstance(holder, dict) or "pid" not in holder:
             # Empty or torn: its writer died between creating and filling it (a live writer

@@ -10,11 +10,17 @@ For each unit of the run's plan (rebuilt from `run.json`) it reports one state:
     shard_missing      the done-record names a shard that does not exist
     bad_record         the done-record is not a readable record
     row_mismatch       the shard's rows differ from the record's or from the plan (items x n)
+    wrong_schema       the shard is a readable Arrow file without the generation columns
 
 plus run-level findings: orphan shards (no done-record points to them), done-records of units
 outside the plan, stray temp files, duplicate (model, task, split, prompt, item, sample) rows
-across the shards that count, and a manifest that disagrees with the done-records. Nothing is
-changed: a resume (`mic run` again) is what redoes units and removes orphans.
+across the shards that count, a manifest that disagrees with the done-records, and damage to
+the directory itself (`shards` that is a file, a directory where a file belongs). Damage is
+always reported, never raised: verify exists to diagnose it. Nothing is changed: a resume
+(`mic run` again) is what redoes units, removes orphans and archives stale done-records.
+
+Scoring reads its generations through `verify_run` (`keep_columns`), so what is scored is
+exactly what verify calls done, each unit once.
 
 Exit code of the CLI: 0 when every unit is done and nothing is inconsistent, 1 otherwise.
 """
@@ -31,9 +37,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from engine.contract import RunLayout
+from engine.contract import GENERATIONS, RunLayout
 from engine.errors import UserError
-from engine.generate.store import DONE, SHARDS, DoneRecord, RunStore
+from engine.generate.store import DONE, SHARDS, RunStore, parse_done_record
 
 ROW_KEY = ("model", "task", "split", "prompt", "item_id", "sample_idx")
 STATES = (
@@ -45,6 +51,7 @@ STATES = (
     "shard_missing",
     "bad_record",
     "row_mismatch",
+    "wrong_schema",
 )
 
 
@@ -60,7 +67,8 @@ class UnitState:
         rows_recorded: Rows in its done-record (None without one).
         rows_found: Rows read from its shard (None when not readable).
         shard: Shard name from the done-record.
-        detail: Why the state is not "done".
+        sha256: The shard's sha256 from the done-record.
+        detail: Why the state is not "done", naming the file or field.
         temp_files: Leftover temp files of this unit.
     """
 
@@ -75,6 +83,7 @@ class UnitState:
     rows_recorded: int | None = None
     rows_found: int | None = None
     shard: str | None = None
+    sha256: str | None = None
     detail: str = ""
     temp_files: list[str] = field(default_factory=list)
 
@@ -92,7 +101,10 @@ class VerifyReport:
         stray_temp_files: Temp files that belong to no planned unit.
         duplicate_rows: Row keys present more than once across the counted shards (first 20).
         manifest_problems: How `manifest.json` disagrees with the done-records.
+        problems: Damage to the run directory itself (a file where a directory belongs, ...).
         lock: The lock holder, if the directory is locked (a live run makes the report a snapshot).
+        tables: With `keep_columns`, the kept columns of every done unit's shard by unit id
+            (not part of `to_dict`).
     """
 
     location: str
@@ -103,7 +115,9 @@ class VerifyReport:
     stray_temp_files: list[str] = field(default_factory=list)
     duplicate_rows: list[dict[str, Any]] = field(default_factory=list)
     manifest_problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
     lock: dict[str, Any] | None = None
+    tables: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -111,17 +125,24 @@ class VerifyReport:
         counts = Counter(u.state for u in self.units)
         return {s: counts.get(s, 0) for s in STATES}
 
+    def findings(self) -> list[str]:
+        """One line per problem, each naming the file or field (empty when all is well)."""
+        lines = list(self.problems)
+        for u in self.units:
+            if u.state != "done":
+                lines.append(f"unit {u.unit_id}: {u.state}: {u.detail}")
+            lines.extend(f"unit {u.unit_id}: leftover temp file {t}" for t in u.temp_files)
+        lines += [f"orphan shard: {SHARDS}/{n}" for n in self.orphan_shards]
+        lines += [f"done-record outside the plan: {DONE}/{n}.json" for n in self.unknown_records]
+        lines += [f"stray temp file: {t}" for t in self.stray_temp_files]
+        lines += [f"duplicate row: {json.dumps(d, sort_keys=True)}" for d in self.duplicate_rows]
+        lines += [f"manifest: {p}" for p in self.manifest_problems]
+        return lines
+
     @property
     def ok(self) -> bool:
         """Every unit done and nothing inconsistent."""
-        return (
-            all(u.state == "done" and not u.temp_files for u in self.units)
-            and not self.orphan_shards
-            and not self.unknown_records
-            and not self.stray_temp_files
-            and not self.duplicate_rows
-            and not self.manifest_problems
-        )
+        return not self.findings()
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as JSON-able data."""
@@ -138,6 +159,7 @@ class VerifyReport:
             "stray_temp_files": self.stray_temp_files,
             "duplicate_rows": self.duplicate_rows,
             "manifest_problems": self.manifest_problems,
+            "problems": self.problems,
             "lock": self.lock,
         }
 
@@ -146,49 +168,91 @@ def _plan(store: RunStore) -> tuple[str, list[Any]]:
     from engine.config.sweep import validate
     from engine.generate.units import plan_units
 
+    where = f"{store.location}/{RunLayout.RUN}"
+    fix = "pass the --out directory of `mic run` (or a study's generations directory)"
+    kind = store.kind(RunLayout.RUN)
+    if kind == "missing":
+        raise UserError(f"{where} does not exist, so this is not a run directory", fix)
+    if kind != "file":
+        raise UserError(f"{where} is not a file", "move it away and restore the run's run.json")
     stored = store.read_json(RunLayout.RUN)
-    if not isinstance(stored, dict) or "full" not in stored:
-        raise UserError(
-            f"{store.location}: no readable run.json, so this is not a run directory",
-            "pass the --out directory of `mic run` (or a study's generations directory)",
-        )
+    if not isinstance(stored, dict):
+        raise UserError(f"{where} is not readable JSON object (empty or torn?)", fix)
+    if not isinstance(stored.get("full"), dict):
+        raise UserError(f"{where}: field 'full' (the run's spec) is missing or not an object", fix)
     base = Path(store.root) if store.is_local else None  # task files stored relative to the run
-    spec = validate(stored["full"], source=f"{store.location}/run.json", base_dir=base)
-    return str(stored.get("run_id", spec.run_id)), plan_units(spec)
+    spec = validate(stored["full"], source=where, base_dir=base)
+    run_id = stored.get("run_id", spec.run_id)
+    return (run_id if isinstance(run_id, str) else spec.run_id), plan_units(spec)
 
 
 def _shard_rows(data: bytes) -> tuple[int | None, pa.Table | None, str]:
     try:
         reader = ipc.open_file(pa.BufferReader(data))
         table = reader.read_all()
-    except (pa.ArrowInvalid, OSError) as exc:
-        return None, None, f"not a readable Arrow file ({str(exc).splitlines()[0][:120]})"
+    except (pa.ArrowException, OSError, ValueError) as exc:  # any bytes that are no Arrow file
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        return None, None, f"not a readable Arrow file ({first})"
     return table.num_rows, table, ""
 
 
-def verify_run(location: str, check_duplicates: bool = True) -> VerifyReport:
+def _read(store: RunStore, rel: str) -> tuple[bytes | None, str]:
+    """A file's bytes, or (None, why) when it is missing or not a readable file."""
+    try:
+        data = store.read_bytes(rel)
+    except OSError as exc:
+        kind = store.kind(rel)
+        return None, f"{rel} is a directory" if kind == "dir" else f"{rel}: {exc.strerror or exc}"
+    return data, "" if data is not None else f"{rel} does not exist"
+
+
+def _entries(store: RunStore, sub: str, problems: list[str]) -> tuple[list[str], list[str]]:
+    """(files, other entries) of `sub`; a `sub` that is not a directory becomes a problem."""
+    try:
+        return store.list_entries(sub)
+    except UserError:
+        problems.append(f"{sub} is a file, not a directory (move it away; a resume recreates it)")
+        return [], []
+
+
+def verify_run(
+    location: str, check_duplicates: bool = True, keep_columns: list[str] | None = None
+) -> VerifyReport:
     """Check every unit of a run directory against its done-record and the plan; change nothing.
+
+    Every malformed record, shard or directory entry becomes a unit state or a run-level finding.
 
     Args:
         location: The run directory (local path or filesystem URI).
         check_duplicates: Also read the counted shards' key columns and look for duplicate rows.
+        keep_columns: Keep these columns of every done unit's shard in `report.tables` (what a
+            reader of the run reads, without reading the shards twice).
 
     Returns:
         The report.
 
     Raises:
         UserError: The directory holds no readable `run.json`, or its spec no longer validates
-            (e.g. a task file moved).
+            (e.g. a task file moved): without the plan there are no units to check.
     """
     store = RunStore(location)
     run_id, units = _plan(store)
     planned = {u.unit_id for u in units}
-    shard_names = store.list_names(SHARDS)
-    done_names = store.list_names(DONE)
+    problems: list[str] = []
+    shard_names, shard_others = _entries(store, SHARDS, problems)
+    done_names, done_others = _entries(store, DONE, problems)
+    problems += [f"{SHARDS}/{n} is a directory, not a shard" for n in shard_others]
+    record_dirs = {n[: -len(".json")] for n in done_others if n.endswith(".json")}
+    problems += [
+        f"{DONE}/{n} is a directory, not a done-record"
+        for n in done_others
+        if n[: -len(".json")] not in planned
+    ]
     temp = [f"{SHARDS}/{n}" for n in shard_names if RunLayout.TEMP_MARK in n]
     temp += [f"{DONE}/{n}" for n in done_names if RunLayout.TEMP_MARK in n]
     shards = {n for n in shard_names if RunLayout.TEMP_MARK not in n}
     records = {n[: -len(".json")] for n in done_names if n.endswith(".json")}
+    required = list(GENERATIONS.names)
 
     def temps_of(unit_id: str) -> list[str]:
         return [t for t in temp if t.split("/", 1)[1].startswith(unit_id)]
@@ -196,6 +260,7 @@ def verify_run(location: str, check_duplicates: bool = True) -> VerifyReport:
     states: list[UnitState] = []
     referenced: set[str] = set()
     counted: list[pa.Table] = []
+    tables: dict[str, pa.Table] = {}
     for unit in units:
         state = UnitState(
             unit_id=unit.unit_id,
@@ -209,45 +274,65 @@ def verify_run(location: str, check_duplicates: bool = True) -> VerifyReport:
             temp_files=temps_of(unit.unit_id),
         )
         states.append(state)
+        record_file = f"{DONE}/{unit.unit_id}.json"
+        if unit.unit_id in record_dirs:
+            state.state, state.detail = "bad_record", f"{record_file} is a directory"
+            continue
         if unit.unit_id not in records:
             if state.temp_files:
                 state.state, state.detail = "torn", "an interrupted write left a temp file"
             else:
-                state.detail = "no done-record"
+                state.detail = f"no {record_file}"
             continue
-        raw = store.read_json(f"{DONE}/{unit.unit_id}.json")
-        try:
-            record = DoneRecord(**raw) if isinstance(raw, dict) else None
-        except TypeError:
-            record = None
+        data, why = _read(store, record_file)
+        raw = None
+        if data is not None:
+            try:
+                raw = json.loads(data)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                why = f"{record_file} is not readable JSON (empty or torn?)"
+        record, bad = parse_done_record(raw, unit.unit_id) if raw is not None else (None, why)
         if record is None:
-            state.state, state.detail = "bad_record", "the done-record is not a readable record"
+            state.state, state.detail = "bad_record", bad
             continue
-        state.shard, state.rows_recorded = record.shard, record.rows
+        shard_file = f"{SHARDS}/{record.shard}"
+        state.shard, state.sha256, state.rows_recorded = record.shard, record.sha256, record.rows
         referenced.add(record.shard)
-        data = store.read_bytes(f"{SHARDS}/{record.shard}")
+        data, why = _read(store, shard_file)
         if data is None:
-            state.state, state.detail = "shard_missing", f"shard {record.shard} does not exist"
+            missing = store.kind(shard_file) == "missing"
+            state.state = "shard_missing" if missing else "truncated"
+            state.detail = f"shard {why}"
             continue
         rows, table, why = _shard_rows(data)
         state.rows_found = rows
         if len(data) < record.bytes or table is None:
             state.state = "truncated"
-            state.detail = f"{len(data)} of {record.bytes} bytes" + (f"; {why}" if why else "")
+            state.detail = f"{shard_file}: {len(data)} of {record.bytes} bytes" + (
+                f"; {why}" if why else ""
+            )
             continue
         if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
             state.state = "checksum_mismatch"
-            state.detail = f"sha256 of {record.shard} differs from the done-record"
+            state.detail = f"sha256 of {shard_file} differs from the done-record"
+            continue
+        absent = [c for c in required if c not in table.column_names]
+        if absent:
+            state.state = "wrong_schema"
+            state.detail = f"{shard_file} has no column {absent[0]!r}"
             continue
         if rows != record.rows or rows != unit.n_rows:
             state.state = "row_mismatch"
-            state.detail = f"shard has {rows} rows, record {record.rows}, plan {unit.n_rows}"
+            state.detail = f"{shard_file} has {rows} rows, record {record.rows}, plan {unit.n_rows}"
             continue
         state.state = "done"
         if check_duplicates:
             counted.append(table.select(list(ROW_KEY)))  # keys only: a big run fits in memory
+        if keep_columns is not None:
+            tables[unit.unit_id] = table.select(keep_columns)
 
-    report = VerifyReport(store.location, run_id, states)
+    report = VerifyReport(store.location, run_id, states, tables=tables)
+    report.problems = problems
     report.orphan_shards = sorted(shards - referenced)
     report.unknown_records = sorted(records - planned)
     owned = {t for s in states for t in s.temp_files}
@@ -259,30 +344,71 @@ def verify_run(location: str, check_duplicates: bool = True) -> VerifyReport:
         dups = keys.group_by(list(ROW_KEY)).len("count").filter(pl.col("count") > 1)
         report.duplicate_rows = dups.sort(list(ROW_KEY)).head(20).to_dicts()
     report.manifest_problems = _manifest_problems(store, states)
-    lock = store.read_json(RunLayout.LOCK)
-    report.lock = lock if isinstance(lock, dict) else None
+    report.lock = _lock(store, problems)
     return report
 
 
+def _lock(store: RunStore, problems: list[str]) -> dict[str, Any] | None:
+    kind = store.kind(RunLayout.LOCK)
+    if kind not in ("file", "missing"):
+        problems.append(f"{RunLayout.LOCK} is a directory, not a lock file (remove it)")
+        return None
+    lock = store.read_json(RunLayout.LOCK) if kind == "file" else None
+    return lock if isinstance(lock, dict) else None
+
+
 def _manifest_problems(store: RunStore, states: list[UnitState]) -> list[str]:
-    manifest = store.read_json(RunLayout.MANIFEST)
+    name = RunLayout.MANIFEST
+    rebuild = "a resume rebuilds it"
+    data, _ = _read(store, name)
+    try:
+        manifest = None if data is None else json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        manifest = None
     if manifest is None:
-        return ["manifest.json is missing or unreadable (a resume rebuilds it)"]
-    listed = {u.get("unit_id"): u for u in manifest.get("units", []) if isinstance(u, dict)}
-    done = {s.unit_id: s for s in states if s.state == "done"}
+        return [f"{name} is missing or unreadable ({rebuild})"]
+    if not isinstance(manifest, dict):
+        return [f"{name} is not a JSON object ({rebuild})"]
+    units = manifest.get("units")
+    if not isinstance(units, list):
+        return [f"{name}: field 'units' is not a list ({rebuild})"]
     problems = []
+    listed: dict[str, dict[str, Any]] = {}
+    seen: Counter[str] = Counter()
+    for index, entry in enumerate(units):
+        unit_id = entry.get("unit_id") if isinstance(entry, dict) else None
+        if not isinstance(unit_id, str):
+            problems.append(f"{name}: units.{index} is not a unit entry ({rebuild})")
+            continue
+        seen[unit_id] += 1
+        listed[unit_id] = entry
+    doubled = sorted(u for u, n in seen.items() if n > 1)
+    if doubled:
+        problems.append(
+            f"{name} lists {len(doubled)} unit(s) more than once (first {doubled[0]}, "
+            f"{seen[doubled[0]]} times; {rebuild})"
+        )
+    done = {s.unit_id: s for s in states if s.state == "done"}
     extra = sorted(set(listed) - set(done))
     if extra:
-        problems.append(f"manifest lists {len(extra)} unit(s) that are not done (first {extra[0]})")
+        problems.append(f"{name} lists {len(extra)} unit(s) that are not done (first {extra[0]})")
     absent = sorted(set(done) - set(listed))
     if absent:
         problems.append(
-            f"{len(absent)} done unit(s) are not in the manifest (first {absent[0]}; "
-            "a resume rebuilds it)"
+            f"{len(absent)} done unit(s) are not in the manifest (first {absent[0]}; {rebuild})"
         )
     for unit_id in sorted(set(listed) & set(done)):
-        if listed[unit_id].get("shard") != done[unit_id].shard:
-            problems.append(f"manifest names another shard for unit {unit_id}")
+        entry, unit = listed[unit_id], done[unit_id]
+        if entry.get("shard") != unit.shard or entry.get("sha256") != unit.sha256:
+            problems.append(f"{name} names another shard for unit {unit_id}")
+    counts = {
+        "units_finished": len(done),
+        "rows": sum(s.rows_found or 0 for s in done.values()),
+    }
+    for field_name, actual in counts.items() if not problems else ():
+        value = manifest.get(field_name)
+        if value != actual or isinstance(value, bool):
+            problems.append(f"{name}: field {field_name!r} is {value!r}, the done-records {actual}")
     return problems
 
 
@@ -316,6 +442,7 @@ def format_report(report: VerifyReport, show_done: bool = False) -> str:
     for dup in report.duplicate_rows:
         lines.append(f"duplicate row: {json.dumps(dup, sort_keys=True)}")
     lines.extend(f"manifest: {p}" for p in report.manifest_problems)
+    lines.extend(f"run directory: {p}" for p in report.problems)
     if report.lock:
         lines.append(
             f"locked by pid {report.lock.get('pid')} on {report.lock.get('host')} "

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.ipc  # noqa: F401  (pa.ipc)
 
 from engine.contract import (
     RunLayout,
@@ -53,44 +51,32 @@ def load_run(run_dir: str | Path, with_logprobs: bool = False) -> RunInputs:
         The run inputs.
 
     Raises:
-        UserError: Not a run directory, or no finished units.
+        UserError: Not a run directory, or not every unit verified done (see `verify_run`).
     """
-    from engine.generate.store import RunStore
+    from engine.generate.verify import verify_run
 
     run_dir = Path(run_dir)
-    store = RunStore(str(run_dir))
-    stored = store.read_json(RunLayout.RUN)
-    manifest = store.read_json(RunLayout.MANIFEST)
-    if stored is None or manifest is None:
-        raise UserError(
-            f"{run_dir}: not a finished run directory (no run.json / manifest.json)",
-            "run `mic run SPEC --out DIR` (or `mic study`) first and pass that DIR",
-        )
-    if not manifest.get("units"):
-        raise UserError(f"{run_dir}/manifest.json lists no finished units", "re-run `mic run`")
-    planned, finished = manifest.get("units_planned"), manifest.get("units_finished")
-    if isinstance(planned, int) and isinstance(finished, int) and finished < planned:
-        # Scoring a part of a run would give metrics over whichever units happened to finish.
-        raise UserError(
-            f"{run_dir}/manifest.json: the run is incomplete ({finished} of {planned} units "
-            "finished; 'units_finished')",
-            "re-run the same `mic run` command to finish it (see `mic verify RUN_DIR`), then score",
-        )
     columns = GEN_COLUMNS + (["token_ids", "logprobs"] if with_logprobs else [])
-    frames = []
-    for unit in manifest["units"]:
-        # A shard damaged after its run would otherwise fail deep in Arrow, or be scored.
-        data = store.read_bytes(f"{RunLayout.SHARDS}/{unit['shard']}")
-        if data is None or hashlib.sha256(data).hexdigest() != unit["sha256"]:
-            raise UserError(
-                f"{run_dir}/shards/{unit['shard']} (unit {unit['unit_id']}) is missing or does "
-                "not match its checksum in manifest.json",
-                "see `mic verify RUN_DIR`; re-run the same `mic run` command to redo that unit",
-            )
-        table = pa.ipc.open_file(pa.BufferReader(data)).read_all().select(columns)
-        frames.append(pl.from_arrow(table))
-    key = content_hash([(u["unit_id"], u["sha256"]) for u in manifest["units"]])
-    return RunInputs(run_dir, stored["run_id"], stored["full"], pl.concat(frames), key)
+    # Exactly the units verify calls done, each once: the manifest is only a view, and a
+    # tampered or stale one must not decide what is scored.
+    report = verify_run(str(run_dir), check_duplicates=True, keep_columns=columns)
+    findings = report.findings()
+    if findings or not report.units:
+        # Scoring a part of a run would give metrics over whichever units happened to finish.
+        done = sum(u.state == "done" for u in report.units)
+        unfinished = any(u.state in ("missing", "torn") for u in report.units)
+        more = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
+        first = f"; {findings[0]}{more}" if findings else ""
+        raise UserError(
+            f"{run_dir}: the run is {'incomplete' if unfinished else 'not consistent'} "
+            f"({done} of {len(report.units)} units done{first})",
+            f"see `mic verify {run_dir}`; re-run the same `mic run` command to redo those units "
+            "(it keeps the done ones), then score",
+        )
+    frames = [pl.from_arrow(report.tables[u.unit_id]) for u in report.units]
+    key = content_hash([(u.unit_id, u.sha256) for u in report.units])
+    stored = json.loads((run_dir / RunLayout.RUN).read_text())  # verify read it: a dict
+    return RunInputs(run_dir, report.run_id, stored["full"], pl.concat(frames), key)
 
 
 def infer_answer_type(golds: Sequence[Sequence[str]]) -> str:

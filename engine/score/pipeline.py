@@ -115,9 +115,7 @@ def score_run(
     if unknown:
         raise UserError(f"--redo {unknown[0]!r} is not a stage", f"use one of {list(STAGE_NAMES)}")
     store = RunStore(str(run_dir))
-    if (
-        store.read_json(RunLayout.RUN) is None
-    ):  # not a run: let the scorer say so (and create nothing)
+    if store.kind(RunLayout.RUN) != "file":  # not a run: let the scorer say so (create nothing)
         return _score_run(run_dir, settings, judge=judge, log=log)
     with store.locked():
         for name in redo:
