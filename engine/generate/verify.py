@@ -176,10 +176,13 @@ def _plan(store: RunStore) -> tuple[str, list[Any]]:
     if kind != "file":
         raise UserError(f"{where} is not a file", "move it away and restore the run's run.json")
     stored = store.read_json(RunLayout.RUN)
+    restore = "restore it, or re-run the same `mic run` command into this directory"
     if not isinstance(stored, dict):
-        raise UserError(f"{where} is not readable JSON object (empty or torn?)", fix)
+        raise UserError(f"{where} is not a readable JSON object (empty or torn?)", restore)
     if not isinstance(stored.get("full"), dict):
-        raise UserError(f"{where}: field 'full' (the run's spec) is missing or not an object", fix)
+        raise UserError(
+            f"{where}: field 'full' (the run's spec) is missing or not an object", restore
+        )
     base = Path(store.root) if store.is_local else None  # task files stored relative to the run
     spec = validate(stored["full"], source=where, base_dir=base)
     run_id = stored.get("run_id", spec.run_id)
@@ -306,11 +309,14 @@ def verify_run(
             continue
         rows, table, why = _shard_rows(data)
         state.rows_found = rows
-        if len(data) < record.bytes or table is None:
+        if len(data) < record.bytes:
             state.state = "truncated"
             state.detail = f"{shard_file}: {len(data)} of {record.bytes} bytes" + (
                 f"; {why}" if why else ""
             )
+            continue
+        if table is None:
+            state.state, state.detail = "truncated", f"{shard_file} is {why}"
             continue
         if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
             state.state = "checksum_mismatch"
