@@ -128,7 +128,7 @@ def test_bad_settings_are_clear_errors(run_dir: Path) -> None:
         settings_from({"temperature": 1.0})
     with pytest.raises(UserError, match="judges.top_k"):
         settings_from({"top_k": 50})
-    with pytest.raises(UserError, match="not a finished run directory"):
+    with pytest.raises(UserError, match="not a run directory"):
         score_run(run_dir.parent / "nowhere", judge=FakeJudge(), log=False)
 
 
