@@ -126,6 +126,27 @@ def parse_done_record(raw: Any, unit_id: str) -> tuple[DoneRecord | None, str]:
     return DoneRecord(**raw), ""
 
 
+@dataclass(frozen=True)
+class UnitCheck:
+    """What `RunStore.inspect_unit` found for one unit.
+
+    Attributes:
+        state: "done", "missing" (no done-record), "bad_record", "shard_missing", "truncated"
+            (short, or not a readable Arrow file), "checksum_mismatch", "wrong_schema" (no
+            generation columns) or "row_mismatch" (rows differ from the record or the plan).
+        detail: Why it is not done, naming the file or field.
+        record: The parsed done-record, when it is one.
+        rows: Rows read from the shard, when it was readable.
+        table: The shard's rows, when done.
+    """
+
+    state: str
+    detail: str = ""
+    record: DoneRecord | None = None
+    rows: int | None = None
+    table: pa.Table | None = None
+
+
 def table_to_ipc_bytes(table: pa.Table) -> bytes:
     """Serialize a table as an Arrow IPC file with zstd compression."""
     sink = pa.BufferOutputStream()
@@ -298,23 +319,82 @@ class RunStore:
         self.write_json(f"{DONE}/{unit_id}.json", record.__dict__)
         return record
 
+    def inspect_unit(self, unit_id: str, expected_rows: int | None = None) -> UnitCheck:
+        """Check one unit's done-record and shard: the one definition of "finished".
+
+        Resume (`finished`), `mic verify` and scoring all decide through this method, so a unit
+        one of them counts as done is done for the others. Damage is a state, never an exception.
+
+        Args:
+            unit_id: The unit.
+            expected_rows: Rows the plan gives it (items x samples); None skips that check.
+
+        Returns:
+            The check; `state` is "done" or the first problem found (see `UnitCheck`).
+        """
+        record_file = f"{DONE}/{unit_id}.json"
+        kind = self.kind(record_file)
+        if kind == "missing":
+            return UnitCheck("missing", f"no {record_file}")
+        data, why = self.read_file(record_file)
+        raw = None
+        if data is not None:
+            try:
+                raw = json.loads(data)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                why = f"{record_file} is not readable JSON (empty or torn?)"
+        record, bad = parse_done_record(raw, unit_id) if raw is not None else (None, why)
+        if record is None:
+            return UnitCheck("bad_record", bad)
+        shard_file = f"{SHARDS}/{record.shard}"
+        data, why = self.read_file(shard_file)
+        if data is None:
+            state = "shard_missing" if self.kind(shard_file) == "missing" else "truncated"
+            return UnitCheck(state, f"shard {why}", record)
+        if len(data) < record.bytes:
+            return UnitCheck(
+                "truncated", f"{shard_file}: {len(data)} of {record.bytes} bytes", record
+            )
+        if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
+            detail = f"sha256 of {shard_file} differs from the done-record"
+            return UnitCheck("checksum_mismatch", detail, record)
+        try:  # a checksum only proves these are the bytes recorded, not that they are a shard
+            table = ipc.open_file(pa.BufferReader(data)).read_all()
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            detail = f"{shard_file} is not a readable Arrow file ({first})"
+            return UnitCheck("truncated", detail, record)
+        from engine.contract import GENERATIONS
+
+        absent = [c for c in GENERATIONS.names if c not in table.column_names]
+        if absent:
+            detail = f"{shard_file} has no column {absent[0]!r}"
+            return UnitCheck("wrong_schema", detail, record, table.num_rows)
+        rows = table.num_rows
+        if rows != record.rows or (expected_rows is not None and rows != expected_rows):
+            detail = f"{shard_file} has {rows} rows, record {record.rows}, plan {expected_rows}"
+            return UnitCheck("row_mismatch", detail, record, rows)
+        return UnitCheck("done", "", record, rows, table)
+
+    def read_file(self, rel: str) -> tuple[bytes | None, str]:
+        """A file's bytes, or (None, why) when it is missing or not a readable file."""
+        try:
+            data = self.read_bytes(rel)
+        except OSError as exc:
+            if self.kind(rel) == "dir":
+                return None, f"{rel} is a directory"
+            return None, f"{rel}: {exc.strerror or exc}"
+        return data, "" if data is not None else f"{rel} does not exist"
+
     def done_record(self, unit_id: str) -> DoneRecord | None:
         """Return the unit's done-record if it exists and its shard checks out, else None."""
-        try:
-            record, _ = parse_done_record(self.read_json(f"{DONE}/{unit_id}.json"), unit_id)
-            data = None if record is None else self.read_bytes(f"{SHARDS}/{record.shard}")
-        except OSError:  # e.g. a directory where the record or its shard should be: not done
-            return None
-        if record is None or data is None or len(data) != record.bytes:
-            return None
-        if hashlib.sha256(data).hexdigest() != record.sha256:
-            return None
-        return record
+        check = self.inspect_unit(unit_id)
+        return check.record if check.state == "done" else None
 
     def finished(
         self, unit_ids: list[str], expected_rows: dict[str, int] | None = None
     ) -> dict[str, DoneRecord]:
-        """Return the verified done-records among `unit_ids`.
+        """Return the verified done-records among `unit_ids` (see `inspect_unit`).
 
         Args:
             unit_ids: Units to look up.
@@ -328,12 +408,10 @@ class RunStore:
         records = {}
         for unit_id in unit_ids:
             if unit_id in present:
-                record = self.done_record(unit_id)
-                if record is None:
-                    continue
-                if expected_rows is not None and record.rows != expected_rows.get(unit_id):
-                    continue
-                records[unit_id] = record
+                expected = None if expected_rows is None else expected_rows.get(unit_id, -1)
+                check = self.inspect_unit(unit_id, expected)
+                if check.state == "done" and check.record is not None:
+                    records[unit_id] = check.record
         return records
 
     def resume(self, spec: SweepSpec, units: list, new_run: bool = False):

@@ -27,7 +27,6 @@ Exit code of the CLI: 0 when every unit is done and nothing is inconsistent, 1 o
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -35,11 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
-from engine.contract import GENERATIONS, RunLayout
+from engine.contract import RunLayout
 from engine.errors import UserError
-from engine.generate.store import DONE, SHARDS, RunStore, parse_done_record
+from engine.generate.store import DONE, SHARDS, RunStore
 
 ROW_KEY = ("model", "task", "split", "prompt", "item_id", "sample_idx")
 STATES = (
@@ -189,26 +187,6 @@ def _plan(store: RunStore) -> tuple[str, list[Any]]:
     return (run_id if isinstance(run_id, str) else spec.run_id), plan_units(spec)
 
 
-def _shard_rows(data: bytes) -> tuple[int | None, pa.Table | None, str]:
-    try:
-        reader = ipc.open_file(pa.BufferReader(data))
-        table = reader.read_all()
-    except (pa.ArrowException, OSError, ValueError) as exc:  # any bytes that are no Arrow file
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        return None, None, f"not a readable Arrow file ({first})"
-    return table.num_rows, table, ""
-
-
-def _read(store: RunStore, rel: str) -> tuple[bytes | None, str]:
-    """A file's bytes, or (None, why) when it is missing or not a readable file."""
-    try:
-        data = store.read_bytes(rel)
-    except OSError as exc:
-        kind = store.kind(rel)
-        return None, f"{rel} is a directory" if kind == "dir" else f"{rel}: {exc.strerror or exc}"
-    return data, "" if data is not None else f"{rel} does not exist"
-
-
 def _entries(store: RunStore, sub: str, problems: list[str]) -> tuple[list[str], list[str]]:
     """(files, other entries) of `sub`; a `sub` that is not a directory becomes a problem."""
     try:
@@ -255,7 +233,6 @@ def verify_run(
     temp += [f"{DONE}/{n}" for n in done_names if RunLayout.TEMP_MARK in n]
     shards = {n for n in shard_names if RunLayout.TEMP_MARK not in n}
     records = {n[: -len(".json")] for n in done_names if n.endswith(".json")}
-    required = list(GENERATIONS.names)
 
     def temps_of(unit_id: str) -> list[str]:
         return [t for t in temp if t.split("/", 1)[1].startswith(unit_id)]
@@ -277,61 +254,21 @@ def verify_run(
             temp_files=temps_of(unit.unit_id),
         )
         states.append(state)
-        record_file = f"{DONE}/{unit.unit_id}.json"
-        if unit.unit_id in record_dirs:
-            state.state, state.detail = "bad_record", f"{record_file} is a directory"
-            continue
-        if unit.unit_id not in records:
+        if unit.unit_id not in records and unit.unit_id not in record_dirs:
             if state.temp_files:
                 state.state, state.detail = "torn", "an interrupted write left a temp file"
             else:
-                state.detail = f"no {record_file}"
+                state.detail = f"no {DONE}/{unit.unit_id}.json"
             continue
-        data, why = _read(store, record_file)
-        raw = None
-        if data is not None:
-            try:
-                raw = json.loads(data)
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                why = f"{record_file} is not readable JSON (empty or torn?)"
-        record, bad = parse_done_record(raw, unit.unit_id) if raw is not None else (None, why)
-        if record is None:
-            state.state, state.detail = "bad_record", bad
+        check = store.inspect_unit(unit.unit_id, unit.n_rows)
+        state.state, state.detail, state.rows_found = check.state, check.detail, check.rows
+        if check.record is not None:
+            state.shard, state.sha256 = check.record.shard, check.record.sha256
+            state.rows_recorded = check.record.rows
+            referenced.add(check.record.shard)
+        table = check.table
+        if check.state != "done" or table is None:
             continue
-        shard_file = f"{SHARDS}/{record.shard}"
-        state.shard, state.sha256, state.rows_recorded = record.shard, record.sha256, record.rows
-        referenced.add(record.shard)
-        data, why = _read(store, shard_file)
-        if data is None:
-            missing = store.kind(shard_file) == "missing"
-            state.state = "shard_missing" if missing else "truncated"
-            state.detail = f"shard {why}"
-            continue
-        rows, table, why = _shard_rows(data)
-        state.rows_found = rows
-        if len(data) < record.bytes:
-            state.state = "truncated"
-            state.detail = f"{shard_file}: {len(data)} of {record.bytes} bytes" + (
-                f"; {why}" if why else ""
-            )
-            continue
-        if table is None:
-            state.state, state.detail = "truncated", f"{shard_file} is {why}"
-            continue
-        if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
-            state.state = "checksum_mismatch"
-            state.detail = f"sha256 of {shard_file} differs from the done-record"
-            continue
-        absent = [c for c in required if c not in table.column_names]
-        if absent:
-            state.state = "wrong_schema"
-            state.detail = f"{shard_file} has no column {absent[0]!r}"
-            continue
-        if rows != record.rows or rows != unit.n_rows:
-            state.state = "row_mismatch"
-            state.detail = f"{shard_file} has {rows} rows, record {record.rows}, plan {unit.n_rows}"
-            continue
-        state.state = "done"
         if check_duplicates:
             counted.append(table.select(list(ROW_KEY)))  # keys only: a big run fits in memory
         if keep_columns is not None:
@@ -366,7 +303,7 @@ def _lock(store: RunStore, problems: list[str]) -> dict[str, Any] | None:
 def _manifest_problems(store: RunStore, states: list[UnitState]) -> list[str]:
     name = RunLayout.MANIFEST
     rebuild = "a resume rebuilds it"
-    data, _ = _read(store, name)
+    data, _ = store.read_file(name)
     try:
         manifest = None if data is None else json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
