@@ -14,8 +14,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         help="report the state of every unit of a run directory (changes nothing)",
         description=(
             "Check every planned unit of a run: done, missing, torn temp file, truncated, "
-            "checksum mismatch, orphan shard; per-unit row counts; duplicate rows. Read-only. "
-            "Exit 0 when all units are done and consistent, 1 otherwise."
+            "checksum mismatch, bad record, wrong schema, orphan shard; per-unit row counts; "
+            "duplicate rows; a damaged manifest or directory. Read-only. Exit 0 when all units "
+            "are done and consistent, 1 otherwise (the first finding on stderr), 2 when the "
+            "directory holds no readable run.json."
         ),
         epilog="example:\n  mic verify runs/tiny --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -22,7 +22,8 @@ always reported, never raised: verify exists to diagnose it. Nothing is changed:
 Scoring reads its generations through `verify_run` (`keep_columns`), so what is scored is
 exactly what verify calls done, each unit once.
 
-Exit code of the CLI: 0 when every unit is done and nothing is inconsistent, 1 otherwise.
+Exit code of the CLI: 0 when every unit is done and nothing is inconsistent, 1 otherwise, 2 when
+the directory holds no readable run.json (no plan to check against).
 """
 
 from __future__ import annotations
