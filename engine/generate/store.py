@@ -137,7 +137,7 @@ class UnitCheck:
         detail: Why it is not done, naming the file or field.
         record: The parsed done-record, when it is one.
         rows: Rows read from the shard, when it was readable.
-        table: The shard's rows, when done.
+        table: The shard's rows, when done and asked for (`read`).
     """
 
     state: str
@@ -319,7 +319,9 @@ class RunStore:
         self.write_json(f"{DONE}/{unit_id}.json", record.__dict__)
         return record
 
-    def inspect_unit(self, unit_id: str, expected_rows: int | None = None) -> UnitCheck:
+    def inspect_unit(
+        self, unit_id: str, expected_rows: int | None = None, read: bool = False
+    ) -> UnitCheck:
         """Check one unit's done-record and shard: the one definition of "finished".
 
         Resume (`finished`), `mic verify` and scoring all decide through this method, so a unit
@@ -328,6 +330,8 @@ class RunStore:
         Args:
             unit_id: The unit.
             expected_rows: Rows the plan gives it (items x samples); None skips that check.
+            read: Also decode the shard's rows into `table` (a resume only needs the count,
+                which Arrow reads from the batch headers without decompressing).
 
         Returns:
             The check; `state` is "done" or the first problem found (see `UnitCheck`).
@@ -358,19 +362,22 @@ class RunStore:
         if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
             detail = f"sha256 of {shard_file} differs from the done-record"
             return UnitCheck("checksum_mismatch", detail, record)
+        table = None
         try:  # a checksum only proves these are the bytes recorded, not that they are a shard
-            table = ipc.open_file(pa.BufferReader(data)).read_all()
+            reader = ipc.open_file(pa.BufferReader(data))
+            names, rows = reader.schema.names, reader.count_rows()  # footer + batch headers only
+            if read:
+                table = reader.read_all()
         except (pa.ArrowException, OSError, ValueError) as exc:
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
             detail = f"{shard_file} is not a readable Arrow file ({first})"
             return UnitCheck("truncated", detail, record)
         from engine.contract import GENERATIONS
 
-        absent = [c for c in GENERATIONS.names if c not in table.column_names]
+        absent = [c for c in GENERATIONS.names if c not in names]
         if absent:
             detail = f"{shard_file} has no column {absent[0]!r}"
-            return UnitCheck("wrong_schema", detail, record, table.num_rows)
-        rows = table.num_rows
+            return UnitCheck("wrong_schema", detail, record, rows)
         if rows != record.rows or (expected_rows is not None and rows != expected_rows):
             detail = f"{shard_file} has {rows} rows, record {record.rows}, plan {expected_rows}"
             return UnitCheck("row_mismatch", detail, record, rows)

@@ -261,14 +261,16 @@ def verify_run(
             else:
                 state.detail = f"no {DONE}/{unit.unit_id}.json"
             continue
-        check = store.inspect_unit(unit.unit_id, unit.n_rows)
+        check = store.inspect_unit(
+            unit.unit_id, unit.n_rows, read=check_duplicates or keep_columns is not None
+        )
         state.state, state.detail, state.rows_found = check.state, check.detail, check.rows
         if check.record is not None:
             state.shard, state.sha256 = check.record.shard, check.record.sha256
             state.rows_recorded = check.record.rows
             referenced.add(check.record.shard)
         table = check.table
-        if check.state != "done" or table is None:
+        if check.state != "done" or table is None:  # None: not read (no columns asked for)
             continue
         if check_duplicates:
             counted.append(table.select(list(ROW_KEY)))  # keys only: a big run fits in memory
