@@ -57,26 +57,52 @@ def load_run(run_dir: str | Path, with_logprobs: bool = False) -> RunInputs:
 
     run_dir = Path(run_dir)
     columns = GEN_COLUMNS + (["token_ids", "logprobs"] if with_logprobs else [])
-    # Exactly the units verify calls done, each once: the manifest is only a view, and a
-    # tampered or stale one must not decide what is scored.
+    # Exactly the units verify calls done, each once. The manifest only says which units of
+    # the plan this run is (all of them, or a study wave's); a tampered or stale one is a
+    # finding of verify, never what decides the rows.
     report = verify_run(str(run_dir), check_duplicates=True, keep_columns=columns)
-    findings = report.findings()
-    if findings or not report.units:
+    selected, planned = _selection(run_dir)
+    units = [u for u in report.units if selected is None or u.unit_id in selected]
+    # Units of the plan outside this run's selection (a later wave) are simply not run yet.
+    later = {
+        f"unit {u.unit_id}: missing: {u.detail}"
+        for u in report.units
+        if selected is not None and u.unit_id not in selected and u.state == "missing"
+    }
+    findings = [f for f in report.findings() if f not in later]
+    if findings or not units or (planned is not None and planned != len(units)):
         # Scoring a part of a run would give metrics over whichever units happened to finish.
-        done = sum(u.state == "done" for u in report.units)
-        unfinished = any(u.state in ("missing", "torn") for u in report.units)
+        done = sum(u.state == "done" for u in units)
+        total = planned if planned is not None else len(units)
+        unfinished = done < total or any(u.state in ("missing", "torn") for u in units)
         more = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
         first = f"; {findings[0]}{more}" if findings else ""
         raise UserError(
             f"{run_dir}: the run is {'incomplete' if unfinished else 'not consistent'} "
-            f"({done} of {len(report.units)} units done{first})",
+            f"({done} of {total} units done{first})",
             f"see `mic verify {run_dir}`; re-run the same `mic run` command to redo those units "
             "(it keeps the done ones), then score",
         )
-    frames = [pl.from_arrow(report.tables[u.unit_id]) for u in report.units]
-    key = content_hash([(u.unit_id, u.sha256) for u in report.units])
+    frames = [pl.from_arrow(report.tables[u.unit_id]) for u in units]
+    key = content_hash([(u.unit_id, u.sha256) for u in units])
     stored = json.loads((run_dir / RunLayout.RUN).read_text())  # verify read it: a dict
     return RunInputs(run_dir, report.run_id, stored["full"], pl.concat(frames), key)
+
+
+def _selection(run_dir: Path) -> tuple[set[str] | None, int | None]:
+    """The unit ids `manifest.json` lists and its `units_planned`, or (None, None) when it is
+    not a readable manifest (verify reports that, and scoring refuses)."""
+    try:
+        manifest = json.loads((run_dir / RunLayout.MANIFEST).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None, None
+    units = manifest.get("units") if isinstance(manifest, dict) else None
+    if not isinstance(units, list):
+        return None, None
+    ids = {u.get("unit_id") for u in units if isinstance(u, dict)}
+    planned = manifest.get("units_planned")
+    ok = isinstance(planned, int) and not isinstance(planned, bool)
+    return {i for i in ids if isinstance(i, str)}, planned if ok else None
 
 
 def infer_answer_type(golds: Sequence[Sequence[str]]) -> str:
