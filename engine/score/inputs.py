@@ -63,13 +63,19 @@ def load_run(run_dir: str | Path, with_logprobs: bool = False) -> RunInputs:
     report = verify_run(str(run_dir), check_duplicates=True, keep_columns=columns)
     selected, planned = _selection(run_dir)
     units = [u for u in report.units if selected is None or u.unit_id in selected]
-    # Units of the plan outside this run's selection (a later wave) are simply not run yet.
+    # Units of the plan outside this run's selection (a later wave) are simply not run yet, and
+    # done units outside it (an earlier, larger run) are not part of what is scored now.
     later = {
         f"unit {u.unit_id}: missing: {u.detail}"
         for u in report.units
         if selected is not None and u.unit_id not in selected and u.state == "missing"
     }
-    findings = [f for f in report.findings() if f not in later]
+    findings = [
+        f
+        for f in report.findings()
+        if f not in later
+        and not (selected is not None and f.startswith("manifest: ") and "not in the manifest" in f)
+    ]
     if findings or not units or (planned is not None and planned != len(units)):
         # Scoring a part of a run would give metrics over whichever units happened to finish.
         done = sum(u.state == "done" for u in units)
