@@ -218,16 +218,20 @@ def draw_rate_row(n_boot: int) -> tuple[str, float, float, str]:
     strata = (np.arange(n_items) % 7).astype(np.uint64)
     row_group = g.integers(0, n_groups, n)
     row_values = np.column_stack([g.random(n), np.ones(n)])
-    small = int(item_ptr[100])
-    weighted_group_sums(item_ptr[:101], keys[:100], strata[:100], row_group[:small],
-                        row_values[:small], 1, 64, n_groups=n_groups)  # fmt: skip
-    replicate_weight_totals(keys[:100], strata[:100], 1, 64)
-    t0 = time.perf_counter()
-    weighted_group_sums(item_ptr, keys, strata, row_group, row_values, 1, n_boot, n_groups=n_groups)
-    ours = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    replicate_weight_totals(keys, strata, 1, n_boot)
-    ceiling = time.perf_counter() - t0
+    # Warm both at the measured size: a small warm-up takes the serial kernels, and the timed
+    # call would then pay the threaded kernel's compile (or cache load) inside its time.
+    weighted_group_sums(item_ptr, keys, strata, row_group, row_values, 1, 64, n_groups=n_groups)
+    replicate_weight_totals(keys, strata, 1, 64)
+    ours = ceiling = float("inf")
+    for _ in range(3):  # alternated, best of three: a 2-core machine's neighbours come and go
+        t0 = time.perf_counter()
+        weighted_group_sums(
+            item_ptr, keys, strata, row_group, row_values, 1, n_boot, n_groups=n_groups
+        )
+        ours = min(ours, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        replicate_weight_totals(keys, strata, 1, n_boot)
+        ceiling = min(ceiling, time.perf_counter() - t0)
     return (
         f"draw rate, {n / 1e6:.2g}e6 rows/5e5 items B={n_boot} vs RNG-only "
         f"({n_items * n_boot / ours:.3g} draws/s)",
