@@ -426,6 +426,19 @@ def run_study(
     analysis_dir = run_analysis(out_dir, scored.key, study["analysis"], progress)
     timings["analyze"] = time.perf_counter() - t0
 
+    return study_outcome(out_dir, report, summary, scored, analysis_dir, timings)
+
+
+def study_outcome(
+    out_dir: Path,
+    report: bool,
+    summary: dict[str, Any],
+    scored: Any,
+    analysis_dir: Path,
+    timings: dict[str, float],
+    **extra: Any,
+) -> dict[str, Any]:
+    """Build the report when asked, and describe a finished study (plain or in waves)."""
     report_path = None
     if report:
         t0 = time.perf_counter()
@@ -440,6 +453,7 @@ def run_study(
         "analysis": str(analysis_dir),
         "report": str(report_path) if report_path else None,
         "seconds": timings,
+        **extra,
     }
 
 
@@ -1026,23 +1040,16 @@ def run_waves(
         _log(f"study: nothing new to run; the waves as they stand ({plan.path}):")
         for line in wave_lines(plan.waves[-1], final, plan.target_width):
             _log(line)
-    report_path = None
-    if report:
-        t0 = time.perf_counter()
-        report_path = build_study_report(out_dir)
-        timings["report"] = time.perf_counter() - t0
-    return {
-        "run": str(out_dir),
-        "rows": summary.get("rows"),
-        "scored": str(scored.scored_dir),
-        "items_without_value": scored.errors,
-        "judge_failures": scored.failure_summary(),
-        "analysis": str(layout.analysis),
-        "report": str(report_path) if report_path else None,
-        "seconds": timings,
-        "waves": plan.waves,
-        "stopping": stopping,
-    }
+    return study_outcome(
+        out_dir,
+        report,
+        summary,
+        scored,
+        layout.analysis,
+        timings,
+        waves=plan.waves,
+        stopping=stopping,
+    )
 
 
 def _items(split_items: dict[str, int], totals: dict[str, dict[str, int]]) -> dict[str, int]:

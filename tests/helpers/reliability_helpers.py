@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +105,31 @@ def fake_driver(spec: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: a SIGKILL reaches Ray's processes too
     )
+
+
+def kill_actor_at_unit(
+    log: Path, nth: int, delay: float, timeout: float
+) -> tuple[threading.Thread, list[tuple[str, int]]]:
+    """Start a thread that SIGKILLs the actor running the `nth` unit (1-based) of a fake-backend
+    unit log (`fake_log`: one "unit_id pid" line per unit started), `delay` s into that unit.
+
+    Returns:
+        The started thread (join it after the run) and the list it fills with (unit id, pid).
+    """
+    victims: list[tuple[str, int]] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = log.read_text().splitlines() if log.exists() else []
+            if len(lines) >= nth:
+                unit_id, pid = lines[nth - 1].split()
+                time.sleep(delay)
+                os.kill(int(pid), signal.SIGKILL)
+                victims.append((unit_id, int(pid)))
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    return thread, victims

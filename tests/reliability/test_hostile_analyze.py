@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from helpers.hostile import snapshot
 
 from engine.cli import main
 from engine.errors import UserError
@@ -68,16 +69,6 @@ def write_run(path: Path, resp: Table, sent: Table, fmt: str = "parquet") -> Pat
         else:
             df.write_ipc(f)
     return path
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under root with its size and mtime (ns)."""
-    out = {}
-    for p in root.rglob("*"):
-        if p.is_file():
-            st = p.stat()
-            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
-    return out
 
 
 class Cli:

@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from helpers.reliability_helpers import (
     assert_exactly_once,
     fake_driver,
     fake_raw_spec,
+    kill_actor_at_unit,
     read_rows,
     write_run_without_ray,
     write_toml,
@@ -156,22 +156,8 @@ def test_actor_sigkilled_mid_unit_is_replaced_and_its_unit_retried(
 
     raw = fake_raw_spec(tmp_path, chunk_size=8, seconds=0.4)
     log = tmp_path / "units.log"
-    victims: list[tuple[str, int]] = []
-
-    def killer() -> None:  # SIGKILL the actor running the 5th unit, in the middle of it
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            lines = log.read_text().splitlines() if log.exists() else []
-            if len(lines) >= 5:
-                unit_id, pid = lines[4].split()
-                time.sleep(0.15)
-                os.kill(int(pid), signal.SIGKILL)
-                victims.append((unit_id, int(pid)))
-                return
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=killer)
-    thread.start()
+    # SIGKILL the actor running the 5th unit, in the middle of it.
+    thread, victims = kill_actor_at_unit(log, 5, 0.15, 120)
     summary = run_sweep(
         validate(raw),
         str(tmp_path / "out"),

@@ -5,16 +5,12 @@ finds no resources."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers.engine_helpers import make_raw_spec
-from helpers.reliability_helpers import assert_exactly_once
+from helpers.reliability_helpers import assert_exactly_once, kill_actor_at_unit
 
 from engine.config.sweep import validate
 from engine.generate.actors import fake_backend_factory
@@ -93,22 +89,8 @@ def test_an_actor_killed_while_two_models_run_is_replaced_exactly_once(
     ray_local: Any, tmp_path: Path
 ) -> None:
     log = tmp_path / "units.log"
-    victims: list[tuple[str, int]] = []
-
-    def killer() -> None:  # SIGKILL the actor running the 6th unit, in the middle of it
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            lines = log.read_text().splitlines() if log.exists() else []
-            if len(lines) >= 6:
-                unit_id, pid = lines[5].split()
-                time.sleep(0.1)
-                os.kill(int(pid), signal.SIGKILL)
-                victims.append((unit_id, int(pid)))
-                return
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=killer)
-    thread.start()
+    # SIGKILL the actor running the 6th unit, in the middle of it.
+    thread, victims = kill_actor_at_unit(log, 6, 0.1, 180)
     out = tmp_path / "out"
     summary = run_sweep(
         validate(_two_models(tmp_path, 0.3)),
