@@ -105,6 +105,16 @@ class _Request:
     seed: int | None
 
 
+def not_for_the_item(failure: Exception) -> bool:
+    """Whether a failed request says nothing about its item: no answer, a timeout, a conflict, a
+    rate limit or a server error after the client's retries, or a refused sampling setting that
+    every request of the unit carries. Such a failure fails the unit (retried), never one row."""
+    status = getattr(failure, "status", 0)
+    if status in (0, 408, 409, 429) or status >= 500:
+        return True
+    return getattr(failure, "param", None) in ("temperature", "top_p", "n", "seed", "stop")
+
+
 class OpenAIBackend:
     """A sweep model served by an OpenAI-compatible server (hosted API or vLLM's server).
 
@@ -239,6 +249,7 @@ class OpenAIBackend:
         requests_before, retries_before = self.client.requests_done, self.client.retries_done
         started = time.perf_counter()
         pending = self._plan(unit)
+        unit_failures: list[HTTPFailure] = []
         while pending:
             pending = self._split(pending)
             bodies = [self._body(unit, r, users[r.item], prompts[r.item]) for r in pending]
@@ -254,9 +265,22 @@ class OpenAIBackend:
                     again.append(request)
                 elif isinstance(reply, Exception):
                     errors[request.item] = str(reply)
+                    if not_for_the_item(reply):
+                        unit_failures.append(reply)
                 else:
                     self._take(reply, request, k, stops, samples, errors, prompt_tokens, usage)
             pending = again
+        if unit_failures:
+            # Not the items' fault (the server was busy, down or refused a setting every request
+            # carries): the unit fails, so the driver retries it and a run that cannot finish says
+            # so. Only a refusal of the one prompt (e.g. too long) stays as that item's error row.
+            first = unit_failures[0]
+            raise HTTPFailure(
+                f"{len(unit_failures)} of {count} requests failed ({first}); the unit is not "
+                "written and will be retried",
+                first.status,
+                first.param,
+            )
         gen_seconds = time.perf_counter() - started
         usage["requests"] = self.client.requests_done - requests_before
         usage["retries"] = self.client.retries_done - retries_before

@@ -164,6 +164,68 @@ def test_a_server_refusing_n_gets_one_call_per_sample(vllm_server: str) -> None:
     assert _NoN.auth == {f"Bearer {KEY}"}  # the key from the environment, on every request
 
 
+class _Busy(BaseHTTPRequestHandler):
+    """A proxy in front of the real server that answers 503 to requests of one item (a server
+    that stays busy past the client's retries), and forwards the rest."""
+
+    upstream = ""
+    busy_word = ""
+    refused = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if _Busy.busy_word and _Busy.busy_word in json.dumps(body):
+            _Busy.refused += 1
+            status, text = 503, json.dumps({"error": {"message": "overloaded"}})
+        else:
+            reply = httpx.post(
+                _Busy.upstream + self.path.removeprefix("/v1"), json=body, timeout=120
+            )
+            status, text = reply.status_code, reply.text
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(text.encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_busy_server_fails_the_unit_not_the_item(vllm_server: str, tmp_path: Path) -> None:
+    # A request that stays unanswered says nothing about its item: writing the unit with that
+    # item as an error row would make a resume skip it forever and drop it from the MICs.
+    from engine.generate.backends.http import HTTPFailure
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    raw = api_raw(url, items=4, chunk=4, max_retries=0)
+    unit = plan_units(validate(raw))[0]
+    _Busy.upstream, _Busy.refused = vllm_server, 0
+    _Busy.busy_word = unit.user_texts()[1].splitlines()[0]  # one item's question
+    try:
+        with pytest.raises(HTTPFailure, match="1 of 4 requests failed .*503"):
+            OpenAIBackend(unit.model).generate(unit)
+        assert _Busy.refused >= 1
+        # `mic run`: the unit is retried run.max_attempts times, then the run says it is
+        # incomplete (exit 1) and writes no done-record for it; the other unit is kept.
+        raw = api_raw(url, items=8, chunk=4, max_retries=0)
+        raw["run"]["max_attempts"] = 2
+        spec_path = write_toml(tmp_path / "busy.toml", raw)
+        units = plan_units(load_spec(spec_path))
+        _Busy.busy_word = units[0].user_texts()[0].splitlines()[0]
+        out = tmp_path / "out"
+        proc = _mic(spec_path, out)
+        output = proc.communicate(timeout=600)[0].decode()
+    finally:
+        server.shutdown()
+    assert proc.returncode == 1, output[-3000:]
+    assert "503" in output and "Traceback" not in output
+    done = {p.stem for p in (out / "done").glob("*.json")}
+    assert units[0].unit_id not in done and units[1].unit_id in done
+    assert _rows(out)["error"].null_count() == _rows(out).height  # no error row was written
+
+
 # ---- `mic run` subprocesses ---------------------------------------------------------------------
 
 
