@@ -509,6 +509,7 @@ def generate_and_score(
         elif backend is not None:
             backend.close()
     else:
+        ours = not _ray_running()  # a Ray this process already had (a notebook's) stays up
         summary = run_sweep(
             spec,
             str(out_dir),
@@ -518,7 +519,8 @@ def generate_and_score(
             backend_factory=backend_factory,
             only=only,
         )
-        _shutdown_ray()
+        if ours:
+            _shutdown_ray()
     timings["generate"] = timings.get("generate", 0.0) + time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -630,6 +632,11 @@ def run_local(
         manifest = store.write_manifest(spec, order, records)
         write_summary(spec, store, stats, manifest, {}, time.time() - started)
     return {"rows": manifest["rows"], "units": manifest["units_finished"]}, kept
+
+
+def _ray_running() -> bool:
+    """Whether this process is connected to a Ray (without importing Ray when it is not)."""
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def _shutdown_ray() -> None:

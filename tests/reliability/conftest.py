@@ -12,4 +12,7 @@ import pytest
 def ray_address(ray_local: Any) -> str:
     """The GCS address of the session's Ray: driver subprocesses join it with --ray-address, so a
     SIGKILLed driver costs no Ray start-up (its actors die with it, as on a cluster)."""
+    # Asked for a Ray that an earlier test shut down, Ray would start a new driver and join the
+    # last cluster it recorded in /tmp/ray (possibly a test cluster long gone): a silent hang.
+    assert ray_local.is_initialized(), "the session's Ray was shut down by an earlier test"
     return ray_local.get_runtime_context().gcs_address

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -284,9 +285,10 @@ def test_waves_json_fixes_the_metric_and_the_wave_size(loose: tuple[Path, dict])
 
 
 def test_mic_study_rerun_of_a_finished_study_prints_the_final_state(
-    loose: tuple[Path, dict], capsys: pytest.CaptureFixture
+    loose: tuple[Path, dict], capsys: pytest.CaptureFixture, ray_local: Any
 ) -> None:
-    """Through the command line: nothing is generated, judged or analysed again."""
+    """Through the command line: nothing is generated, judged or analysed again; the Ray this
+    process already had (the session's) is left running for its owner."""
     from engine.cli.main import main
 
     folder, result = loose
@@ -294,6 +296,7 @@ def test_mic_study_rerun_of_a_finished_study_prints_the_final_state(
     before = (out / "waves.json").read_bytes()
     args = ["study", str(folder / "waves.toml"), "--out", str(out), "--no-report"]
     assert main([*args, "--target-width", str(LOOSE), "--wave-items", "40"]) == 0
+    assert ray_local.is_initialized()
     captured = capsys.readouterr()
     assert "nothing new to run" in captured.err and "done in" not in captured.err
     last = result["waves"][-1]
