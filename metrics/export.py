@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from engine.contract import RunLayout, atomic_write
+from engine.contract import RunLayout, atomic_write, is_plain_file_name
 from engine.errors import UserError
 
 FORMATS = ("jsonl", "parquet")
@@ -79,7 +79,10 @@ def _manifest_shards(run_dir: Path) -> list[Path] | None:
         return None
     try:
         units = json.loads(path.read_text(encoding="utf-8")).get("units", [])
-        shards = [run_dir / RunLayout.SHARDS / u["shard"] for u in units]
+        # A tampered manifest must not make the export copy a file from outside the run.
+        shards = [
+            run_dir / RunLayout.SHARDS / u["shard"] for u in units if is_plain_file_name(u["shard"])
+        ]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     # Each shard once: a manifest listing a unit twice must not double its rows.

@@ -571,6 +571,13 @@ def run_sweep(
             f"{len(failed)} unit(s) failed after {spec.run.max_attempts} attempts (first: {first[0]}: {first[1]}); "
             f"{manifest['units_finished']} finished units are kept -- fix the cause and re-run to resume"
         )
+    if manifest["units_finished"] < len(order):
+        # No unit failed, yet not every one is done: one was lost on the way (an actor released
+        # with work in flight). Never a success: the next run finds and runs what is missing.
+        raise RunIncomplete(
+            f"{len(order) - manifest['units_finished']} of {len(order)} units did not finish and "
+            "none reported a failure; finished units are kept -- re-run the same command to resume"
+        )
     return summary
 
 

@@ -420,6 +420,23 @@ def test_export_round_trip(tmp_path: Path, fmt: str) -> None:
         assert back.equals(df), name
 
 
+def test_export_reads_no_shard_from_outside_the_run(tmp_path: Path) -> None:
+    # A tampered manifest naming a file outside the run (relative or absolute) is not exported.
+    expected = _run_with_tables(tmp_path / "run")
+    outside = tmp_path / "secret.arrow"
+    expected["generations"].head(1).write_ipc(outside)
+    manifest = tmp_path / "run" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["units"] += [
+        {"unit_id": "x", "shard": "../../secret.arrow", "rows": 1},
+        {"unit_id": "y", "shard": str(outside), "rows": 1},
+    ]
+    manifest.write_text(json.dumps(doc))
+    export_run(tmp_path / "run", to="parquet", out=tmp_path / "out")
+    back = pl.read_parquet(tmp_path / "out" / "generations.parquet")
+    assert back.equals(expected["generations"])  # the run's 4 rows, not 5 or 6
+
+
 def test_export_default_out_is_not_reexported(tmp_path: Path) -> None:
     _run_with_tables(tmp_path)
     first = export_run(tmp_path, to="parquet")
