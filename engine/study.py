@@ -382,6 +382,8 @@ def run_study(
         recorded = json.loads(RunLayout(out_dir).waves.read_text())
         engine_raw.setdefault("run", {})["chunk_size"] = int(recorded["chunk_size"])
     spec = validate(engine_raw, source=str(spec_path), base_dir=spec_path.resolve().parent)
+    if waves is not None:
+        waves.bind(spec.hash, new_run)
     settings = settings_from(study["judges"], judges, source=str(spec_path))
     study_record = {
         "spec": str(spec_path),
@@ -789,6 +791,24 @@ class WavePlan:
         self.chunk_size = int(doc["chunk_size"])
         self.waves: list[dict[str, Any]] = list(doc.get("waves", []))
         self.smoother_doc: dict[str, Any] = doc.get("smoother", {"history": [], "waves": {}})
+        self.spec_hash: str | None = doc.get("spec_hash")
+
+    def bind(self, spec_hash: str, new_run: bool) -> None:
+        """Tie the waves to the run's spec: waves measured on another spec (another model,
+        temperature, task set...) say nothing about this one's widths.
+
+        Raises:
+            UserError: waves.json was written for another spec and `new_run` is not set.
+        """
+        if self.spec_hash not in (None, spec_hash):
+            if not new_run:
+                raise UserError(
+                    f"{self.path} holds waves of another spec (run hash {self.spec_hash[:12]}, "
+                    f"this spec {spec_hash[:12]})",
+                    "pass --new-run to restart the waves on this spec, or use another --out",
+                )
+            self.waves, self.smoother_doc = [], {"history": [], "waves": {}}
+        self.spec_hash = spec_hash
 
     @classmethod
     def start(
@@ -857,6 +877,7 @@ class WavePlan:
             "split_step": self.split_step,
             "chunk_size": self.chunk_size,
             "target_width": self.target_width,
+            "spec_hash": self.spec_hash,
             "smoother": {
                 "history": [[t, n, h] for (t, n), h in smoother.history.items()],
                 "waves": smoother.waves,

@@ -316,3 +316,27 @@ def test_the_report_shows_the_wave_log(loose: tuple[Path, dict], tmp_path: Path)
     rows = section.count("<tr>") - 1  # less the header
     assert rows == sum(len(w["items"]) for w in result["waves"])
     assert "WidthSmoother" in section and f"Target width {LOOSE}" in section
+
+
+def test_waves_of_another_spec_are_refused_or_restarted_with_new_run(
+    loose: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Widths measured on one spec say nothing of another's: a changed spec in the same --out is
+    refused in one line, and --new-run restarts the waves from the first."""
+    import shutil
+
+    from engine.errors import UserError
+
+    folder = tmp_path / "copy"
+    shutil.copytree(loose[0], folder)
+    spec = folder / "waves.toml"
+    spec.write_text(spec.read_text().replace("[sampling]", "[sampling]\ntemperature = 0.7", 1))
+    assert "temperature = 0.7" in spec.read_text()
+    before = (folder / "out" / "waves.json").read_bytes()
+    with pytest.raises(UserError, match="waves.json holds waves of another spec"):
+        _study(folder, LOOSE)
+    assert (folder / "out" / "waves.json").read_bytes() == before  # nothing lost
+    fresh = _study(folder, LOOSE, new_run=True)
+    assert fresh["waves"][0]["wave"] == 1 and len(fresh["waves"]) <= len(loose[1]["waves"]) + 1
+    doc = json.loads((folder / "out" / "waves.json").read_text())
+    assert doc["spec_hash"] and doc["waves"] == fresh["waves"]
