@@ -364,7 +364,7 @@ def run_study(
         Paths and timings: run, scored, analysis, report (or None), seconds per stage; with
         `target_width` also `waves` (the wave log) and `stopping` (the final state).
     """
-    from engine.config.judges import settings_from
+    from engine.config.judges import safe_settings, settings_from
     from engine.config.sweep import apply_overrides, read_raw, validate
 
     if target_width is not None:
@@ -387,7 +387,8 @@ def run_study(
     settings = settings_from(study["judges"], judges, source=str(spec_path))
     study_record = {
         "spec": str(spec_path),
-        "judges": settings.__dict__,
+        # Without URL credentials (as score.json): a key never reaches a file.
+        "judges": safe_settings(settings),
         **{"analysis": study["analysis"]},
     }
     atomic_write(

@@ -340,3 +340,15 @@ def test_waves_of_another_spec_are_refused_or_restarted_with_new_run(
     assert fresh["waves"][0]["wave"] == 1 and len(fresh["waves"]) <= len(loose[1]["waves"]) + 1
     doc = json.loads((folder / "out" / "waves.json").read_text())
     assert doc["spec_hash"] and doc["waves"] == fresh["waves"]
+
+
+def test_study_json_stores_the_judge_url_without_credentials(tmp_path: Path) -> None:
+    """The judge endpoint's userinfo and secret query values never reach study.json (as in
+    score.json); the study itself runs (a local judge is given)."""
+    url = "http://alice:pw-secret-31@127.0.0.1:9/v1?api_key=k-secret-31"
+    _study(tmp_path, LOOSE, judges={"base_url": url}, max_waves=1)
+    for path in (tmp_path / "out").rglob("*.json"):
+        text = path.read_text()
+        assert "pw-secret-31" not in text and "k-secret-31" not in text, path
+    stored = json.loads((tmp_path / "out" / "study.json").read_text())["judges"]["base_url"]
+    assert "127.0.0.1:9" in stored
