@@ -107,36 +107,46 @@ def test_chat_rows_hash_token_strings_consistently(vllm_server: str) -> None:
     assert token_id("token_id:42") == 42 and token_id(" the") == token_id(" the") < 2**31
 
 
-class _NoN(BaseHTTPRequestHandler):
-    """A proxy in front of the real server that refuses `n` as OpenAI does for some models."""
+class _Proxy(BaseHTTPRequestHandler):
+    """A proxy in front of the real server: `answer` decides a request's reply (status, JSON
+    text), or None to forward it upstream."""
 
     upstream = ""
-    bodies: list[dict[str, Any]] = []
-    auth: set[str] = set()
+
+    def answer(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        return None
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        _NoN.bodies.append(body)
-        _NoN.auth.add(self.headers.get("Authorization", ""))
-        if body.get("n", 1) != 1:
-            status, text = (
-                400,
-                json.dumps(
-                    {"error": {"message": "n is not supported", "param": "n", "code": None}}
-                ),
+        reply = self.answer(body)
+        if reply is None:
+            up = httpx.post(
+                type(self).upstream + self.path.removeprefix("/v1"), json=body, timeout=120
             )
-        else:
-            reply = httpx.post(
-                _NoN.upstream + self.path.removeprefix("/v1"), json=body, timeout=120
-            )
-            status, text = reply.status_code, reply.text
-        self.send_response(status)
+            reply = (up.status_code, up.text)
+        self.send_response(reply[0])
         self.send_header("Content-Type", "application/json")
         self.end_headers()
-        self.wfile.write(text.encode())
+        self.wfile.write(reply[1].encode())
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class _NoN(_Proxy):
+    """A proxy in front of the real server that refuses `n` as OpenAI does for some models."""
+
+    bodies: list[dict[str, Any]] = []
+    auth: set[str] = set()
+
+    def answer(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        _NoN.bodies.append(body)
+        _NoN.auth.add(self.headers.get("Authorization", ""))
+        if body.get("n", 1) == 1:
+            return None
+        return 400, json.dumps(
+            {"error": {"message": "n is not supported", "param": "n", "code": None}}
+        )
 
 
 def test_a_server_refusing_n_gets_one_call_per_sample(vllm_server: str) -> None:
@@ -164,31 +174,18 @@ def test_a_server_refusing_n_gets_one_call_per_sample(vllm_server: str) -> None:
     assert _NoN.auth == {f"Bearer {KEY}"}  # the key from the environment, on every request
 
 
-class _Busy(BaseHTTPRequestHandler):
+class _Busy(_Proxy):
     """A proxy in front of the real server that answers 503 to requests of one item (a server
     that stays busy past the client's retries), and forwards the rest."""
 
-    upstream = ""
     busy_word = ""
     refused = 0
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        if _Busy.busy_word and _Busy.busy_word in json.dumps(body):
-            _Busy.refused += 1
-            status, text = 503, json.dumps({"error": {"message": "overloaded"}})
-        else:
-            reply = httpx.post(
-                _Busy.upstream + self.path.removeprefix("/v1"), json=body, timeout=120
-            )
-            status, text = reply.status_code, reply.text
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(text.encode())
-
-    def log_message(self, *args: object) -> None:
-        pass
+    def answer(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        if not (_Busy.busy_word and _Busy.busy_word in json.dumps(body)):
+            return None
+        _Busy.refused += 1
+        return 503, json.dumps({"error": {"message": "overloaded"}})
 
 
 def test_a_busy_server_fails_the_unit_not_the_item(vllm_server: str, tmp_path: Path) -> None:
