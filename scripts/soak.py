@@ -156,7 +156,10 @@ class Soak:
         """Run with 3 actor kills and 1 driver kill; return (actor kills, driver kills, runs)."""
         # Commit points (units done) at which to strike: two actor kills, the driver kill,
         # then the third actor kill in the resumed run.
-        points = sorted(self.rng.sample(range(2, max(units - 4, 8)), 4))
+        # All within the first two thirds: the resumed run keeps a third of the units, so the
+        # last actor kill lands before it ends (two units in flight per actor finish a short
+        # tail before a kill can strike).
+        points = sorted(self.rng.sample(range(2, max(units * 2 // 3, 8)), 4))
         actor_kills = driver_kills = runs = 0
         proc = _start(self.small, self.out, self.driver_log)
         runs += 1

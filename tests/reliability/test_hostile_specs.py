@@ -233,7 +233,8 @@ def test_done_record_naming_a_shard_outside_reads_as_missing(root: Path) -> None
     assert "Traceback" not in result.stderr
     unit = record_path.stem
     states = {u["unit_id"]: u["state"] for u in json.loads(result.stdout)["units"]}
-    assert states[unit] == "shard_missing", states[unit]
+    # The record names no shard of its own unit: a damaged record, never a read of x.jsonl.
+    assert states[unit] == "bad_record", states[unit]
     assert not result.changed
 
 
