@@ -203,19 +203,8 @@ def test_a_study_killed_inside_a_wave_resumes_without_regenerating(
 ) -> None:
     """Killed while wave 2 is being judged (its units generated, waves.json at wave 1)."""
     folder, whole = loose
-    wave_study_spec(tmp_path, ITEMS_PER_SPLIT)
     with pytest.raises(KeyboardInterrupt):
-        run_study(
-            tmp_path / "waves.toml",
-            tmp_path / "out",
-            local=True,
-            report=False,
-            progress=False,
-            target_width=LOOSE,
-            wave_items=40,
-            backend_factory=_factory(tmp_path / "units.log"),
-            judge=_DiesInWave2(),
-        )
+        _study(tmp_path, LOOSE, judge=_DiesInWave2())
     state = json.loads((tmp_path / "out" / "waves.json").read_text())
     assert len(state["waves"]) == 1
     generated = _logged_units(tmp_path)
