@@ -3,6 +3,8 @@ the marker of a judge call that failed, and URL / secret redaction for messages.
 
 from __future__ import annotations
 
+import base64
+
 
 class UserError(ValueError):
     """An error caused by user input (a `ValueError`); the CLI prints it on one line and exits 2.
@@ -62,6 +64,37 @@ def redact_url(url: str) -> str:
         ]
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credential parts of `url`: user, password and secret-looking query values.
+
+    Args:
+        url: Any URL.
+
+    Returns:
+        The non-empty secrets, for `scrub` (a server or library may echo its URL in a message).
+    """
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    found: list[str] = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        for piece in (userinfo, *userinfo.split(":", 1)):
+            found += [piece, unquote(piece)]
+        # HTTP clients send userinfo as Basic auth, and servers echo that header back.
+        found.append(base64.b64encode(unquote(userinfo).encode()).decode())
+    found += [v for k, v in parse_qsl(parts.query) if any(s in k.lower() for s in _SECRET_QUERY)]
+    return [s for s in dict.fromkeys(found) if s]
+
+
+def has_credentials(url: str) -> bool:
+    """Whether `url` carries credentials (user:password or a secret-looking query value)."""
+    return bool(url_secrets(url))
 
 
 def scrub(text: str, *secrets: str | None) -> str:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UserError, redact_url
+from engine.errors import UserError, has_credentials, redact_url
 from engine.tasks.builtin import PLANTED_TASK_NAMES, builtin_task_names
 from engine.tasks.sources import BUILTIN_PREFIX, parse_source
 
@@ -261,6 +261,10 @@ class SweepSpec:
         """
         data = dataclasses.asdict(self)
         data.pop("source")
+        judge_url = data["judges"].get("base_url")
+        if isinstance(judge_url, str) and has_credentials(judge_url):
+            # validate() refuses these; a spec built around it must not leak them either.
+            data["judges"]["base_url"] = redact_url(judge_url)
         for model in data["models"]:
             if model.get("params_b") == 0.0:
                 model.pop("params_b")
@@ -669,6 +673,9 @@ def validate(
     for section in _FREE_SECTIONS:
         if not isinstance(raw.get(section, {}), dict):
             raise UserError(f"{source}: '{section}' must be a table")
+    judge_url = raw.get("judges", {}).get("base_url")
+    if isinstance(judge_url, str):
+        _refuse_credentials(judge_url, "judges", source)
 
     check_name(run.name, "run.name", source)
     for section, entries, attr in (("models", models, "name"), ("tasks", tasks, "name")):
@@ -678,6 +685,7 @@ def validate(
         check_name(prompt.id, f"prompts.{i}.id", source)
     _check_unique([m.name for m in models], "models", "name", source)
     _check_unique([t.name for t in tasks], "tasks", "name", source)
+    _check_case_collisions([t.name for t in tasks], source)
     _check_unique([p.id for p in prompts], "prompts", "id", source)
     if run.device not in ("auto", "gpu", "cpu"):
         raise UserError(f"{source}: 'run.device' is {run.device!r}", 'use "auto", "gpu" or "cpu"')
@@ -777,6 +785,32 @@ def _check_unique(values: list[str], section: str, key: str, source: str) -> Non
         seen.add(value)
 
 
+def _check_case_collisions(names: list[str], source: str) -> None:
+    """Refuse two task names whose files would be one file on a case-insensitive file system."""
+    from engine.contract import safe_file_name
+
+    seen: dict[str, str] = {}
+    for i, name in enumerate(names):
+        folded = safe_file_name(name).casefold()
+        if folded in seen:
+            raise UserError(
+                f"{source}: 'tasks.{i}.name' {name!r} differs from {seen[folded]!r} only in case",
+                "their files would be one file on macOS and Windows: rename one of them",
+            )
+        seen[folded] = name
+
+
+def _refuse_credentials(url: str, key: str, source: str) -> None:
+    """Refuse credentials written into a spec's URL: the spec is copied into the run directory."""
+    if has_credentials(url):
+        raise UserError(
+            f"{source}: '{key}.base_url' carries credentials ({redact_url(url)!r} plus "
+            "a user, password or key)",
+            f"remove them from the URL and put the key in the environment variable named by "
+            f"{key}.api_key_env; a spec file is copied into the run directory",
+        )
+
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -801,6 +835,7 @@ def _check_backend(model: ModelSpec, key: str, source: str) -> None:
             f"{source}: '{key}.base_url' is {redact_url(model.base_url)!r}",
             "give the API's http(s) URL, e.g. https://api.openai.com/v1",
         )
+    _refuse_credentials(model.base_url, key, source)
     if model.api_key_env and not _ENV_NAME.fullmatch(model.api_key_env):
         raise UserError(
             f"{source}: '{key}.api_key_env' is not an environment variable name",

@@ -39,7 +39,7 @@ import pyarrow.ipc as ipc
 
 from engine.config.sweep import SweepSpec
 from engine.contract import RunLayout, atomic_write, inside, is_plain_file_name
-from engine.errors import UserError
+from engine.errors import UserError, redact_url, scrub, url_secrets
 
 SHARDS = RunLayout.SHARDS
 DONE = RunLayout.DONE
@@ -170,22 +170,29 @@ class RunStore:
     def __init__(
         self, location: str | os.PathLike[str], filesystem: pafs.FileSystem | None = None
     ) -> None:
-        self.location = str(location)
+        uri = str(location)
+        # `location` is what messages, logs and summary.json show: an object-store URI loses
+        # its credentials (s3://KEY:SECRET@bucket/run); the URI itself stays private.
+        self._uri = uri
+        self.location = redact_url(uri) if "://" in uri else uri
         self._given_fs = filesystem
         if filesystem is not None:
-            self.fs, self.root = filesystem, self.location.rstrip("/")
-        elif "://" in self.location:
+            self.fs, self.root = filesystem, uri.rstrip("/")
+        elif "://" in uri:
             try:
-                self.fs, self.root = pafs.FileSystem.from_uri(self.location)
+                self.fs, self.root = pafs.FileSystem.from_uri(uri)
             except (pa.ArrowInvalid, OSError) as exc:
-                raise UserError(f"output location {self.location!r} is not usable: {exc}") from None
+                raise UserError(
+                    f"output location {self.location!r} is not usable: "
+                    f"{scrub(str(exc), *url_secrets(uri))}"
+                ) from None
         else:
             self.fs = pafs.LocalFileSystem()
-            self.root = str(Path(self.location).expanduser().resolve())
+            self.root = str(Path(uri).expanduser().resolve())
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (RunStore, (self.location, self._given_fs))
+        return (RunStore, (self._uri, self._given_fs))
 
     # ---- low-level I/O -------------------------------------------------------------------------
 

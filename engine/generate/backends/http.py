@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import CallFailure, UserError, redact_url, scrub
+from engine.errors import CallFailure, UserError, redact_url, scrub, url_secrets
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -171,7 +171,11 @@ class OpenAICompatClient:
                             f"{self.settings.model!r}",
                         )
                     # A server may echo the request (Authorization header included) in its body.
-                    last = scrub(f"HTTP {response.status_code}: {response.text[:300]}", self._key())
+                    last = scrub(
+                        f"HTTP {response.status_code}: {response.text[:300]}",
+                        self._key(),
+                        *url_secrets(self.settings.base_url),
+                    )
                     if response.status_code not in RETRY_STATUS:
                         return HTTPFailure(last, status, _error_param(response))
                     retry_after = _retry_after(response.headers)

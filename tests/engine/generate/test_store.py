@@ -146,3 +146,20 @@ def test_object_store_path_commits_without_rename(tmp_path: Path) -> None:
     assert store.shard_paths() == [f"runs/r1/shards/{record.shard}"]
     assert (tmp_path / "bucket" / "runs" / "r1" / "done" / f"{unit_id}.json").is_file()
     assert not (tmp_path / "bucket" / "runs" / "r1" / ".lock").exists()
+
+
+def test_object_store_credentials_stay_out_of_location_and_errors() -> None:
+    """`location` (printed in messages and summary.json) loses an object-store URI's
+    credentials; the store still pickles with them (actors open the same bucket)."""
+    import pickle
+
+    uri = "s3://AKIAEXAMPLE:wJalr-secret@bucket/run?region=us-east-1&endpoint_override=127.0.0.1:9"
+    store = RunStore(uri)
+    assert "wJalr-secret" not in store.location and "AKIAEXAMPLE" not in store.location
+    assert store.location.startswith("s3://bucket/run") and store.root == "bucket/run"
+    again = pickle.loads(pickle.dumps(store))
+    assert again._uri == uri and again.location == store.location
+    with pytest.raises(UserError) as info:
+        RunStore("nosuch://AKIAEXAMPLE:wJalr-secret@bucket/run")  # pyarrow echoes the URI
+    assert "not usable" in str(info.value)
+    assert "wJalr-secret" not in str(info.value) and "AKIAEXAMPLE" not in str(info.value)
