@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from engine.config.sweep import ModelSpec
+from engine.errors import UserError
 from engine.generate.backends.base import Backend
 from engine.generate.backends.fake import FakeBackend
 from engine.generate.backends.vllm import VLLMBackend
@@ -221,9 +222,14 @@ def _node_name() -> str:
 
 
 def _failure(unit: WorkUnit, exc: BaseException) -> dict[str, Any]:
-    return {
+    result = {
         "unit_id": unit.unit_id,
         "ok": False,
         "error": f"{type(exc).__name__}: {exc}",
         "traceback": traceback.format_exc(limit=5),
     }
+    if isinstance(exc, UserError):
+        # A refused API key, an unset key variable: every unit would fail the same way, so the
+        # driver stops the run with this line instead of retrying (and paying for) each unit.
+        result["user_error"] = [exc.message, exc.fix]
+    return result

@@ -912,6 +912,10 @@ class SweepScheduler:
                 actor.span.units.append((float(span[0]), float(span[1])))
         elif result.get("storage"):
             self._stop_for_storage(run, result["unit_id"], result["error"])
+        elif result.get("user_error"):
+            self._kill_all()
+            message, fix = result["user_error"]
+            raise UserError(message, f"{fix}; finished units are kept" if fix else None)
         else:
             self._retry(run, result["unit_id"], result["error"], actor.name)
 
