@@ -34,6 +34,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--new-run", action="store_true", help="replace a run of a different spec in --out"
     )
     p.add_argument("--actors", type=int, default=None, help="actors per model (overrides replicas)")
+    p.add_argument(
+        "--schedule",
+        choices=("fill", "sequential"),
+        default="fill",
+        help="fill: models side by side, idle GPUs go to models with work left (default); "
+        "sequential: one model after another",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=_run)
 
@@ -130,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
             new_run=args.new_run,
             actors=args.actors,
             progress=not args.quiet,
+            schedule=args.schedule,
         )
     except RunIncomplete as exc:
         print(f"mic run: {exc}", file=sys.stderr)

@@ -150,3 +150,20 @@ def test_run_of_an_api_model_without_its_key_exits_2_naming_the_variable(
     assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "$MIC_UNSET_KEY is not set" in err and "models.0 (api)" in err
+
+
+def test_run_schedule_flag_reaches_the_driver(tmp_path: Path) -> None:
+    # `mic run --schedule sequential` (real CLI, driver and Ray; fake engine): summary.json
+    # records the order it ran in; a schedule that does not exist is refused by the parser.
+    import pytest
+    from helpers.reliability_helpers import fake_driver, fake_raw_spec
+
+    spec = write_toml(tmp_path / "s.toml", fake_raw_spec(tmp_path, chunk_size=64))
+    driver = fake_driver(spec, tmp_path / "out", "--schedule", "sequential", "--quiet")
+    output = driver.communicate(timeout=600)[0].decode()
+    assert driver.returncode == 0, output[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["schedule"]["schedule"] == "sequential"
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(spec), "--out", str(tmp_path / "o2"), "--schedule", "random"])
+    assert info.value.code == 2
