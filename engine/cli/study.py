@@ -244,7 +244,12 @@ def _study(args: argparse.Namespace) -> int:
     if args.plan:
         from engine.generate.runner import format_plan
 
-        print(format_plan(plan_study(args.spec, args.out, args.overrides)))
+        report = plan_study(args.spec, args.out, args.overrides)
+        print(format_plan(report))
+        if waves:
+            from engine.study.waves import wave_preview
+
+            print("\n".join(wave_preview(report, **waves)))
         return 0
     from engine.api import run_study
 

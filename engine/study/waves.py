@@ -240,6 +240,51 @@ class WavePlan:
         return out
 
 
+def wave_preview(
+    report: dict[str, Any],
+    target_width: float,
+    metric: str | None = None,
+    wave_items: int | None = None,
+    max_waves: int | None = None,
+) -> list[str]:
+    """Lines for `mic study --plan --target-width`: how each task would grow, wave by wave.
+
+    Args:
+        report: `plan_study`'s report (its units give the items per task and split).
+        target_width: The interval width a task stops at.
+        metric: The metric whose intervals decide (None: the task's shared-marker MICs).
+        wave_items: Items per task per wave (None: the default).
+        max_waves: The wave limit (None: none).
+
+    Returns:
+        One line on the rule, then one per task: items per wave, the most waves it can take.
+    """
+    first = report["units"][0] if report["units"] else None
+    totals: dict[str, dict[str, int]] = {}
+    for u in report["units"]:
+        if first is not None and (u["model"], u["prompt"]) == (first["model"], first["prompt"]):
+            split = totals.setdefault(u["task"], {})
+            split[u["split"]] = split.get(u["split"], 0) + u["items"]
+    items = wave_items or default_wave_items()
+    lines = [
+        f"waves: each task grows by about {items} items per wave and stops once "
+        + (f"its {metric} intervals are" if metric else "its shared markers' MIC intervals are")
+        + f" at most {target_width:g} wide"
+        + (f" (at most {max_waves} waves)" if max_waves else "")
+        + "; the plan above is the most it generates (every item)"
+    ]
+    for task, splits in totals.items():
+        step = split_step(items, len(splits))
+        most = max(-(-n // step) for n in splits.values())
+        if max_waves:
+            most = min(most, max_waves)
+        lines.append(
+            f"  {task}: {step} items per split per wave ({len(splits)} splits), "
+            f"{sum(splits.values())} items in all, at most {most} waves"
+        )
+    return lines
+
+
 def _split_totals(units: list[Any]) -> dict[str, dict[str, int]]:
     """Items per (task, split) of the plan (every model and prompt sees the same items)."""
     first = (units[0].model.name, units[0].prompt.id) if units else None

@@ -85,3 +85,22 @@ def test_mic_plan_takes_every_bundled_spec_offline(name: str, capsys, monkeypatc
         assert len(report["estimated_tasks"]) == {"seed_study": 11, "marcon": 7}[name]
     else:
         assert report["estimated_tasks"] == []
+
+
+def test_study_plan_with_a_target_width_shows_the_waves(tmp_path: Path, capsys) -> None:
+    # `--plan` used to ignore `--target-width`: the wave schedule is part of what gets run.
+    from engine.cli import main
+    from engine.study import demo_spec
+
+    argv = ["study", str(demo_spec()), "--out", str(tmp_path / "o"), "--plan"]
+    assert main([*argv, "--target-width", "0.1", "--wave-items", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "about 40 items per wave" in out and "at most 0.1 wide" in out
+    # The demo's tasks have 60 items per split: 20 per split per wave, 3 waves at most.
+    assert (
+        out.count("20 items per split per wave (2 splits), 120 items in all, at most 3 waves") == 3
+    )
+    assert main([*argv, "--target-width", "0.1", "--wave-items", "40", "--max-waves", "2"]) == 0
+    assert "at most 2 waves" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "waves:" not in capsys.readouterr().out  # a plain study: no wave lines
