@@ -504,6 +504,7 @@ def run_sweep(
     with store.locked():
         # Resume over the whole plan: a unit outside `only` is kept, not collected as garbage.
         mode, records, todo = store.resume(spec, units, new_run=new_run)
+        plan_shards = {r.shard for r in records.values()}  # finished before this call, whole plan
         units, todo = select_units(units, only), select_units(todo, only)
         records = {u.unit_id: records[u.unit_id] for u in units if u.unit_id in records}
         order = [u.unit_id for u in units]
@@ -542,8 +543,10 @@ def run_sweep(
             stats = scheduler.run()
             report = scheduler.report()
         records = store.finished(order, rows)
-        if only is None:  # with `only`, shards of the other finished units are not garbage
-            store.collect_garbage({r.shard for r in records.values()})
+        # A shard an actor wrote before dying (no done-record) is garbage now, not at the next
+        # resume: a study scores its wave right after this call and refuses a stray shard. With
+        # `only`, the finished units outside it (found at resume) are kept.
+        store.collect_garbage(plan_shards | {r.shard for r in records.values()})
         try:
             manifest = store.write_manifest(spec, order, records)
             summary = write_summary(

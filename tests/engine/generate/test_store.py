@@ -163,3 +163,34 @@ def test_object_store_credentials_stay_out_of_location_and_errors() -> None:
         RunStore("nosuch://AKIAEXAMPLE:wJalr-secret@bucket/run")  # pyarrow echoes the URI
     assert "not usable" in str(info.value)
     assert "wJalr-secret" not in str(info.value) and "AKIAEXAMPLE" not in str(info.value)
+
+
+def test_a_shard_left_by_a_dying_writer_is_collected_at_the_end_of_a_partial_run(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A shard written during a run without its done-record (an actor killed between the two
+    writes) is removed when `run_sweep` ends, also with `only` (a study's wave, scored right
+    after): the other finished units' shards stay."""
+    from helpers.reliability_helpers import fake_raw_spec, write_run_without_ray
+
+    from engine.generate.runner import run_sweep
+    from engine.generate.verify import verify_run
+
+    out = tmp_path / "out"
+    raw = fake_raw_spec(tmp_path, chunk_size=64)
+    units = write_run_without_ray(out, raw)
+    before = sorted(p.name for p in (out / "shards").iterdir())
+    orphan = out / "shards" / f"{units[0].unit_id}-20261129T000000-deadbeef.arrow"
+    finished = RunStore.finished
+
+    def finished_after_a_dying_write(self, *args, **kwargs):
+        orphan.write_bytes(b"half a shard")  # what the killed actor left behind
+        return finished(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "finished", finished_after_a_dying_write)
+    # Every unit is finished, so no actor (and no Ray) is needed: only the bookkeeping runs.
+    run_sweep(validate(raw), str(out), progress=False, only=[units[0].unit_id])
+    assert not orphan.exists()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == before
+    monkeypatch.setattr(RunStore, "finished", finished)
+    assert verify_run(str(out)).orphan_shards == []  # what made scoring refuse the wave
