@@ -27,6 +27,7 @@ from metrics.debias import (
     CI_METHOD,
     CI_METHOD_CORRECTED,
     CI_METHOD_PLUGIN,
+    CI_METHOD_RANK,
     debias,
     is_correlation,
     metric_bounds,
@@ -42,7 +43,13 @@ from metrics.resample import (
     mic_acceleration,
     response_keys,
 )
-from metrics.seven import Metric, attach_noise_corrections, seven_metrics
+from metrics.seven import (
+    RANK_RESOLUTION,
+    Metric,
+    attach_noise_corrections,
+    attach_rank_corrections,
+    seven_metrics,
+)
 
 MODES = ("heldout", "parity")
 PRESETS = ("mic", "marcon")
@@ -123,8 +130,12 @@ def group_metrics(
     parity: bool,
     reps: GroupReplicates | None = None,
     level: float = 0.95,
+    rank_resolution: float = RANK_RESOLUTION,
 ) -> dict[str, Metric]:
-    """The seven metrics of one group: values[0] is the point estimate, values[1:] replicates."""
+    """The seven metrics of one group: values[0] is the point estimate, values[1:] replicates.
+
+    `rank_resolution`: h of the Spearman variants' estimand (`attach_rank_corrections`; 0: the
+    ordinary Spearman, interval centred on the plug-in value)."""
     g, t = view.g, view.tasks
     ix = np.ix_(t, t)
     mic = tables.mic[g][t][None]
@@ -143,6 +154,7 @@ def group_metrics(
     if reps is not None:
         ev = np.concatenate([reps.point_eval_mean[t][None], reps.eval_mean[:, t]])
         attach_noise_corrections(metrics, mic, ev, view.usable, view.shared, level)
+        attach_rank_corrections(metrics, mic, acc, cmfg, view.shared, parity, rank_resolution)
     return metrics
 
 
@@ -153,7 +165,9 @@ def _num(x) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
-def metric_entry(metric: Metric, level: float = 0.95, name: str = "") -> dict:
+def metric_entry(
+    metric: Metric, level: float = 0.95, name: str = "", rank_resolution: float = 0.0
+) -> dict:
     """A metric as `metrics.json` shapes it, or null with a reason.
 
     Keys: `value` (the plug-in number; the seed's in parity mode), `debiased` (bootstrap
@@ -181,7 +195,9 @@ def metric_entry(metric: Metric, level: float = 0.95, name: str = "") -> dict:
             metric_bounds(name),
             already_debiased=metric.corrected is not None or is_correlation(name),
             method=(
-                CI_METHOD_CORRECTED
+                CI_METHOD_RANK.format(h=rank_resolution)
+                if metric.anchor is not None
+                else CI_METHOD_CORRECTED
                 if metric.corrected is not None
                 else CI_METHOD_PLUGIN
                 if is_correlation(name)
@@ -189,6 +205,7 @@ def metric_entry(metric: Metric, level: float = 0.95, name: str = "") -> dict:
             ),
             fisher=on_fisher_scale(name),
             reaches_lower=metric.reaches_zero,
+            anchor=metric.anchor,
         )
         if est.ci is None:
             entry["ci_reason"] = "fewer than 2 bootstrap replicates define this metric"
@@ -293,6 +310,7 @@ def analyze(
     compare: bool = False,
     group_sums: Callable | None = None,
     pool: bool = False,
+    rank_resolution: float = RANK_RESOLUTION,
 ) -> AnalysisResult:
     """Compute MIC tables and the seven metrics of one or more scored runs.
 
@@ -315,6 +333,10 @@ def analyze(
         compare: paired comparisons of every two (model, prompt) groups -> comparisons.parquet.
         group_sums: replacement for the bootstrap's pass-A sums (e.g. Ray tasks over shards).
         pool: merge runs from different scored-run directories that share a (model, prompt).
+        rank_resolution: h of the Spearman variants' estimand (confidence units; 0: the
+            ordinary Spearman, its interval centred on the plug-in value); see
+            docs/statistics.md, "Rank correlations and near-ties". `value` is always the
+            ordinary Spearman.
 
     Returns:
         The `AnalysisResult`.
@@ -322,6 +344,12 @@ def analyze(
     _check_options(mode, threshold, preset)
     n_boot = check_n_boot(bootstrap)
     level = check_level(level)
+    if not (isinstance(rank_resolution, int | float) and 0 <= rank_resolution <= 1):
+        raise UserError(
+            f"--rank-resolution {rank_resolution!r} must be a number in [0, 1]",
+            f"confidence units; the default is {RANK_RESOLUTION}, 0 gives the ordinary Spearman",
+        )
+    rank_resolution = float(rank_resolution)
     ci_method = check_method(ci_method)
     scheme = check_scheme(scheme)
     if compare and n_boot == 0:
@@ -394,7 +422,7 @@ def analyze(
                 )
             metrics = marcon_metrics(enc, mt, g, view.tasks, sums)
         else:
-            metrics = group_metrics(view, tables, parity, reps, level)
+            metrics = group_metrics(view, tables, parity, reps, level, rank_resolution)
         group_values[g] = metrics
         n_eval = np.bincount(enc.r_t[enc.r_eval & (enc.r_g == g)], minlength=enc.n_tasks)
         task_block = {}
@@ -419,7 +447,10 @@ def analyze(
                 )
             task_block[enc.tasks[t]] = block
         models.setdefault(model, {})[prompt] = {
-            "metrics": {name: metric_entry(m, level, name) for name, m in sorted(metrics.items())},
+            "metrics": {
+                name: metric_entry(m, level, name, rank_resolution)
+                for name, m in sorted(metrics.items())
+            },
             "tasks": task_block,
             "shared_markers": [enc.markers[m] for m in np.flatnonzero(view.shared)],
         }
@@ -440,6 +471,7 @@ def analyze(
             {
                 "level": level,
                 "scheme": scheme,
+                "rank_resolution": rank_resolution,
                 "resampling_unit": "item (response), counter RNG keyed by (seed, task, split/item_id, replicate)",
                 "ci_method": {
                     "mic": ci_method,
@@ -469,7 +501,7 @@ def analyze(
                     group_sums=group_sums or local_group_sums,
                 )  # fmt: skip
                 view = GroupView(v.g, tasks, usable, shared)
-                out.append(group_metrics(view, point, parity, reps, level))
+                out.append(group_metrics(view, point, parity, reps, level, rank_resolution))
             return out[0], out[1]
 
         comparisons = compare_groups(

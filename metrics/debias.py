@@ -16,11 +16,18 @@ benchmarks/interval_coverage.py):
   MICs' sampling variance is taken out of their spread; each |MIC - mean| of Mode 4 is unfolded
   from its noise); the corrected value is the estimate and the interval is the corrected
   replicates' spread centred on it. "noise-corrected, basic spread".
-* Correlations (MRC, MAC, MCC): no bias correction (where markers' true MICs are nearly tied,
-  the bootstrap's bias does not even share the sign of the estimate's: measured, bias
-  correction, BC percentiles and Fisher-normal intervals all covered worse); the interval is the
-  replicates' spread centred on the plug-in value, on the Fisher z scale for MAC and MCC.
-  "plug-in, basic spread". docs/statistics.md says what these intervals promise.
+* Spearman variants of MRC, MAC, MCC: the estimand is Spearman on smoothed ranks at a rank
+  resolution h (`metrics.seven.attach_rank_corrections`), a smooth functional of the true MICs.
+  The estimate is the noise-corrected statistic theta_c; the bootstrap's error is measured
+  against the bootstrap world's value of the estimand (the anchor a: the statistic at scale h on
+  the sample): debiased = theta_c - (mean(theta*) - a), interval
+  [theta_c - (q_hi - a), theta_c - (q_lo - a)], on the Fisher z scale for MAC and MCC.
+  "rank resolution h, noise-corrected, bootstrap bias-corrected, basic".
+* Pearson variants (and every correlation with h = 0): no bias correction (for an ordinary
+  Spearman where markers' true MICs are nearly tied, the bootstrap's bias does not even share
+  the sign of the estimate's: measured, bias correction, BC percentiles and Fisher-normal
+  intervals all covered worse); the interval is the replicates' spread centred on the plug-in
+  value, on the Fisher z scale for MAC and MCC. "plug-in, basic spread".
 * A CV or Mode 4 MAE whose data cannot reject a population value of 0 gets an interval that
   reaches 0 (a bootstrap test of "every difference is 0": |.| and a standard deviation are
   biased up at 0 by about the noise, which no bias correction removes).
@@ -41,6 +48,7 @@ from metrics.seven import CLIP, Metric
 CI_METHOD = "bootstrap bias-corrected, basic"
 CI_METHOD_CORRECTED = "noise-corrected, basic spread"
 CI_METHOD_PLUGIN = "plug-in, basic spread"
+CI_METHOD_RANK = "rank resolution {h:g}, noise-corrected, bootstrap bias-corrected, basic"
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,7 @@ def debias(
     method: str | None = None,
     fisher: bool = False,
     reaches_lower: bool = False,
+    anchor: float | None = None,
 ) -> Estimate:
     """Bootstrap bias correction and basic interval of one statistic.
 
@@ -104,6 +113,11 @@ def debias(
             distribution is close to symmetric, and map back with tanh.
         reaches_lower: the data are consistent with the population value sitting on the lower
             bound (a test, see `metrics.seven.consistent_with_zero`): the interval extends to it.
+        anchor: the bootstrap world's value of the estimand (see `metrics.seven.Metric`): the
+            replicates' error is taken against it, debiased = theta_hat - (mean - anchor) and
+            the interval [theta_hat - (q_hi - anchor), theta_hat - (q_lo - anchor)]. Overrides
+            `already_debiased` (None: anchor = theta_hat, or the replicates' mean when
+            `already_debiased`).
 
     Returns:
         The `Estimate` (all None when fewer than 2 replicates are finite).
@@ -122,6 +136,7 @@ def debias(
             level,
             already_debiased=already_debiased,
             method=method,
+            anchor=None if anchor is None else float(np.arctanh(np.clip(anchor, -CLIP, CLIP))),
         )
         if back.ci is None:
             return back
@@ -141,10 +156,12 @@ def debias(
         v = float(np.clip(theta_hat, lo_b, hi_b))
         label = method or (CI_METHOD_CORRECTED if already_debiased else CI_METHOD)
         return Estimate(v, 0.0, (v, v), label, n_ok, len(replicates) - n_ok, True)
-    est = theta_hat if already_debiased else 2.0 * theta_hat - center
+    if anchor is None:
+        anchor = center if already_debiased else theta_hat
+    est = theta_hat - (center - anchor)
     debiased = float(np.clip(est, lo_b, hi_b))
-    low = float(np.clip(est - (q_hi - center), lo_b, hi_b))
-    high = float(np.clip(est + (center - q_lo), lo_b, hi_b))
+    low = float(np.clip(theta_hat - (q_hi - anchor), lo_b, hi_b))
+    high = float(np.clip(theta_hat - (q_lo - anchor), lo_b, hi_b))
     if reaches_lower:
         low = lo_b
     low, high = min(low, debiased), max(high, debiased)
@@ -176,6 +193,8 @@ def paired_difference(
     corrected a second time, nor are the correlations), interval [debiased - (q_hi - mean), debiased + (mean - q_lo)],
     and the p-value that inverts it: the share of reflected replicates
     debiased + mean(d*) - d*_r on either side of 0, doubled (with the +1 of a bootstrap test).
+    The rank correlations at a resolution h > 0 take the replicates' error against the
+    difference of the two anchors instead (as `debias` with `anchor`).
 
     Returns:
         The `Difference`, or None when either metric has no finite replicates.
@@ -192,16 +211,28 @@ def paired_difference(
     if len(reps) < 2 or not np.isfinite(d0):
         return None
     center = float(np.mean(reps))
-    est = d0 if corrected else 2.0 * d0 - center
+    ranked = noise and a.anchor is not None and b.anchor is not None
+    # The value the replicates' errors are taken against (see `debias`'s `anchor`).
+    anchor = (a.anchor - b.anchor) if ranked else center if corrected else d0
+    est = d0 - (center - anchor)
     alpha = (1.0 - level) / 2.0
     q_lo, q_hi = np.quantile(reps, [alpha, 1.0 - alpha])
-    reflected = est + center - reps
+    reflected = d0 - (reps - anchor)
     below = (1 + np.sum(reflected <= 0)) / (len(reps) + 1)
     above = (1 + np.sum(reflected >= 0)) / (len(reps) + 1)
+    method = (
+        "resolution-h ranks, noise-corrected, bootstrap bias-corrected, basic"
+        if ranked
+        else CI_METHOD_CORRECTED
+        if noise
+        else CI_METHOD_PLUGIN
+        if corrected
+        else CI_METHOD
+    )
     return Difference(
         plugin=float(a.values[0] - b.values[0]),
         debiased=est,
-        ci=(est - (q_hi - center), est + (center - q_lo)),
+        ci=(d0 - (q_hi - anchor), d0 - (q_lo - anchor)),
         p_value=float(min(1.0, 2 * min(below, above))),
-        ci_method=CI_METHOD_CORRECTED if noise else CI_METHOD_PLUGIN if corrected else CI_METHOD,
+        ci_method=method,
     )

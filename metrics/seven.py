@@ -15,6 +15,12 @@ from scipy import special
 
 SIG_LEVEL = 0.05
 CLIP = 0.9999
+# Rank resolution h of the Spearman variants' estimand (docs/statistics.md, "Rank correlations
+# and near-ties"): markers closer than about h count as partly tied. In confidence units.
+RANK_RESOLUTION = 0.05
+# Smallest smoothing scale, as a share of h, when a pair's noise exceeds h (the noise is then
+# only partly taken out; the bootstrap bias correction handles the rest).
+RANK_FLOOR = 0.5
 
 
 @dataclass
@@ -25,6 +31,9 @@ class Metric:
     replicates, like `values`): the debiased estimate and interval are built on it, while
     `values[0]` stays the plug-in number. `reaches_zero`: the data are consistent with a
     population value of 0 (see `attach_noise_corrections`), so the interval extends to 0.
+    `anchor`, set with `corrected` for the rank correlations: the statistic's value in the
+    bootstrap's world (the estimand evaluated on the sample), which the replicates are centred
+    on to debias `corrected[0]` (`metrics.debias.debias`).
     """
 
     values: np.ndarray | None
@@ -33,6 +42,7 @@ class Metric:
     extra: dict = field(default_factory=dict)
     corrected: np.ndarray | None = None
     reaches_zero: bool = False
+    anchor: float | None = None
 
     @classmethod
     def undefined(cls, reason: str, **extra) -> Metric:
@@ -111,6 +121,40 @@ def correlate(x: np.ndarray, y: np.ndarray, method: str) -> tuple[np.ndarray, np
     return r, p
 
 
+def smoothed_ranks(x: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
+    """Smoothed ranks along the last axis: r_k = 1 + sum over l != k of Phi((x_k - x_l) / s_kl).
+
+    As s -> 0 these are the average ranks (a tie counts 1/2 each way); two values further apart
+    than about 3 s count as fully ordered. A NaN makes its slice NaN, as `average_ranks`.
+
+    Args:
+        x: [..., n] values.
+        scale: s_kl, broadcastable to [..., n, n] (positive).
+    """
+    d = x[..., :, None] - x[..., None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = 0.5 + special.ndtr(d / scale).sum(axis=-1)  # the diagonal adds Phi(0) = 1/2
+    return np.where(np.isnan(x).any(axis=-1, keepdims=True), np.nan, r)
+
+
+def rank_scales(h: float, var: np.ndarray | None = None) -> np.ndarray:
+    """Per-pair smoothing scales [..., n, n] for `smoothed_ranks` at resolution h.
+
+    An estimate d^ ~ N(d, v) of a difference gives E Phi(d^ / s) = Phi(d / sqrt(s^2 + v)), so
+    s = sqrt(h^2 - v) makes the noisy sample's smoothed ranks unbiased for the resolution-h ranks
+    of the true values (exact for Gaussian errors); v = var_k + var_l of the two values. Where
+    v exceeds h^2 - (RANK_FLOOR h)^2, s stays at RANK_FLOOR h.
+
+    Args:
+        h: the rank resolution (> 0).
+        var: [..., n] sampling variances of the values (None: no noise, s = h).
+    """
+    if var is None:
+        return np.asarray(h, dtype=np.float64)
+    v = np.nan_to_num(var)[..., :, None] + np.nan_to_num(var)[..., None, :]
+    return np.sqrt(np.maximum(h * h - v, (RANK_FLOOR * h) ** 2))
+
+
 def _corr_family(
     r: np.ndarray, p: np.ndarray, name: str, parity: bool, what: str, mean: str = "fisher"
 ) -> dict[str, Metric]:
@@ -144,7 +188,11 @@ def _nanmean(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def mrc(
-    shared_mic: np.ndarray, parity: bool, mean: str = "fisher", prefix: str = "MRC-S"
+    shared_mic: np.ndarray,
+    parity: bool,
+    mean: str = "fisher",
+    prefix: str = "MRC-S",
+    scales: np.ndarray | float | None = None,
 ) -> dict[str, Metric]:
     """Marker rank correlation: Spearman between the shared-MIC columns of every task pair.
 
@@ -152,6 +200,8 @@ def mrc(
         shared_mic: [R, T, S] MICs of the shared markers.
         parity: an empty significant set is -1 (the seed) instead of undefined.
         mean: "fisher" (the MIC study) or "plain" (MarCon).
+        scales: None for ordinary ranks, else smoothed ranks (`smoothed_ranks`) with these
+            scales, broadcastable to [T, S, S] (a task's marker pairs).
     """
     _, T, S = shared_mic.shape
     if T < 2:
@@ -166,7 +216,11 @@ def mrc(
             f"{prefix}-sig": Metric.undefined(reason),
         }
     i, j = np.triu_indices(T, k=1)
-    r, p = correlate(shared_mic[:, i, :], shared_mic[:, j, :], "spearman")
+    if scales is None:
+        r, p = correlate(shared_mic[:, i, :], shared_mic[:, j, :], "spearman")
+    else:
+        ranks = smoothed_ranks(shared_mic, np.broadcast_to(scales, (T, S, S)))
+        r, p = correlate(ranks[:, i, :], ranks[:, j, :], "pearson")
     return _corr_family(r, p, prefix, parity, "task pair", mean)
 
 
@@ -177,6 +231,7 @@ def marker_task_correlation(
     parity: bool,
     methods=("S", "P"),
     mean: str = "fisher",
+    scales: tuple | None = None,
 ) -> dict[str, Metric]:
     """MAC / MCC: per shared marker, correlation across tasks of its MIC with a task property.
 
@@ -184,6 +239,9 @@ def marker_task_correlation(
         shared_mic: [R, T, S].
         task_values: [R, T] accuracy (MAC) or cMFG (MCC).
         name: "MAC" or "MCC".
+        scales: None for ordinary ranks in the Spearman variants, else (MIC scales
+            broadcastable to [S, T, T], task-value scales broadcastable to [T, T]) for
+            `smoothed_ranks` across tasks.
     """
     _, T, S = shared_mic.shape
     out: dict[str, Metric] = {}
@@ -202,7 +260,12 @@ def marker_task_correlation(
     x = np.moveaxis(shared_mic, 1, 2)  # [R, S, T]
     y = np.broadcast_to(task_values[:, None, :], x.shape)
     for m in methods:
-        r, p = correlate(x, y, "spearman" if m == "S" else "pearson")
+        if m == "S" and scales is not None:
+            rx = smoothed_ranks(x, np.broadcast_to(scales[0], (S, T, T)))
+            ry = smoothed_ranks(y, np.broadcast_to(scales[1], (T, T)))
+            r, p = correlate(rx, ry, "pearson")
+        else:
+            r, p = correlate(x, y, "spearman" if m == "S" else "pearson")
         out.update(_corr_family(r, p, f"{name}-{m}", parity, "marker", mean))
     return out
 
@@ -319,6 +382,7 @@ def seven_metrics(
     cmfg: np.ndarray,
     mae: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
     parity: bool,
+    rank_resolution: float = 0.0,
 ) -> dict[str, Metric]:
     """All seven metrics and their variants for one (model, prompt).
 
@@ -329,12 +393,20 @@ def seven_metrics(
         accuracy, cmfg: [R, T].
         mae: mode -> (mean, std, n), each [R, T, T].
         parity: the seed's conventions.
+        rank_resolution: 0 for the ordinary Spearman variants (the plug-in values), h > 0 for
+            Spearman on smoothed ranks at resolution h without noise correction (the estimand
+            evaluated on noiseless values: the simulator's population values).
     """
     out = mae_metrics(mae)
     shared_mic = mic[:, :, shared]
-    out.update(mrc(shared_mic, parity))
-    out.update(marker_task_correlation(shared_mic, accuracy, "MAC", parity))
-    out.update(marker_task_correlation(shared_mic, cmfg, "MCC", parity))
+    h = rank_resolution if rank_resolution > 0 else None
+    out.update(mrc(shared_mic, parity, scales=h))
+    for name, values in (("MAC", accuracy), ("MCC", cmfg)):
+        out.update(
+            marker_task_correlation(
+                shared_mic, values, name, parity, scales=None if h is None else (h, h)
+            )
+        )
     out.update(cv_metrics(mic, usable, shared))
     out["MRC"] = out["MRC-S-all"]
     out["MAC"] = out["MAC-S-all"]
@@ -423,6 +495,127 @@ def attach_noise_corrections(
             metric.reaches_zero = _mode4_consistent_with_zero(mic, eval_mean, usable, cells, level)
 
 
+def disattenuated_pearson(
+    x: np.ndarray, y: np.ndarray, floor: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation along the last axis with the replicates' noise taken out.
+
+    x, y: [R, ..., n], the point estimate first, then bootstrap replicates. The noise a
+    replicate adds to the spread of x across the last axis is the mean, over replicates, of the
+    sample variance of (x*_r - mean of x*); likewise for y and the cross term (x and y may share
+    items: accuracy and MIC of one task). Each replicate's (and the point's) variances and
+    covariance lose these terms, as Spearman's correction for attenuation: the noise of the
+    smoothed ranks shrinks their correlation. A variance is kept at `floor` times its raw value
+    at least (the correction's factor is then at most 1 / floor on r, before the clip to [-1, 1]).
+
+    Returns:
+        r [R, ...] and two-sided p-values (t with n - 2 degrees of freedom), as `correlate`.
+    """
+    n = x.shape[-1]
+
+    def spread(a, b):
+        ac = a - a.mean(axis=-1, keepdims=True)
+        bc = b - b.mean(axis=-1, keepdims=True)
+        return (ac * bc).sum(-1) / (n - 1)
+
+    with np.errstate(invalid="ignore", divide="ignore"), _quiet():
+        dx = x[1:] - np.nanmean(x[1:], axis=0)
+        dy = y[1:] - np.nanmean(y[1:], axis=0)
+        nxx = np.nanmean(spread(dx, dx), axis=0)
+        nyy = np.nanmean(spread(dy, dy), axis=0)
+        nxy = np.nanmean(spread(dx, dy), axis=0)
+        vx, vy, cxy = spread(x, x), spread(y, y), spread(x, y)
+        vx = np.maximum(vx - nxx, floor * vx)
+        vy = np.maximum(vy - nyy, floor * vy)
+        r = np.clip((cxy - nxy) / np.sqrt(vx * vy), -1.0, 1.0)
+        df = n - 2
+        if df <= 0:
+            return r, np.full(r.shape, np.nan)
+        t = r * np.sqrt(df / np.maximum(1.0 - r * r, 1e-300))
+        p = 2.0 * special.stdtr(df, -np.abs(t))
+    return r, np.where(np.isnan(r), np.nan, p)
+
+
+# The rank correlations whose rank noise is taken out of their spread (`disattenuated_pearson`),
+# and the floor of that correction.
+RANK_DISATTENUATE = ("MAC", "MCC")
+RANK_VAR_FLOOR = 0.3
+
+
+def attach_rank_corrections(
+    metrics: dict[str, Metric],
+    mic: np.ndarray,
+    accuracy: np.ndarray,
+    cmfg: np.ndarray,
+    shared: np.ndarray,
+    parity: bool,
+    rank_resolution: float,
+) -> None:
+    """Resolution-h estimates of the Spearman variants of MRC, MAC and MCC (in place).
+
+    The estimand is Spearman on smoothed ranks at resolution h (`smoothed_ranks`; markers closer
+    than about h count as partly tied): an ordinary Spearman is a step function of the true MICs,
+    whose value hinges on orders of markers a few thousandths apart that no sample resolves
+    (docs/statistics.md). Each metric gets
+    * `corrected`: the statistic with every pair's scale shrunk by its noise (`rank_scales`, the
+      variances of the MICs, accuracies and cMFGs from the replicates), so that the smoothed
+      ranks of the noisy values are unbiased for those of the true values, and the rank noise
+      taken out of the correlation (`disattenuated_pearson`), on the point estimate and on every
+      replicate;
+    * `anchor`: the statistic at scale h on the point estimate (no noise correction), the
+      bootstrap world's value of the estimand, on which the replicates are centred.
+
+    Args:
+        metrics: the group's metrics (modified in place).
+        mic: [R, T, M] MICs, point estimate first; accuracy, cmfg: [R, T].
+        shared: [M] shared markers.
+        parity: the seed's conventions (an empty significant set is -1).
+        rank_resolution: h (> 0; 0 leaves the metrics unchanged).
+    """
+    _, T, _ = mic.shape
+    S = int(shared.sum())
+    if rank_resolution <= 0 or len(mic) < 3 or T < 2 or S < 1:
+        return
+    h = rank_resolution
+    shared_mic = mic[:, :, shared]
+    with _quiet():
+        var_mic = np.nanvar(shared_mic[1:], axis=0, ddof=1)  # [T, S]
+        var_acc = np.nanvar(accuracy[1:], axis=0, ddof=1)  # [T]
+        var_cmfg = np.nanvar(cmfg[1:], axis=0, ddof=1)
+
+    def pearson(a, b, name):
+        if name in RANK_DISATTENUATE:
+            return disattenuated_pearson(a, b, RANK_VAR_FLOOR)
+        return correlate(a, b, "pearson")
+
+    corrected: dict[str, Metric] = {}
+    anchor = mrc(shared_mic[:1], parity, scales=h)
+    if S >= 2:
+        ranks = smoothed_ranks(shared_mic, rank_scales(h, var_mic))  # [R, T, S]
+        i, j = np.triu_indices(T, k=1)
+        r, p = pearson(ranks[:, i, :], ranks[:, j, :], "MRC")
+        corrected.update(_corr_family(r, p, "MRC-S", parity, "task pair"))
+    x_ranks = smoothed_ranks(np.moveaxis(shared_mic, 1, 2), rank_scales(h, var_mic.T))  # [R,S,T]
+    for name, values, var in (("MAC", accuracy, var_acc), ("MCC", cmfg, var_cmfg)):
+        anchor.update(
+            marker_task_correlation(shared_mic[:1], values[:1], name, parity, ("S",), scales=(h, h))
+        )
+        if not np.isfinite(values[0]).all():
+            continue
+        y_ranks = smoothed_ranks(values, rank_scales(h, var))  # [R, T]
+        r, p = pearson(x_ranks, np.broadcast_to(y_ranks[:, None, :], x_ranks.shape), name)
+        corrected.update(_corr_family(r, p, f"{name}-S", parity, "marker"))
+    for name, m in corrected.items():
+        target = metrics.get(name)
+        a = anchor.get(name)
+        if target is None or target.values is None or m.values is None:
+            continue
+        if a is None or a.values is None or not np.isfinite(a.values[0]):
+            continue
+        target.corrected = m.values
+        target.anchor = float(a.values[0])
+
+
 # The inverse of the folded normal's mean: u >= 0 with E|N(u, 1)| = r, tabulated on an even grid
 # of r (a plain index, no search, at run time: the terms number B x T x T x M).
 _FOLD_U = np.linspace(0.0, 13.0, 13001)
@@ -462,7 +655,7 @@ def mode4_unfolded(
     B. Where a true difference is near 0, |d| is biased up by about its noise, and the bootstrap
     sees a smaller bias than there is (its replicates start from the inflated |d|: measured,
     C-AvgMAE Mode 4 covered 0.83-0.93). Each term is replaced by `unfold(|d|, sd)`, sd from the
-    replicates (var x + var y - 2 cov, as in `_mode4_consistent_with_zero`), on the point
+    replicates (`mode4_noise_sd`: var x + var y - 2 cov, each over the replicates that define it), on the point
     estimate and on every replicate with the same sd; cells and markers are kept exactly as the
     plug-in Mode 4 keeps them.
 
@@ -475,16 +668,7 @@ def mode4_unfolded(
         {"I": [R], "C": [R]}: the corrected statistics, point first.
     """
     R, T, _ = mic.shape
-    x = np.nan_to_num(mic[1:] - mic[0])
-    y = np.nan_to_num(eval_mean[1:] - eval_mean[0])
-    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
-    denom = max(len(x) - 1, 1)
-    var = (
-        np.einsum("ram,ram->am", xc, xc)[:, None, :]
-        + np.einsum("rbm,rbm->bm", yc, yc)[None, :, :]
-        - 2 * np.einsum("ram,rbm->abm", xc, yc, optimize=True)
-    ) / denom  # [A, B, M]
-    sd = np.sqrt(np.maximum(var, 0.0))
+    sd = mode4_noise_sd(mic, eval_mean)
     d0 = mic[0][:, None, :] - eval_mean[0][None, :, :]
     keep = usable[:, None, :] & np.isfinite(d0)
     diag = np.eye(T, dtype=bool)
@@ -496,6 +680,44 @@ def mode4_unfolded(
         keep, sd, diag & has, ~diag & has, _FOLD_INV, _FOLD_DR, out_i, out_c,
     )  # fmt: skip
     return {"I": out_i, "C": out_c}
+
+
+def mode4_noise_sd(mic: np.ndarray, eval_mean: np.ndarray) -> np.ndarray:
+    """[A, B, M] standard deviation of d = MIC(m, A) - mean_B(m) over the replicates.
+
+    var x + var y - 2 cov(x, y), x and y the replicates' MICs and evaluation means, each over
+    the replicates where it is defined (a replicate in which a rare marker has no weighted row
+    has no value: counting it as no deviation would understate that marker's noise), the
+    covariance over the replicates where both are. Where fewer than 2 replicates define a term,
+    it falls back to counting the missing ones as no deviation.
+
+    Args:
+        mic: [R, T, M] MICs, point estimate first; eval_mean: [R, T, M] likewise.
+    """
+    x = mic[1:] - mic[0]
+    y = eval_mean[1:] - eval_mean[0]
+    fx, fy = np.isfinite(x), np.isfinite(y)
+    nx, ny = fx.sum(axis=0), fy.sum(axis=0)  # [A, M], [B, M]
+    nxy = np.einsum("ram,rbm->abm", fx.astype(np.float64), fy.astype(np.float64), optimize=True)
+    with _quiet():
+        xc = np.where(fx, x - np.nanmean(x, axis=0), 0.0)
+        yc = np.where(fy, y - np.nanmean(y, axis=0), 0.0)
+    var_x = np.einsum("ram,ram->am", xc, xc) / np.maximum(nx - 1, 1)
+    var_y = np.einsum("rbm,rbm->bm", yc, yc) / np.maximum(ny - 1, 1)
+    cov = np.einsum("ram,rbm->abm", xc, yc, optimize=True) / np.maximum(nxy - 1, 1)
+    var = var_x[:, None, :] + var_y[None, :, :] - 2 * cov
+    few = (nx[:, None, :] < 2) | (ny[None, :, :] < 2) | (nxy < 2)
+    if few.any():  # the zero-filled estimate, as the boundary test counts them
+        x0, y0 = np.nan_to_num(x), np.nan_to_num(y)
+        x0, y0 = x0 - x0.mean(axis=0), y0 - y0.mean(axis=0)
+        denom = max(len(x) - 1, 1)
+        var0 = (
+            np.einsum("ram,ram->am", x0, x0)[:, None, :]
+            + np.einsum("rbm,rbm->bm", y0, y0)[None, :, :]
+            - 2 * np.einsum("ram,rbm->abm", x0, y0, optimize=True)
+        ) / denom
+        var = np.where(few, var0, var)
+    return np.sqrt(np.maximum(var, 0.0))
 
 
 @nb.njit(cache=True)

@@ -58,7 +58,7 @@ from scipy import special
 from engine.contract import NO_HEDGE
 from engine.errors import UserError
 from metrics.io import ScoredRun, validate
-from metrics.seven import Metric, seven_metrics
+from metrics.seven import RANK_RESOLUTION, Metric, seven_metrics
 
 
 @dataclass(frozen=True)
@@ -280,12 +280,16 @@ def population_tables(pop: Population, valid: np.ndarray | None = None):
     return mic, pop.accuracy.copy(), pop.faithfulness.copy(), mae
 
 
-def population_metrics(pop: Population, valid: np.ndarray | None = None) -> dict[str, Metric]:
+def population_metrics(
+    pop: Population, valid: np.ndarray | None = None, rank_resolution: float = RANK_RESOLUTION
+) -> dict[str, Metric]:
     """Every metric of `metrics.seven` at the population (values of length 1).
 
     Args:
         pop: the population.
         valid: [T, M+1] markers valid in each task (columns as `Population.marker_names`).
+        rank_resolution: h of the Spearman variants (0: ordinary ranks; see
+            `metrics.seven.attach_rank_corrections`).
     """
     T, M = pop.mic.shape
     mic, acc, cmfg, mae = population_tables(pop, valid)
@@ -295,18 +299,26 @@ def population_metrics(pop: Population, valid: np.ndarray | None = None) -> dict
         mode: (x[None], np.zeros((1, T, T)), np.where(np.isfinite(x), 1.0, 0.0)[None])
         for mode, x in mae.items()
     }
-    return seven_metrics(mic[None], usable, shared, acc[None], cmfg[None], cells, parity=False)
+    return seven_metrics(
+        mic[None], usable, shared, acc[None], cmfg[None], cells, parity=False,
+        rank_resolution=rank_resolution,
+    )  # fmt: skip
 
 
-def population_values(pop: Population, valid: np.ndarray | None = None) -> dict[str, float | None]:
+def population_values(
+    pop: Population, valid: np.ndarray | None = None, rank_resolution: float = RANK_RESOLUTION
+) -> dict[str, float | None]:
     """The population value of every metric and variant (None: undefined for this population).
 
     Args:
         pop: the population.
         valid: [T, M+1] markers valid in each task (default all; see the module docstring).
+        rank_resolution: h of the Spearman variants of MRC, MAC and MCC: the value
+            `metrics.analyze.analyze` with the same h estimates (0: the ordinary Spearman of
+            the true MICs).
     """
     out = {}
-    for name, metric in population_metrics(pop, valid).items():
+    for name, metric in population_metrics(pop, valid, rank_resolution).items():
         v = None if metric.values is None else float(metric.values[0])
         out[name] = None if v is None or not np.isfinite(v) else v
     # A marker whose population MIC is the same in every task has no correlation with a task
@@ -505,6 +517,7 @@ def coverage_study(
     seed: int = 0,
     threshold: int = 10,
     level: float = 0.95,
+    rank_resolution: float = RANK_RESOLUTION,
 ) -> pl.DataFrame:
     """Draw `reps` runs from `pop`, analyze each with the bootstrap, compare with the truth.
 
@@ -516,33 +529,40 @@ def coverage_study(
         seed: seed of the study (run r uses seed + r for the data and the bootstrap).
         threshold: the analysis' marker count threshold.
         level: confidence level.
+        rank_resolution: h of the analysis and of the truth of the Spearman variants.
 
     Returns:
-        One row per (run, metric): truth, value, debiased, se, ci_lo, ci_hi, covered.
+        One row per (run, metric): truth, value, debiased, se, ci_lo, ci_hi, covered, and
+        `truth_exact`, `covered_exact` against the ordinary (h = 0) population value.
     """
     from metrics.analyze import analyze  # metrics.analyze imports this module's siblings
 
     rows: list[dict] = []
-    cache: dict[bytes, dict[str, float | None]] = {}
+    cache: dict[bytes, tuple[dict, dict]] = {}
     for r in range(reps):
         res = analyze(
             sample(pop, n_items, seed + r), bootstrap=n_boot, seed=seed + r, threshold=threshold,
-            level=level,
+            level=level, rank_resolution=rank_resolution,
         )  # fmt: skip
         valid = valid_mask(pop, res.mic_table)
         key = valid.tobytes()
         if key not in cache:
-            cache[key] = population_values(pop, valid)
-        truth = cache[key]
+            cache[key] = (
+                population_values(pop, valid, rank_resolution),
+                population_values(pop, valid, 0.0),
+            )
+        truth, exact = cache[key]
         for name, e in res.metrics_json["models"]["model-0"]["default"]["metrics"].items():
             if truth.get(name) is None or e.get("ci") is None:
                 continue
             lo, hi = e["ci"]
+            t0 = exact.get(name)
             rows.append(
                 {
                     "run": r, "metric": name, "truth": truth[name], "value": e["value"],
                     "debiased": e["debiased"], "se": e["se"], "ci_lo": lo, "ci_hi": hi,
-                    "covered": lo <= truth[name] <= hi,
+                    "covered": lo <= truth[name] <= hi, "truth_exact": t0,
+                    "covered_exact": None if t0 is None else lo <= t0 <= hi,
                 }
             )  # fmt: skip
     return pl.DataFrame(rows)

@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import norm
 
 from metrics import analyze
-from metrics.seven import mode4_unfolded, unfold
+from metrics.seven import mode4_noise_sd, mode4_unfolded, unfold
 from metrics.simulate import (
     Population,
     comparison_study,
@@ -199,6 +199,26 @@ def test_mode4_unfolded_by_hand():
     assert got["C"][0] == pytest.approx(np.mean(c_cells), abs=1e-12)
     plug = np.mean([abs(0.5 - 0.1), (abs(0.7 - 0.52) + abs(0.4 - 0.9)) / 2])
     assert got["C"][0] <= plug  # unfolding never adds
+
+
+def test_mode4_noise_of_a_rare_marker_counts_only_replicates_that_define_it():
+    # A marker with no evaluation row in task 1 in half the replicates: those replicates have
+    # no deviation to count. Counting them as 0 (before: np.nan_to_num) understated its sd,
+    # sqrt(0.02^2 + 0.05^2 / 2) = 0.041 instead of sqrt(0.02^2 + 0.05^2) = 0.054.
+    rng = np.random.default_rng(0)
+    R = 801
+    mic = np.full((R, 2, 1), 0.5)
+    mic[1:, :, 0] += rng.normal(0, 0.02, (R - 1, 2))
+    ev = np.full((R, 2, 1), 0.4)
+    ev[1:, :, 0] += rng.normal(0, 0.05, (R - 1, 2))
+    ev[1::2, 1, 0] = np.nan
+    sd = mode4_noise_sd(mic, ev)
+    full = np.hypot(0.02, 0.05)
+    assert sd[0, 1, 0] == pytest.approx(full, rel=0.08), sd[0, 1, 0]
+    assert sd[0, 0, 0] == pytest.approx(full, rel=0.08)  # a marker every replicate defines
+    # Fewer than 2 replicates define it: the zero-filled estimate, still finite.
+    ev[2:, 1, 0] = np.nan
+    assert np.isfinite(mode4_noise_sd(mic, ev)).all()
 
 
 def test_mode4_debiased_nearer_the_truth(study):

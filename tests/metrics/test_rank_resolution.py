@@ -1,0 +1,110 @@
+"""The rank correlations' estimand at a rank resolution h (metrics.seven.attach_rank_corrections).
+
+Spearman on smoothed ranks: the ordinary ranks as h -> 0, a smooth function of the values, and
+an unbiased noise correction for Gaussian errors. Coverage itself: tests/metrics/test_coverage.py
+and benchmarks/interval_coverage.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from metrics import analyze
+from metrics.debias import debias
+from metrics.seven import average_ranks, disattenuated_pearson, rank_scales, smoothed_ranks
+from metrics.simulate import population_values, sample, standard_populations
+
+
+def test_smoothed_ranks_tend_to_average_ranks():
+    x = np.array([[0.3, 0.1, 0.3, 0.7, 0.2], [0.5, 0.5, 0.5, 0.1, 0.9]])
+    got = smoothed_ranks(x, 1e-9)
+    assert np.array_equal(got, average_ranks(x))  # ties share their midrank
+    # Far apart relative to h: the ordinary ranks; within h: partly tied.
+    assert smoothed_ranks(np.array([0.1, 0.5, 0.9]), 0.05) == pytest.approx([1, 2, 3], abs=1e-12)
+    close = smoothed_ranks(np.array([0.5, 0.51]), 0.05)
+    assert 1.0 < close[0] < 1.5 < close[1] < 2.0
+    assert np.isnan(smoothed_ranks(np.array([0.1, np.nan, 0.3]), 0.05)).all()
+
+
+def test_noise_corrected_scales_make_smoothed_ranks_unbiased():
+    # E Phi(d^ / s) = Phi(d / sqrt(s^2 + v)): with s^2 = h^2 - v the noisy values' smoothed
+    # ranks average to the true values' ranks at resolution h; with s = h they are too flat.
+    rng = np.random.default_rng(5)
+    x = np.array([0.40, 0.41, 0.43, 0.50, 0.52])
+    var = np.array([0.02, 0.015, 0.03, 0.02, 0.01]) ** 2
+    h = 0.05
+    noisy = x + rng.normal(size=(200_000, 5)) * np.sqrt(var)
+    target = smoothed_ranks(x, h)
+    got = smoothed_ranks(noisy, rank_scales(h, var)).mean(axis=0)
+    naive = smoothed_ranks(noisy, h).mean(axis=0)
+    assert np.abs(got - target).max() < 0.005, (got, target)
+    assert np.abs(naive - target).max() > 0.03, (naive, target)
+
+
+def test_disattenuated_pearson_undoes_independent_noise():
+    # Two vectors with correlation rho, observed with noise: the plain Pearson shrinks towards
+    # 0, the corrected one (noise from replicates around the observation) does not on average.
+    rng = np.random.default_rng(2)
+    n, reps, sd = 12, 400, 0.6
+    a = rng.normal(size=n)
+    b = 0.8 * a + 0.6 * rng.normal(size=n)
+    truth = np.corrcoef(a, b)[0, 1]
+    plain, corrected = [], []
+    for _ in range(300):
+        xa = a + sd * rng.normal(size=n)
+        xb = b + sd * rng.normal(size=n)
+        ra = np.concatenate([xa[None], xa + sd * rng.normal(size=(reps, n))])
+        rb = np.concatenate([xb[None], xb + sd * rng.normal(size=(reps, n))])
+        plain.append(np.corrcoef(xa, xb)[0, 1])
+        corrected.append(disattenuated_pearson(ra, rb)[0][0])
+    assert np.mean(plain) < truth - 0.1
+    assert abs(np.mean(corrected) - truth) < 0.05, (np.mean(corrected), truth)
+
+
+def test_debias_anchor_generalizes_both_centrings():
+    rng = np.random.default_rng(0)
+    reps = rng.normal(0.3, 0.1, 500) ** 3
+    theta = 0.05
+    plain = debias(theta, reps)
+    assert debias(theta, reps, anchor=theta) == plain  # the bootstrap bias correction
+    centred = debias(theta, reps, already_debiased=True)
+    assert debias(theta, reps, anchor=float(np.mean(reps)), already_debiased=True) == centred
+    got = debias(theta, reps, anchor=0.02)
+    q_lo, q_hi = np.quantile(reps, [0.025, 0.975])
+    assert got.debiased == pytest.approx(theta - (np.mean(reps) - 0.02))
+    assert got.ci == pytest.approx((theta - (q_hi - 0.02), theta - (q_lo - 0.02)))
+
+
+def test_population_values_at_resolution_zero_are_the_ordinary_spearman():
+    pop = standard_populations()["example"]
+    exact = population_values(pop, rank_resolution=0.0)
+    mic = pop.population_mic()
+    rho = [spearmanr(mic[i], mic[j]).statistic for i in range(4) for j in range(i + 1, 4)]
+    z = np.mean(np.arctanh(np.clip(rho, -0.9999, 0.9999)))
+    assert exact["MRC"] == pytest.approx(np.tanh(z), abs=1e-12)
+    smooth = population_values(pop, rank_resolution=0.05)
+    assert smooth["MRC"] != exact["MRC"]  # markers within 0.001 of each other: partly tied
+    assert smooth["I-AvgMAE"] == exact["I-AvgMAE"]  # only the Spearman variants change
+
+
+def test_analysis_reports_the_resolution_and_keeps_the_plugin_value():
+    run = sample(standard_populations()["example"], 200, seed=4)
+    a = analyze(run, bootstrap=60, seed=1, rank_resolution=0.05).metrics_json
+    b = analyze(run, bootstrap=60, seed=1, rank_resolution=0.0).metrics_json
+    assert a["settings"]["rank_resolution"] == 0.05 and b["settings"]["rank_resolution"] == 0.0
+    ma, mb = (d["models"]["model-0"]["default"]["metrics"] for d in (a, b))
+    for name in ("MRC", "MAC", "MCC"):
+        assert ma[name]["value"] == mb[name]["value"]  # the ordinary Spearman either way
+        assert ma[name]["ci_method"].startswith("rank resolution 0.05"), ma[name]
+        assert mb[name]["ci_method"].startswith("plug-in"), mb[name]
+        assert ma[name]["ci"][0] <= ma[name]["debiased"] <= ma[name]["ci"][1]
+    for name in ("MAC-P-all", "I-AvgMAE"):  # not rank correlations: unchanged
+        assert ma[name] == mb[name]
+
+
+def test_rank_resolution_is_checked():
+    run = sample(standard_populations()["example"], 40, seed=4)
+    with pytest.raises(Exception, match="rank-resolution"):
+        analyze(run, rank_resolution=-0.1)
