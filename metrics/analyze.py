@@ -19,6 +19,7 @@ import polars as pl
 
 from engine.contract import RunLayout, atomic_write
 from engine.errors import UserError
+from metrics import debias as debias_mod
 from metrics.bootstrap import bca_interval, mean_acceleration, percentile_interval
 from metrics.bootstrap._validate import check_level, check_method, check_n_boot, check_scheme
 from metrics.compile_notice import announce_compiles
@@ -203,9 +204,10 @@ def metric_entry(
                 if is_correlation(name)
                 else CI_METHOD
             ),
-            fisher=on_fisher_scale(name),
+            fisher=on_fisher_scale(name, ranked=metric.anchor is not None),
             reaches_lower=metric.reaches_zero,
             anchor=metric.anchor,
+            reflect=metric.anchor is None or not name.startswith(debias_mod.RANK_UNREFLECTED),
         )
         if est.ci is None:
             entry["ci_reason"] = "fewer than 2 bootstrap replicates define this metric"

@@ -64,10 +64,19 @@ class Estimate:
     degenerate: bool = False
 
 
-def on_fisher_scale(name: str) -> bool:
+# Rank correlations at a resolution h > 0 corrected on the atanh scale (`on_fisher_scale`), and
+# those whose interval keeps the replicates' orientation (`debias`'s `reflect`).
+RANK_FISHER = ("MAC", "MCC")
+RANK_UNREFLECTED = ("MRC",)
+
+
+def on_fisher_scale(name: str, ranked: bool = False) -> bool:
     """MAC and MCC (and variants): per-marker correlations over a few tasks, whose bootstrap
-    distribution is skewed; corrected on the atanh scale (measured: better coverage there; MRC,
-    whose population value can sit at 1, is not)."""
+    distribution is skewed; corrected on the atanh scale (measured: better coverage there; the
+    ordinary MRC, whose population value can sit at 1, is not). `ranked`: a Spearman variant at
+    a rank resolution h > 0 (`metrics.seven.attach_rank_corrections`)."""
+    if ranked:
+        return name.startswith(RANK_FISHER)
     return name.startswith(("MAC", "MCC"))
 
 
@@ -96,6 +105,7 @@ def debias(
     fisher: bool = False,
     reaches_lower: bool = False,
     anchor: float | None = None,
+    reflect: bool = True,
 ) -> Estimate:
     """Bootstrap bias correction and basic interval of one statistic.
 
@@ -118,6 +128,10 @@ def debias(
             the interval [theta_hat - (q_hi - anchor), theta_hat - (q_lo - anchor)]. Overrides
             `already_debiased` (None: anchor = theta_hat, or the replicates' mean when
             `already_debiased`).
+        reflect: the basic interval (the replicates' spread reflected around the estimate);
+            False keeps the spread's orientation, [debiased - (mean - q_lo), debiased + (q_hi -
+            mean)]: right where the estimate's skew matches the replicates' (a correlation near
+            its bound of 1).
 
     Returns:
         The `Estimate` (all None when fewer than 2 replicates are finite).
@@ -137,6 +151,7 @@ def debias(
             already_debiased=already_debiased,
             method=method,
             anchor=None if anchor is None else float(np.arctanh(np.clip(anchor, -CLIP, CLIP))),
+            reflect=reflect,
         )
         if back.ci is None:
             return back
@@ -160,8 +175,12 @@ def debias(
         anchor = center if already_debiased else theta_hat
     est = theta_hat - (center - anchor)
     debiased = float(np.clip(est, lo_b, hi_b))
-    low = float(np.clip(theta_hat - (q_hi - anchor), lo_b, hi_b))
-    high = float(np.clip(theta_hat - (q_lo - anchor), lo_b, hi_b))
+    if reflect:
+        low = float(np.clip(theta_hat - (q_hi - anchor), lo_b, hi_b))
+        high = float(np.clip(theta_hat - (q_lo - anchor), lo_b, hi_b))
+    else:
+        low = float(np.clip(est - (center - q_lo), lo_b, hi_b))
+        high = float(np.clip(est + (q_hi - center), lo_b, hi_b))
     if reaches_lower:
         low = lo_b
     low, high = min(low, debiased), max(high, debiased)

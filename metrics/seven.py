@@ -539,7 +539,7 @@ def disattenuated_pearson(
 # The rank correlations whose rank noise is taken out of their spread (`disattenuated_pearson`),
 # and the floor of that correction.
 RANK_DISATTENUATE = ("MAC", "MCC")
-RANK_VAR_FLOOR = 0.3
+RANK_VAR_FLOOR = 0.7
 
 
 def attach_rank_corrections(

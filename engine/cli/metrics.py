@@ -64,6 +64,17 @@ def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=float, default=0.95, help="confidence level (0, 1)")
     p.add_argument("--scheme", choices=["poisson", "multinomial"], default="poisson")
     p.add_argument(
+        "--rank-resolution",
+        type=float,
+        default=None,
+        metavar="H",
+        help=(
+            "rank resolution of the MRC/MAC/MCC Spearman intervals, in confidence units: "
+            "markers closer than about H count as partly tied (default 0.05; 0: the ordinary "
+            "Spearman, see docs/statistics.md)"
+        ),
+    )
+    p.add_argument(
         "--ray",
         nargs="?",
         const="local",
@@ -80,7 +91,9 @@ def _analysis_kwargs(args: argparse.Namespace) -> dict:
         from metrics.bootstrap import weighted_group_sums
 
         group_sums = ray_group_sums(weighted_group_sums, None if args.ray == "local" else args.ray)
+    extra = {} if args.rank_resolution is None else {"rank_resolution": args.rank_resolution}
     return dict(
+        **extra,
         out=args.out,
         mode=args.mode,
         threshold=args.threshold,

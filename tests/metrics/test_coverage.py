@@ -94,8 +94,10 @@ def test_coverage_does_not_regress(study):
     # intervals of before covered I-AvgMAE Mode 4, whose truth is 0, in 0-5 % of runs).
     for name in [*MAE, *CVS]:
         assert cov[name] >= 0.8, (name, cov[name])
-    for name in ("MRC", "MAC"):  # rank correlations: see docs/statistics.md
-        assert cov[name] >= 0.5, (name, cov[name])
+    # Rank correlations at resolution h = 0.05 (docs/statistics.md): 0.96 / 1.00 / 0.96 with
+    # these seeds; the ordinary Spearman's plug-in intervals covered MRC in 0.65 of such runs.
+    for name in ("MRC", "MAC", "MCC"):
+        assert cov[name] >= 0.875, (name, cov[name])
 
 
 def test_every_debiased_estimate_lies_inside_its_interval(study):
@@ -231,8 +233,8 @@ def test_mode4_debiased_nearer_the_truth(study):
 
 
 def test_mrc_covers_where_marker_orders_are_resolvable():
-    # No two markers of a task within 0.045: the population MRC is an order the data resolve
-    # (the other populations' near-ties are why MRC under-covers there; docs/statistics.md).
+    # No two markers of a task within 0.045: the population MRC is an order the data resolve,
+    # and its value at resolution h is close to the ordinary one (1.00 with these seeds).
     df = coverage_study(standard_populations()["separated"], 300, 24, n_boot=200, seed=11)
     cov = df.filter(pl.col("metric") == "MRC").get_column("covered").mean()
     assert cov >= 0.875, cov
