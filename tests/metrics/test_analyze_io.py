@@ -254,3 +254,17 @@ def test_outputs_are_ordinary_files_and_the_wrote_line_names_them(tmp_path, caps
         assert f"{out}/{name}" in last
     assert main(["analyze", str(example), "--out", str(out), "--bootstrap", "-3"]) == 2
     assert "--bootstrap" in capsys.readouterr().err
+
+
+def test_cli_rank_resolution_is_stored_and_checked(tmp_path, capsys):
+    out = tmp_path / "res"
+    args = ["analyze", str(EXAMPLE), "--out", str(out), "--bootstrap", "30"]
+    assert main([*args, "--rank-resolution", "0"]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["settings"]["rank_resolution"] == 0.0
+    mrc = doc["models"]["model-0"]["default"]["metrics"]["MRC"]
+    assert mrc["ci_method"].startswith("plug-in")  # h = 0: the ordinary Spearman's interval
+    capsys.readouterr()
+    assert main([*args, "--rank-resolution", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--rank-resolution" in err and "Traceback" not in err
