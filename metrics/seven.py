@@ -583,7 +583,7 @@ def attach_rank_corrections(
         var_acc = np.nanvar(accuracy[1:], axis=0, ddof=1)  # [T]
         var_cmfg = np.nanvar(cmfg[1:], axis=0, ddof=1)
 
-    def pearson(a, b, name):
+    def pearson(a: np.ndarray, b: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name in RANK_DISATTENUATE:
             return disattenuated_pearson(a, b, RANK_VAR_FLOOR)
         return correlate(a, b, "pearson")

@@ -35,7 +35,9 @@ How the population values are exact (no Monte Carlo):
   sentences' decisiveness is placed at the distance from their confidence that makes f(r) come
   out exactly, so f is independent of the response's confidence: every cMFG bin has mean
   faithfulness[t], and cMFG = MFG = faithfulness[t].
-* Correlation metrics are the correlations of the population vectors. "-sig" keeps the task
+* Correlation metrics are the correlations of the population vectors; the Spearman variants
+  of MRC, MAC and MCC on smoothed ranks at the analysis' rank resolution h (`rank_resolution`,
+  default `metrics.seven.RANK_RESOLUTION`; 0 gives the ordinary ranks). "-sig" keeps the task
   pairs (MRC) or markers (MAC, MCC) whose population correlation would be significant at
   p < 0.05 with the same number of markers (tasks): the limit of the sample's selection, which
   is well defined except for a correlation exactly at the threshold.
