@@ -23,6 +23,7 @@ ANALYSIS_KEYS = {
     "bootstrap": int,
     "ci_method": str,
     "compare": bool,
+    "rank_resolution": float,
 }
 
 logger = logging.getLogger("engine.study")  # one logger for the whole room
@@ -159,6 +160,8 @@ def check_analysis(analysis: dict[str, Any], source: str = "<spec>") -> dict[str
                 f"{source}: unknown key 'analysis.{key}'", f"allowed keys: {sorted(ANALYSIS_KEYS)}"
             )
         kind = ANALYSIS_KEYS[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = analysis[key] = float(value)  # `rank_resolution = 0` in TOML is an int
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise UserError(
                 f"{source}: 'analysis.{key}' is {value!r}", f"expected a {kind.__name__}"

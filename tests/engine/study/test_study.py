@@ -9,7 +9,7 @@ import pytest
 from helpers import REPO
 
 from engine.errors import UserError
-from engine.study import check_study_spec, prepare_study
+from engine.study import check_analysis, check_study_spec, prepare_study
 
 CONFIGS = REPO / "configs"
 
@@ -52,6 +52,13 @@ def test_bad_study_input(tmp_path: Path) -> None:
         prepare_study({"tasks": [{"name": "x", "source": "sample:nope"}]}, tmp_path)
     with pytest.raises(UserError, match="analysis.colour"):
         prepare_study({"tasks": [], "analysis": {"colour": 1}}, tmp_path)
+    # The rank correlations' resolution reaches `metrics.analyze` from a study spec too.
+    from engine.study.stages import analysis_options
+
+    analysis = check_analysis({"rank_resolution": 0})
+    assert analysis == {"rank_resolution": 0.0} and analysis_options(analysis) == analysis
+    with pytest.raises(UserError, match="analysis.rank_resolution"):
+        check_analysis({"rank_resolution": "fine"})
     spec = tmp_path / "bad.toml"
     text = (CONFIGS / "seed_study.toml").read_text().replace("registry:popqa", "registry:nope")
     spec.write_text(text)
