@@ -21,7 +21,7 @@ import polars as pl
 
 from engine.contract import NO_HEDGE, RESPONSES, SENTENCES, polars_dtypes
 from engine.errors import UserError
-from metrics import kernels
+from metrics import kernels, keycodes
 
 FORMATS = {
     ".parquet": "parquet",
@@ -433,6 +433,9 @@ def validate(run: ScoredRun) -> ScoredRun:
     against the key columns, so later stages never join on strings again).
     """
     r, s = run.responses, run.sentences
+    # Codes and distinct values of the categorical key columns, found by the blank check and
+    # reused by the key hash (each column is scanned once).
+    codes: dict[str, dict[str, _CatColumn | None]] = {"responses": {}, "sentences": {}}
     for table, df, cols in (
         ("responses", r, [*KEY, "correct", "n_sentences"]),
         ("sentences", s, [*KEY, "sentence_idx", "marker"]),
@@ -451,7 +454,7 @@ def validate(run: ScoredRun) -> ScoredRun:
                     fix,
                 )
         for c in KEY:
-            _refuse_blank(run, df, c, table)
+            codes[table][c] = _refuse_blank(run, df, c, table)
     for c in ("confidence", "decisiveness"):
         bad_expr = pl.col(c).is_nan() | pl.col(c).is_infinite() | (pl.col(c) < 0) | (pl.col(c) > 1)
         if s.select(bad_expr.any()).item():
@@ -480,9 +483,13 @@ def validate(run: ScoredRun) -> ScoredRun:
     # join on the key columns). A valid row's own response is always found; a wrong link would
     # need a row with no response whose hash collides with another response's (odds ~ R/2^64 per
     # orphan row, and only on data that is invalid anyway).
-    rh = _key_hash(r)
-    sh = _key_hash(s)
-    r_np, unique = kernels.hash_link(rh, sh)
+    # (model, prompt, task) is the key's first three columns: its hash is a step of the full one.
+    rh3 = _key_hash(r, KEY[:3], codes["responses"])
+    rh = _key_hash(r, KEY[3:], codes["responses"], h=rh3.copy(), start=3)
+    sh = _key_hash(s, KEY, codes["sentences"])
+    del codes
+    r_np, unique = keycodes.link(rh, sh)
+    del sh
     if not unique:
         dup = r.filter(pl.Series(_duplicated(rh))).filter(pl.struct(KEY).is_duplicated())
         if dup.height:
@@ -526,15 +533,15 @@ def validate(run: ScoredRun) -> ScoredRun:
     # A task with responses but not a single sentence row cannot give any MIC.
     has_rows = np.zeros(r.height, dtype=bool)
     has_rows[r_np] = True
-    # Grouped on a 64-bit hash of (model, prompt, task) in numpy: a polars group_by on the
-    # three columns of every response was the peak of a 1e7-row analysis (+0.8 GB).
-    _, first_row, group = np.unique(
-        _key_hash(r, ("model", "prompt", "task")), return_index=True, return_inverse=True
-    )
-    n_with_rows = np.bincount(group.reshape(-1), weights=has_rows, minlength=first_row.size)
+    # Grouped on a 64-bit hash of (model, prompt, task) in a compiled pass: a polars group_by
+    # on the three columns of every response was the peak of a 1e7-row analysis (+0.8 GB), and
+    # sorting the hashes (np.unique) took longer than the pass.
+    uniq, first_row, n_with_rows = keycodes.groups_with_rows(rh3, has_rows)
     empty = np.flatnonzero(n_with_rows == 0)
     if empty.size:
-        row = r.row(int(first_row[empty[0]]), named=True)
+        # The group with the smallest hash: the one reported first when they were sorted.
+        k = int(empty[np.argmin(uniq[empty])])
+        row = r.row(int(first_row[k]), named=True)
         raise UserError(
             f"{_where(run, r.filter(pl.col('task') == row['task']))}: task {row['task']!r} "
             f"(model {row['model']!r}) has responses but no sentence rows",
@@ -571,12 +578,43 @@ def _check_sentence_counts(run: ScoredRun, n_sentences: np.ndarray, n_seen: np.n
     )
 
 
-def _refuse_blank(run: ScoredRun, df: pl.DataFrame, name: str, table: str) -> None:
+@dataclass(frozen=True)
+class _CatColumn:
+    """A categorical column without nulls as numpy codes, with its distinct codes and texts."""
+
+    codes: np.ndarray  # uint32 per row
+    n_codes: int  # codes are below this
+    present: np.ndarray  # the distinct codes
+    strings: pl.Series  # their texts (String), in the order of `present`
+
+
+def _cat_column(col: pl.Series) -> _CatColumn | None:
+    """The codes and distinct texts of a Categorical column; None for another dtype or nulls.
+
+    The distinct codes come from one compiled pass over the codes (a polars `unique` of a
+    categorical of 1e7 rows took ~0.1 s per column), their texts from one row each.
+    """
+    if col.dtype != pl.Categorical or col.null_count():
+        return None
+    codes = col.to_physical().to_numpy()
+    n_codes = int(codes.max(initial=0)) + 1
+    first = keycodes.first_rows(codes, n_codes)
+    present = np.flatnonzero(first >= 0)
+    strings = col.gather(first[present]).cast(pl.String)
+    return _CatColumn(codes, n_codes, present, strings)
+
+
+def _refuse_blank(run: ScoredRun, df: pl.DataFrame, name: str, table: str) -> _CatColumn | None:
     """A key made of white space only names nothing (and prints as nothing): refuse it.
 
     Checked on the distinct values, so a categorical column of 1e7 rows costs a few lookups.
+
+    Returns:
+        The column's `_CatColumn` when it is categorical (for the key hash), else None.
     """
-    distinct = df.get_column(name).unique().drop_nulls().cast(pl.String)
+    col = df.get_column(name)
+    cat = _cat_column(col)
+    distinct = cat.strings if cat is not None else col.unique().drop_nulls().cast(pl.String)
     blank = distinct.filter(distinct.str.strip_chars().str.len_bytes() == 0)
     if blank.len():
         rows = df.filter(pl.col(name).cast(pl.String).is_in(blank.implode()))
@@ -584,6 +622,7 @@ def _refuse_blank(run: ScoredRun, df: pl.DataFrame, name: str, table: str) -> No
             f"{_where(run, rows)}: column {name!r} has {rows.height} blank value(s) in the {table} table",
             f"give every row a {name} that is not empty or white space",
         )
+    return cat
 
 
 def _string_hash(col: pl.Series, seed: int) -> np.ndarray:
@@ -606,20 +645,37 @@ def _string_hash(col: pl.Series, seed: int) -> np.ndarray:
     return out
 
 
-def _key_hash(df: pl.DataFrame, key: tuple[str, ...] | list[str] = KEY) -> np.ndarray:
+def _key_hash(
+    df: pl.DataFrame,
+    key: tuple[str, ...] | list[str] = KEY,
+    cats: dict[str, _CatColumn | None] | None = None,
+    h: np.ndarray | None = None,
+    start: int = 0,
+) -> np.ndarray:
     """A 64-bit hash of each row's response key (or of the columns `key`), column by column.
 
     Cheaper in memory than hashing a struct of the key columns, which builds a row encoding of
     all five strings at once (hundreds of MB at 1e7 rows).
+
+    Args:
+        df: the table.
+        key: the columns to hash, in order.
+        cats: `_CatColumn`s already built for some columns (hashed through their codes).
+        h: the hash of the columns before `key`, extended in place (None: start from zero).
+        start: how many columns `h` already covers (each column's seed is its position).
     """
-    h = np.zeros(df.height, dtype=np.uint64)
-    mult = np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        for i, k in enumerate(key):
-            col = _string_hash(df.get_column(k), seed=7 + i)
-            h ^= col
-            h *= mult
-            h ^= h >> np.uint64(29)
+    if h is None:
+        h = np.zeros(df.height, dtype=np.uint64)
+    for i, k in enumerate(key, start=start):
+        seed = 7 + i
+        col = df.get_column(k)
+        cat = (cats or {}).get(k) or _cat_column(col)
+        if cat is not None:
+            lut = np.zeros(cat.n_codes, dtype=np.uint64)
+            lut[cat.present] = cat.strings.hash(seed=seed).to_numpy()
+            keycodes.mix_codes(h, cat.codes, lut)
+        else:
+            keycodes.mix_hashes(h, _string_hash(col, seed))
     return h
 
 
