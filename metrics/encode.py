@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from engine.contract import NO_HEDGE
-from metrics import kernels
+from metrics import kernels, keycodes
 from metrics.bootstrap.rng import KEY_SEP
 from metrics.io import ScoredRun
 
@@ -86,6 +86,16 @@ def stable_item_hash(seed: int, tasks: np.ndarray, items: np.ndarray) -> np.ndar
     return pair_keys(tasks, items, prefix=f"{seed}{KEY_SEP}")
 
 
+def _writable(col: pl.Series, dtype: type) -> np.ndarray:
+    """`col` as a writable numpy array of `dtype` (nulls of a float column as NaN), copied at
+    most once: polars may hand out its own read-only memory, and numba compiles a kernel again
+    for a read-only array."""
+    a = col.to_numpy()
+    if a.dtype != dtype or not a.flags.writeable:
+        a = a.astype(dtype)
+    return a
+
+
 def _codes(col: pl.Series, names: list[str]) -> np.ndarray:
     """Position of each value in the sorted `names` (an Enum cast: the fastest polars path)."""
     return col.cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int32)
@@ -126,14 +136,32 @@ def encode(
     pair = _codes(resp.get_column("model"), models).astype(np.int64) * len(prompts) + _codes(
         resp.get_column("prompt"), prompts
     )
-    uniq_pairs, r_g = np.unique(pair, return_inverse=True)
-    r_g = r_g.reshape(-1).astype(np.int32)
+    # Dense codes of the pairs present, in pair order (what np.unique gives, without its sort
+    # of every response: the pairs are few).
+    present = np.bincount(pair, minlength=len(models) * len(prompts)) > 0
+    uniq_pairs = np.flatnonzero(present)
+    r_g = (np.cumsum(present) - 1).astype(np.int32)[pair]
     groups = [(models[int(u) // len(prompts)], prompts[int(u) % len(prompts)]) for u in uniq_pairs]
     tasks = sorted(resp.get_column("task").unique().to_list())
     sent = run.sentences
     if ignore_no_hedge:
         sent = sent.filter(pl.col("marker") != NO_HEDGE)
-    markers = sorted(sent.get_column("marker").unique().to_list())
+    marker_col = sent.get_column("marker")
+    marker_lut = None
+    if marker_col.dtype == pl.Categorical and not marker_col.null_count():
+        # A categorical (as files are read): its distinct values from one pass over the codes,
+        # each row's position among the sorted names by a lookup (a polars unique and an Enum
+        # cast of 1e7 rows cost ~0.4 s together).
+        m_codes = marker_col.to_physical().to_numpy()
+        first = keycodes.first_rows(m_codes, int(m_codes.max(initial=0)) + 1)
+        present = np.flatnonzero(first >= 0)
+        names = marker_col.gather(first[present]).cast(pl.String).to_list()
+        markers = sorted(names)
+        marker_lut = np.zeros(len(first), dtype=np.int32)
+        rank = {name: i for i, name in enumerate(markers)}
+        marker_lut[present] = [rank[name] for name in names]
+    else:
+        markers = sorted(marker_col.unique().to_list())
     r_t = _codes(resp.get_column("task"), tasks)
     n = resp.height
 
@@ -168,32 +196,36 @@ def encode(
                 g, t = divmod(int(code), len(tasks))
                 auto.setdefault("/".join(groups[g]), []).append(tasks[t])
 
-    s_r = sent.get_column("_r").to_numpy().astype(np.int64)
-    s_m = _codes(sent.get_column("marker"), markers)
-    s_conf = sent.get_column("confidence").fill_null(np.nan).to_numpy().astype(np.float64)
-    s_dec = sent.get_column("decisiveness").fill_null(np.nan).to_numpy().astype(np.float64)
+    s_r = _writable(sent.get_column("_r"), np.int64)
+    s_m = marker_lut[m_codes] if marker_lut is not None else _codes(marker_col, markers)
+    del marker_col
+    s_conf = _writable(sent.get_column("confidence"), np.float64)
+    s_dec = _writable(sent.get_column("decisiveness"), np.float64)
     n_sentences = resp.get_column("n_sentences").to_numpy().astype(np.int64)
     r_correct = resp.get_column("correct").to_numpy().astype(bool)
 
     # Faithfulness is a property of sentences, not markers: computed from all rows, whatever
     # `ignore_no_hedge` or the threshold drop.
     full = run.sentences
-    all_ptr, all_order = kernels.by_response(full.get_column("_r").to_numpy().astype(np.int64), n)
     same = sent is full  # the same rows: reuse the arrays built above
+    all_ptr, all_order = kernels.by_response(
+        s_r if same else _writable(full.get_column("_r"), np.int64), n
+    )
     r_f, r_c = kernels.faithfulness(
         all_ptr,
         all_order,
-        full.get_column("sentence_idx").to_numpy().astype(np.int32),
-        s_conf if same else full.get_column("confidence").fill_null(np.nan).to_numpy(),
-        s_dec if same else full.get_column("decisiveness").fill_null(np.nan).to_numpy(),
+        _writable(full.get_column("sentence_idx"), np.int32),
+        s_conf if same else _writable(full.get_column("confidence"), np.float64),
+        s_dec if same else _writable(full.get_column("decisiveness"), np.float64),
         n_sentences,
     )
-    del all_ptr, all_order
+    kept_all = same  # s_r is still every row of `full`: the CSR index above is the one needed
 
     dropped = None
     if threshold is not None and len(s_r):
         keep_marker = _markers_reaching(threshold, s_r, s_m, r_g, r_t, r_ref, len(markers))
         if not keep_marker.all():
+            kept_all = False
             drop_row = ~keep_marker[s_m]
             dropped = _dropped_rows(
                 s_r[drop_row], s_m[drop_row], s_conf[drop_row], s_dec[drop_row],
@@ -204,7 +236,11 @@ def encode(
             s_r, s_conf, s_dec = s_r[keep_row], s_conf[keep_row], s_dec[keep_row]
             s_m = new_code[s_m[keep_row]].astype(np.int32)
             markers = [mk for mk, k in zip(markers, keep_marker) if k]
-    ptr, order = kernels.by_response(s_r, n)
+    if kept_all:
+        ptr, order = all_ptr, all_order
+    else:
+        ptr, order = kernels.by_response(s_r, n)
+    del all_ptr, all_order
 
     return Encoded(
         groups=[tuple(g) for g in groups],

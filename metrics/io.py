@@ -81,8 +81,10 @@ NEEDED = set(RESPONSE_COLUMNS) | set(SENTENCE_COLUMNS)
 
 # Key columns of a sentences table repeat a handful of values (and item ids per response) over
 # millions of rows: stored as categoricals while reading (streamed, so the strings never exist in
-# full), they take 4 bytes a row instead of 16+. Linking hashes their string values.
-COMPACT = ("model", "prompt", "task", "split", "item_id")
+# full), they take 4 bytes a row instead of 16+ (as strings, 1e7 rows peaked 0.35 GB higher for
+# no gain in time). Linking hashes their string values. The marker too: its checks and codes
+# then work on its few distinct values, not on every row's text.
+COMPACT = ("model", "prompt", "task", "split", "item_id", "marker")
 
 
 def _read(path: Path, compact: bool = False) -> pl.DataFrame:
@@ -405,7 +407,8 @@ def _note_origin(df: pl.DataFrame, path: Path, origins: dict) -> None:
         else df.select(pl.col("model").cast(pl.String), pl.lit("default").alias("prompt"))
     )
     identity = _run_identity(path)
-    for model, prompt in pairs.unique().rows():
+    # Lazily: the eager `unique` of two string columns took 3x the CPU at 1e6+ rows.
+    for model, prompt in pairs.lazy().unique().collect().rows():
         origins.setdefault((str(model), str(prompt)), {}).setdefault(identity, str(path))
 
 
@@ -453,6 +456,12 @@ def validate(run: ScoredRun) -> ScoredRun:
                     f"{_where(run, nulls)}: column {c!r} has {k} empty value(s) in the {table} table",
                     fix,
                 )
+        if table == "sentences":
+            # Link first (it raises nothing): a blank key in a sentence row is looked for only
+            # when some row found no response, as such a row must (responses have no blank key).
+            link = _link(r, s, codes["responses"])
+            if link[1] and not (link[0] < 0).any():
+                break
         for c in KEY:
             codes[table][c] = _refuse_blank(run, df, c, table)
     for c in ("confidence", "decisiveness"):
@@ -470,26 +479,23 @@ def validate(run: ScoredRun) -> ScoredRun:
             f"{_where(run, neg)}: column 'n_sentences' has negative values",
             "use the response's sentence count",
         )
-    blank_marker = pl.col("marker").str.strip_chars().str.len_bytes() == 0
-    if s.select(blank_marker.any()).item():
+    marker = _cat_column(s.get_column("marker"))  # None unless categorical (a file's is)
+    blank_marker = pl.col("marker").cast(pl.String).str.strip_chars().str.len_bytes() == 0
+    distinct = marker.strings if marker is not None else None
+    any_blank = (
+        distinct.str.strip_chars().str.len_bytes().eq(0).any()
+        if distinct is not None
+        else s.select(blank_marker.any()).item()
+    )
+    if any_blank:
         empty_marker = s.filter(blank_marker)
         raise UserError(
             f"{_where(run, empty_marker)}: column 'marker' has {empty_marker.height} empty or blank value(s)",
             f"write {NO_HEDGE!r} for a sentence with no hedge",
         )
 
-    # Link each sentence row to its response by a 64-bit hash of the key (one hash table, no
-    # string join). Responses are unique iff their hashes are (a collision falls back to an exact
-    # join on the key columns). A valid row's own response is always found; a wrong link would
-    # need a row with no response whose hash collides with another response's (odds ~ R/2^64 per
-    # orphan row, and only on data that is invalid anyway).
-    # (model, prompt, task) is the key's first three columns: its hash is a step of the full one.
-    rh3 = _key_hash(r, KEY[:3], codes["responses"])
-    rh = _key_hash(r, KEY[3:], codes["responses"], h=rh3.copy(), start=3)
-    sh = _key_hash(s, KEY, codes["sentences"])
-    del codes
-    r_np, unique = keycodes.link(rh, sh)
-    del sh
+    r_np, unique, rh, rh3 = link
+    del link, codes
     if not unique:
         dup = r.filter(pl.Series(_duplicated(rh))).filter(pl.struct(KEY).is_duplicated())
         if dup.height:
@@ -519,7 +525,11 @@ def validate(run: ScoredRun) -> ScoredRun:
             "sentence_idx counts from 0 and must be below the response's n_sentences",
         )
     # (response, sentence, marker) rows: unique; and n_sentences is the response's own count.
-    marker_code = linked.get_column("marker").cast(pl.Categorical).to_physical().to_numpy()
+    marker_code = (
+        marker.codes
+        if marker is not None
+        else linked.get_column("marker").cast(pl.Categorical).to_physical().to_numpy()
+    )
     ptr, order = kernels.by_response(r_np, r.height)
     first, n_seen = kernels.sentence_rows(ptr, order, sidx, marker_code)
     if first >= 0:
@@ -602,6 +612,29 @@ def _cat_column(col: pl.Series) -> _CatColumn | None:
     present = np.flatnonzero(first >= 0)
     strings = col.gather(first[present]).cast(pl.String)
     return _CatColumn(codes, n_codes, present, strings)
+
+
+def _link(
+    r: pl.DataFrame, s: pl.DataFrame, cats: dict[str, _CatColumn | None]
+) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray]:
+    """Link each sentence row to its response by a 64-bit hash of the key (one hash table, no
+    string join).
+
+    Responses are unique iff their hashes are (a collision falls back to an exact join on the
+    key columns). A valid row's own response is always found; a wrong link would need a row with
+    no response whose hash collides with another response's (odds ~ R/2^64 per orphan row, and
+    only on data that is invalid anyway).
+
+    Returns:
+        (response index per row or -1, whether the response hashes are unique, the response key
+        hashes, their (model, prompt, task) hashes).
+    """
+    # (model, prompt, task) is the key's first three columns: its hash is a step of the full one.
+    rh3 = _key_hash(r, KEY[:3], cats)
+    rh = _key_hash(r, KEY[3:], cats, h=rh3.copy(), start=3)
+    sh = _key_hash(s, KEY)
+    r_np, unique = keycodes.link(rh, sh)
+    return r_np, unique, rh, rh3
 
 
 def _refuse_blank(run: ScoredRun, df: pl.DataFrame, name: str, table: str) -> _CatColumn | None:
