@@ -208,9 +208,13 @@ def encode(
     # `ignore_no_hedge` or the threshold drop.
     full = run.sentences
     same = sent is full  # the same rows: reuse the arrays built above
-    all_ptr, all_order = kernels.by_response(
-        s_r if same else _writable(full.get_column("_r"), np.int64), n
-    )
+    full_r = s_r if same else _writable(full.get_column("_r"), np.int64)
+    cached = run.by_response
+    if cached is not None and len(cached[1]) == n + 1 and np.array_equal(cached[0], full_r):
+        all_ptr, all_order = cached[1], cached[2]  # validation's index of these very rows
+    else:
+        all_ptr, all_order = kernels.by_response(full_r, n)
+    del full_r, cached
     r_f, r_c = kernels.faithfulness(
         all_ptr,
         all_order,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,11 +56,17 @@ class ScoredRun:
         responses: one row per response; columns of `RESPONSE_COLUMNS` plus `_source`.
         sentences: one row per (sentence, marker); columns of `SENTENCE_COLUMNS` plus `_source`.
         files: the files read, indexed by `_source`.
+        by_response: set by `validate`: `_r` and its CSR index (see `kernels.by_response`).
     """
 
     responses: pl.DataFrame
     sentences: pl.DataFrame
     files: tuple[str, ...]
+    # (`_r` as numpy, ptr, order): the CSR index of rows by response validation built, for
+    # `encode` to reuse after checking that `_r` is still the same.
+    by_response: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(
+        default=None, repr=False, compare=False
+    )
 
 
 def _format_of(path: Path) -> str:
@@ -559,7 +565,9 @@ def validate(run: ScoredRun) -> ScoredRun:
         )
     # Later stages need only these sentence columns: let the string keys go.
     slim = s.select("sentence_idx", "marker", "confidence", "decisiveness", SOURCE)
-    return ScoredRun(r, slim.with_columns(pl.Series("_r", r_np)), run.files)
+    return ScoredRun(
+        r, slim.with_columns(pl.Series("_r", r_np)), run.files, by_response=(r_np, ptr, order)
+    )
 
 
 # No response has a million sentences: a count above this is a wrong column or a corrupt value,
