@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba as nb
 import numpy as np
 import polars as pl
 
@@ -270,6 +271,18 @@ def encode(
     )
 
 
+@nb.njit(cache=True)
+def _ref_cell_counts(s_r, s_m, r_g, r_t, r_ref, n_tasks, n_markers, size):
+    """Reference rows per (group, task, marker) cell, in one pass (numpy took five gathers of
+    every row and the products of their codes: ~0.2 s at 1e7 rows)."""
+    counts = np.zeros(size, dtype=np.int64)
+    for i in range(len(s_r)):
+        r = s_r[i]
+        if r_ref[r]:
+            counts[(np.int64(r_g[r]) * n_tasks + r_t[r]) * n_markers + s_m[i]] += 1
+    return counts
+
+
 def _markers_reaching(
     threshold: int,
     s_r: np.ndarray,
@@ -280,15 +293,15 @@ def _markers_reaching(
     n_markers: int,
 ) -> np.ndarray:
     """Mask of markers with at least `threshold` reference rows in some (group, task)."""
-    ref = r_ref[s_r]
     n_tasks = int(r_t.max(initial=-1)) + 1
     n_groups = int(r_g.max(initial=-1)) + 1
-    cell = (r_g[s_r[ref]].astype(np.int64) * n_tasks + r_t[s_r[ref]]) * n_markers + s_m[ref]
     size = n_groups * n_tasks * n_markers
-    if size <= 4 * len(cell) + 1_000_000:  # dense counts are cheaper than a sort
-        counts = np.bincount(cell, minlength=size)
+    if size <= 4 * len(s_r) + 1_000_000:  # dense counts are cheaper than a sort
+        counts = _ref_cell_counts(s_r, s_m, r_g, r_t, r_ref, n_tasks, n_markers, size)
         reach = np.flatnonzero(counts >= threshold)
     else:
+        ref = r_ref[s_r]
+        cell = (r_g[s_r[ref]].astype(np.int64) * n_tasks + r_t[s_r[ref]]) * n_markers + s_m[ref]
         uniq, counts = np.unique(cell, return_counts=True)
         reach = uniq[counts >= threshold]
     keep = np.zeros(n_markers, dtype=bool)

@@ -468,8 +468,15 @@ def validate(run: ScoredRun) -> ScoredRun:
             link = _link(r, s, codes["responses"])
             if link[1] and not (link[0] < 0).any():
                 break
+        # The distinct values of the key columns, computed together (polars runs them on every
+        # core), then checked one by one in key order.
+        cats = {c: _cat_column(df.get_column(c)) for c in KEY}
+        plain = [c for c in KEY if cats[c] is None]
+        distinct = df.select(pl.col(c).unique().implode() for c in plain) if plain else None
         for c in KEY:
-            codes[table][c] = _refuse_blank(run, df, c, table)
+            values = cats[c].strings if cats[c] is not None else distinct.get_column(c).explode()
+            _refuse_blank(run, df, c, table, values)
+            codes[table][c] = cats[c]
     for c in ("confidence", "decisiveness"):
         bad_expr = pl.col(c).is_nan() | pl.col(c).is_infinite() | (pl.col(c) < 0) | (pl.col(c) > 1)
         if s.select(bad_expr.any()).item():
@@ -645,17 +652,15 @@ def _link(
     return r_np, unique, rh, rh3
 
 
-def _refuse_blank(run: ScoredRun, df: pl.DataFrame, name: str, table: str) -> _CatColumn | None:
+def _refuse_blank(
+    run: ScoredRun, df: pl.DataFrame, name: str, table: str, distinct: pl.Series
+) -> None:
     """A key made of white space only names nothing (and prints as nothing): refuse it.
 
-    Checked on the distinct values, so a categorical column of 1e7 rows costs a few lookups.
-
-    Returns:
-        The column's `_CatColumn` when it is categorical (for the key hash), else None.
+    Checked on the distinct values of the column (`distinct`), so a categorical column of 1e7
+    rows costs a few lookups.
     """
-    col = df.get_column(name)
-    cat = _cat_column(col)
-    distinct = cat.strings if cat is not None else col.unique().drop_nulls().cast(pl.String)
+    distinct = distinct.drop_nulls().cast(pl.String)
     blank = distinct.filter(distinct.str.strip_chars().str.len_bytes() == 0)
     if blank.len():
         rows = df.filter(pl.col(name).cast(pl.String).is_in(blank.implode()))
@@ -663,7 +668,6 @@ def _refuse_blank(run: ScoredRun, df: pl.DataFrame, name: str, table: str) -> _C
             f"{_where(run, rows)}: column {name!r} has {rows.height} blank value(s) in the {table} table",
             f"give every row a {name} that is not empty or white space",
         )
-    return cat
 
 
 def _string_hash(col: pl.Series, seed: int) -> np.ndarray:
