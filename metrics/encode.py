@@ -23,7 +23,7 @@ import polars as pl
 from engine.contract import NO_HEDGE
 from metrics import kernels, keycodes
 from metrics.bootstrap.rng import KEY_SEP
-from metrics.io import ScoredRun
+from metrics.io import ScoredRun, _read_only
 
 FAITHFUL_CUTOFF = 0.75
 
@@ -153,7 +153,7 @@ def encode(
         # A categorical (as files are read): its distinct values from one pass over the codes,
         # each row's position among the sorted names by a lookup (a polars unique and an Enum
         # cast of 1e7 rows cost ~0.4 s together).
-        m_codes = marker_col.to_physical().to_numpy()
+        m_codes = _read_only(marker_col.to_physical().to_numpy())
         first = keycodes.first_rows(m_codes, int(m_codes.max(initial=0)) + 1)
         present = np.flatnonzero(first >= 0)
         names = marker_col.gather(first[present]).cast(pl.String).to_list()

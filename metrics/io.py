@@ -613,6 +613,14 @@ class _CatColumn:
     strings: pl.Series  # their texts (String), in the order of `present`
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """`a` marked read-only. Polars hands out its own memory read-only for a column in one
+    chunk and a writable copy for one in several; numba compiles a kernel once per kind, and the
+    install script's warm-up (a small single-chunk file) only reaches the read-only kind."""
+    a.flags.writeable = False
+    return a
+
+
 def _cat_column(col: pl.Series) -> _CatColumn | None:
     """The codes and distinct texts of a Categorical column; None for another dtype or nulls.
 
@@ -621,7 +629,7 @@ def _cat_column(col: pl.Series) -> _CatColumn | None:
     """
     if col.dtype != pl.Categorical or col.null_count():
         return None
-    codes = col.to_physical().to_numpy()
+    codes = _read_only(col.to_physical().to_numpy())
     n_codes = int(codes.max(initial=0)) + 1
     first = keycodes.first_rows(codes, n_codes)
     present = np.flatnonzero(first >= 0)
@@ -720,7 +728,7 @@ def _key_hash(
             lut[cat.present] = cat.strings.hash(seed=seed).to_numpy()
             keycodes.mix_codes(h, cat.codes, lut)
         else:
-            keycodes.mix_hashes(h, _string_hash(col, seed))
+            keycodes.mix_hashes(h, _read_only(_string_hash(col, seed)))
     return h
 
 

@@ -105,3 +105,18 @@ def test_groups_with_rows_matches_np_unique(order: str) -> None:
     )
     # First-appearance order: each group's first row comes before the next group's.
     assert (np.diff(first) > 0).all()
+
+
+def test_one_compiled_signature_for_one_chunk_or_several() -> None:
+    # Polars gives a one-chunk column's codes read-only and a many-chunk column's as a writable
+    # copy; numba would compile each kernel twice, and the install's warm-up reaches one kind.
+    df = _frame(2000, seed=4).with_columns(pl.col(KEY).cast(pl.Categorical))
+    chunked = pl.concat([df[:700], df[700:]], rechunk=False)
+    assert chunked.get_column("item_id").n_chunks() == 2
+    kernels = (keycodes.mix_codes, keycodes.first_rows, keycodes.mix_hashes)
+    _key_hash(df, KEY)
+    _key_hash(df.with_columns(pl.col(KEY).cast(pl.String)), KEY)
+    seen = [set(k.signatures) for k in kernels]
+    _key_hash(chunked, KEY)
+    _key_hash(chunked.with_columns(pl.col(KEY).cast(pl.String)), KEY)
+    assert [set(k.signatures) for k in kernels] == seen
