@@ -347,6 +347,32 @@ def test_bad_options_raise_one_clear_user_error(kwargs, option):
         bootstrap_mean(np.arange(5.0), **args)
 
 
+def test_key_check_folds_strata_without_false_alarms():
+    """The Poisson scheme's quick check folds (stratum, key) into one value: a key shared by two
+    strata, and two distinct pairs that fold to the same value, are accepted (the fallback's
+    exact check decides); a key repeated in one stratum is refused."""
+    from metrics.bootstrap.kernels import _FOLD
+
+    ptr, keys, strata, groups, values = _dataset(15)
+    want = weighted_group_sums(ptr, keys, strata, groups, values, 1, 8)
+    shared = keys.copy()
+    first = np.flatnonzero(strata != strata[0])[0]
+    shared[first] = keys[0]  # same key, other stratum: two items
+    assert strata[1] != strata[0]  # seed 15: two strata, so item 1 is another item's pair
+    with np.errstate(over="ignore"):
+        folded = keys.copy()  # item 1's pair folds onto item 0's
+        folded[1] = keys[0] ^ (strata[0] * _FOLD) ^ (strata[1] * _FOLD)
+    for case in (shared, folded):
+        for scheme in ("poisson", "multinomial"):
+            got = weighted_group_sums(ptr, case, strata, groups, values, 1, 8, scheme)
+            assert got.shape == want.shape and np.isfinite(got).all()
+    dup = keys.copy()
+    same = np.flatnonzero(strata == strata[0])[1]
+    dup[same] = keys[0]
+    with pytest.raises(UserError, match=f"items 0 and {same} share key"):
+        weighted_group_sums(ptr, dup, strata, groups, values, 1, 8)
+
+
 def test_bad_arrays_raise_user_errors():
     ptr, keys, strata, groups, values = _dataset(14)
     with pytest.raises(UserError, match="scheme"):
