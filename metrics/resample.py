@@ -368,8 +368,14 @@ def _pass_b(enc, g, keys, strata, seed, n_boot, scheme, parity, mic_reps, usable
     t = enc.r_t[enc.s_r[idx]].astype(np.int64)
     m = enc.s_m[idx].astype(np.int64)
     conf = enc.s_conf[idx]
-    order = np.lexsort((conf, m, t))
-    seg_key = (t * M + m)[order]
+    # The order of np.lexsort((conf, m, t)) in two stable passes: by confidence, then by the
+    # (task, marker) cell as uint16 when it fits, which numpy sorts by radix (a third of the
+    # lexsort's time at 1e6 rows; ties keep row order either way).
+    cell_key = t * M + m
+    o = np.argsort(conf, kind="stable")
+    narrow = cell_key.astype(np.uint16) if T * M <= np.iinfo(np.uint16).max else cell_key
+    order = o[np.argsort(narrow[o], kind="stable")]
+    seg_key = cell_key[order]
     starts = (
         np.flatnonzero(np.r_[True, seg_key[1:] != seg_key[:-1]])
         if len(order)
