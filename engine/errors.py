@@ -80,20 +80,31 @@ def url_secrets(url: str) -> list[str]:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return [url]
+        return [url]  # scrub the whole thing
     found: list[str] = []
     if "@" in parts.netloc:
         userinfo = parts.netloc.rsplit("@", 1)[0]
-        for piece in (userinfo, *userinfo.split(":", 1)):
+        user, _, password = userinfo.partition(":")
+        for piece in (userinfo, user, password):
             found += [piece, unquote(piece)]
-        # HTTP clients send userinfo as Basic auth, and servers echo that header back.
-        found.append(base64.b64encode(unquote(userinfo).encode()).decode())
+        # HTTP clients send userinfo as Basic auth ("user:" when there is no password), and
+        # servers echo that header back.
+        basic = f"{unquote(user)}:{unquote(password)}".encode()
+        found.append(base64.b64encode(basic).decode())
     found += [v for k, v in parse_qsl(parts.query) if any(s in k.lower() for s in _SECRET_QUERY)]
     return [s for s in dict.fromkeys(found) if s]
 
 
 def has_credentials(url: str) -> bool:
-    """Whether `url` carries credentials (user:password or a secret-looking query value)."""
+    """Whether `url` carries credentials (user:password or a secret-looking query value).
+
+    An unparseable URL has none to find (the checks of the URL itself refuse it)."""
+    from urllib.parse import urlsplit
+
+    try:
+        urlsplit(url)
+    except ValueError:
+        return False
     return bool(url_secrets(url))
 
 

@@ -675,7 +675,7 @@ def validate(
             raise UserError(f"{source}: '{section}' must be a table")
     judge_url = raw.get("judges", {}).get("base_url")
     if isinstance(judge_url, str):
-        _refuse_credentials(judge_url, "judges", source)
+        refuse_url_credentials(judge_url, "judges", source)
 
     check_name(run.name, "run.name", source)
     for section, entries, attr in (("models", models, "name"), ("tasks", tasks, "name")):
@@ -800,8 +800,13 @@ def _check_case_collisions(names: list[str], source: str) -> None:
         seen[folded] = name
 
 
-def _refuse_credentials(url: str, key: str, source: str) -> None:
-    """Refuse credentials written into a spec's URL: the spec is copied into the run directory."""
+def refuse_url_credentials(url: str, key: str, source: str) -> None:
+    """Refuse credentials written into a spec's URL (`key`.base_url): a spec is copied into
+    the run directory and printed by `--check`; keys belong in `key`.api_key_env's variable.
+
+    Raises:
+        UserError: `url` carries a user, password or secret-looking query value.
+    """
     if has_credentials(url):
         raise UserError(
             f"{source}: '{key}.base_url' carries credentials ({redact_url(url)!r} plus "
@@ -835,7 +840,7 @@ def _check_backend(model: ModelSpec, key: str, source: str) -> None:
             f"{source}: '{key}.base_url' is {redact_url(model.base_url)!r}",
             "give the API's http(s) URL, e.g. https://api.openai.com/v1",
         )
-    _refuse_credentials(model.base_url, key, source)
+    refuse_url_credentials(model.base_url, key, source)
     if model.api_key_env and not _ENV_NAME.fullmatch(model.api_key_env):
         raise UserError(
             f"{source}: '{key}.api_key_env' is not an environment variable name",

@@ -91,10 +91,12 @@ def prepare_study(
     Raises:
         UserError: Unknown sample or registry task, a split without items, bad analysis settings.
     """
-    from engine.config.sweep import check_name
+    from engine.config.sweep import check_name, refuse_url_credentials
 
     engine_raw = copy.deepcopy(raw)
     judges = dict(engine_raw.pop("judges", {}) or {})
+    if isinstance(judges.get("base_url"), str):
+        refuse_url_credentials(judges["base_url"], "judges", source)
     analysis = dict(engine_raw.pop("analysis", {}) or {})
     answer_types = dict(judges.get("answer_types", {}))
     for i, entry in enumerate(engine_raw.get("tasks") or []):
@@ -172,6 +174,12 @@ def check_analysis(analysis: dict[str, Any], source: str = "<spec>") -> dict[str
         )
     if analysis.get("threshold", 10) < 1:
         raise UserError(f"{source}: 'analysis.threshold' is {analysis['threshold']}", "use >= 1")
+    if not 0 <= analysis.get("rank_resolution", 0.0) <= 1:
+        # Checked now, not after generation and scoring have run for hours.
+        raise UserError(
+            f"{source}: 'analysis.rank_resolution' is {analysis['rank_resolution']}",
+            "use a number in [0, 1] (confidence units; 0.05 is the default)",
+        )
     return analysis
 
 
@@ -191,8 +199,8 @@ def check_study_spec(path: str | Path, overrides: list[str] | None = None) -> di
     Raises:
         UserError: Any problem, naming the key.
     """
-    from engine.config.judges import settings_from
-    from engine.config.sweep import apply_overrides, read_raw, validate
+    from engine.config.judges import safe_settings, settings_from
+    from engine.config.sweep import apply_overrides, read_raw, refuse_url_credentials, validate
     from engine.tasks.registry import get_task
     from engine.tasks.samples import SAMPLE_TASKS
 
@@ -200,6 +208,8 @@ def check_study_spec(path: str | Path, overrides: list[str] | None = None) -> di
     raw = apply_overrides(read_raw(path), overrides or [], str(path))
     doc = copy.deepcopy(raw)
     judges, analysis = doc.pop("judges", {}) or {}, doc.pop("analysis", {}) or {}
+    if isinstance(judges, dict) and isinstance(judges.get("base_url"), str):
+        refuse_url_credentials(judges["base_url"], "judges", str(path))
     tasks = []
     for i, entry in enumerate(doc.get("tasks") or []):
         if not isinstance(entry, dict):
@@ -227,7 +237,7 @@ def check_study_spec(path: str | Path, overrides: list[str] | None = None) -> di
         "models": [m.name for m in spec.models],
         "tasks": tasks,
         "sampling": spec.to_dict()["sampling"],
-        "judges": {k: v for k, v in settings.__dict__.items() if k != "answer_types"},
+        "judges": {k: v for k, v in safe_settings(settings).items() if k != "answer_types"},
         "analysis": analysis,
     }
 

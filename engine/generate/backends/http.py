@@ -171,11 +171,9 @@ class OpenAICompatClient:
                             f"{self.settings.model!r}",
                         )
                     # A server may echo the request (Authorization header included) in its body.
-                    last = scrub(
-                        f"HTTP {response.status_code}: {response.text[:300]}",
-                        self._key(),
-                        *url_secrets(self.settings.base_url),
-                    )
+                    # Scrubbed before it is cut: a secret across the cut would leave its prefix.
+                    body = scrub(response.text, self._key(), *url_secrets(self.settings.base_url))
+                    last = f"HTTP {response.status_code}: {body[:300]}"
                     if response.status_code not in RETRY_STATUS:
                         return HTTPFailure(last, status, _error_param(response))
                     retry_after = _retry_after(response.headers)

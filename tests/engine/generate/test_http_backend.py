@@ -200,18 +200,21 @@ def test_http_judge_matches_transformers(vllm_server: str, tiny_model_dir: Path)
     assert compared >= 1
 
 
-def test_userinfo_echoed_as_basic_auth_is_scrubbed(flaky_server, monkeypatch) -> None:
-    # httpx sends a URL's user:password as Basic auth; a server echoing that header in an error
-    # body would put the credentials (base64) into the failure text, a stage record and the log.
+@pytest.mark.parametrize("userinfo", ["alice:pw-secret-9", "tok-secret-9"])
+def test_userinfo_echoed_as_basic_auth_is_scrubbed(flaky_server, monkeypatch, userinfo) -> None:
+    # httpx sends a URL's user:password as Basic auth ("user:" without a password); a server
+    # echoing that header in an error body would put the credentials (base64) into the failure
+    # text, a stage record and the log.
     import base64
 
     monkeypatch.setenv("MIC_TEST_KEY", "sk-secret-123")
-    url = flaky_server.replace("http://", "http://alice:pw-secret-9@")
+    url = flaky_server.replace("http://", f"http://{userinfo}@")
     _Flaky.plan, _Flaky.seen_auth = [500], []
     failed = OpenAICompatClient(
         HTTPSettings(url, "m", "MIC_TEST_KEY", max_retries=0, backoff=0.01)
     ).complete([{"prompt": "x"}])[0]
-    sent = base64.b64encode(b"alice:pw-secret-9").decode()
+    user, _, password = userinfo.partition(":")
+    sent = base64.b64encode(f"{user}:{password}".encode()).decode()
     assert _Flaky.seen_auth == [f"Basic {sent}"]  # the echo this test is about did happen
     assert "HTTP 500" in str(failed) and "Basic ***" in str(failed)
-    assert sent not in str(failed) and "pw-secret-9" not in str(failed)
+    assert sent not in str(failed) and "secret-9" not in str(failed)

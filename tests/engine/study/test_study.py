@@ -59,6 +59,16 @@ def test_bad_study_input(tmp_path: Path) -> None:
     assert analysis == {"rank_resolution": 0.0} and analysis_options(analysis) == analysis
     with pytest.raises(UserError, match="analysis.rank_resolution"):
         check_analysis({"rank_resolution": "fine"})
+    with pytest.raises(UserError, match=r"analysis.rank_resolution.*\[0, 1\]"):
+        check_analysis({"rank_resolution": 2})  # before generation, not after it
+    # A judge URL with credentials in a study spec is refused too (and never printed).
+    url = "http://u:pw-secret-8@judge/v1"
+    with pytest.raises(UserError) as info:
+        prepare_study({"tasks": [], "judges": {"base_url": url}}, tmp_path, "s.toml")
+    assert "judges.base_url" in str(info.value) and "pw-secret-8" not in str(info.value)
+    with pytest.raises(UserError) as info:  # `mic study --check` used to print it back
+        check_study_spec(CONFIGS / "demo.toml", [f"judges.base_url={url}"])
+    assert "judges.base_url" in str(info.value) and "pw-secret-8" not in str(info.value)
     spec = tmp_path / "bad.toml"
     text = (CONFIGS / "seed_study.toml").read_text().replace("registry:popqa", "registry:nope")
     spec.write_text(text)
