@@ -29,6 +29,7 @@ from metrics.debias import (
     CI_METHOD_CORRECTED,
     CI_METHOD_PLUGIN,
     CI_METHOD_RANK,
+    CI_METHOD_RANK_KEPT,
     debias,
     is_correlation,
     metric_bounds,
@@ -196,7 +197,11 @@ def metric_entry(
             metric_bounds(name),
             already_debiased=metric.corrected is not None or is_correlation(name),
             method=(
-                CI_METHOD_RANK.format(h=rank_resolution)
+                (
+                    CI_METHOD_RANK_KEPT
+                    if name.startswith(debias_mod.RANK_UNREFLECTED)
+                    else CI_METHOD_RANK
+                ).format(h=rank_resolution)
                 if metric.anchor is not None
                 else CI_METHOD_CORRECTED
                 if metric.corrected is not None

@@ -49,6 +49,10 @@ CI_METHOD = "bootstrap bias-corrected, basic"
 CI_METHOD_CORRECTED = "noise-corrected, basic spread"
 CI_METHOD_PLUGIN = "plug-in, basic spread"
 CI_METHOD_RANK = "rank resolution {h:g}, noise-corrected, bootstrap bias-corrected, basic"
+# MRC's interval keeps the replicates' orientation (`RANK_UNREFLECTED`): not a basic interval.
+CI_METHOD_RANK_KEPT = (
+    "rank resolution {h:g}, noise-corrected, bootstrap bias-corrected, replicates' spread shifted"
+)
 
 
 @dataclass(frozen=True)

@@ -606,6 +606,10 @@ def attach_rank_corrections(
         r, p = pearson(x_ranks, np.broadcast_to(y_ranks[:, None, :], x_ranks.shape), name)
         corrected.update(_corr_family(r, p, f"{name}-S", parity, "marker"))
     for name, m in corrected.items():
+        if name.endswith("-sig"):
+            # A set chosen by p < 0.05 of the smoothed ranks is not the plug-in's set (in parity
+            # mode an empty one is the sentinel -1): the -sig variants stay uncorrected.
+            continue
         target = metrics.get(name)
         a = anchor.get(name)
         if target is None or target.values is None or m.values is None:

@@ -102,6 +102,17 @@ def test_analysis_reports_the_resolution_and_keeps_the_plugin_value():
         assert ma[name]["ci"][0] <= ma[name]["debiased"] <= ma[name]["ci"][1]
     for name in ("MAC-P-all", "I-AvgMAE"):  # not rank correlations: unchanged
         assert ma[name] == mb[name]
+    # MRC's interval keeps the replicates' orientation, and says so; MAC's is a basic interval.
+    assert ma["MRC"]["ci_method"].endswith("replicates' spread shifted")
+    assert "basic" in ma["MAC"]["ci_method"] and "shifted" not in ma["MAC"]["ci_method"]
+    # The -sig variants (a set chosen by p < 0.05) stay uncorrected; in parity mode an empty
+    # set is the seed's -1 and must not be reported as a debiased estimate either.
+    parity = analyze(run, bootstrap=60, seed=1, mode="parity", rank_resolution=0.05)
+    mp = parity.metrics_json["models"]["model-0"]["default"]["metrics"]
+    for metrics in (ma, mp):
+        for name in ("MRC-S-sig", "MAC-S-sig", "MCC-S-sig"):
+            entry = metrics[name]
+            assert entry["ci_method"] is None or entry["ci_method"].startswith("plug-in"), entry
 
 
 def test_rank_resolution_is_checked():
