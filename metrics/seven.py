@@ -7,6 +7,7 @@ metric from the same replicates. A metric undefined for the data is `None` with 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numba as nb
@@ -131,10 +132,46 @@ def smoothed_ranks(x: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
         x: [..., n] values.
         scale: s_kl, broadcastable to [..., n, n] (positive).
     """
-    d = x[..., :, None] - x[..., None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = 0.5 + special.ndtr(d / scale).sum(axis=-1)  # the diagonal adds Phi(0) = 1/2
-    return np.where(np.isnan(x).any(axis=-1, keepdims=True), np.nan, r)
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]
+    lead = x.shape[:-1]
+    s = np.broadcast_to(np.asarray(scale, dtype=np.float64), (*lead, n, n))
+    # The kernel walks [R, G, n] values with [G, n, n] scales: the scales may broadcast over the
+    # first axis (replicates) only, as every caller's do; anything else is expanded.
+    if s.ndim >= 3 and s.strides[0] == 0:
+        xs, ss = x.reshape(lead[0], -1, n), np.ascontiguousarray(s[0]).reshape(-1, n, n)
+    else:
+        xs, ss = x.reshape(1, -1, n), np.ascontiguousarray(s).reshape(-1, n, n)
+    out = np.empty(xs.shape, dtype=np.float64)
+    _smoothed_ranks_kernel(np.ascontiguousarray(xs), ss, out)
+    return out.reshape(x.shape)
+
+
+@nb.njit(cache=True)
+def _smoothed_ranks_kernel(x: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """out[r, g, k] = 1 + sum over l != k of Phi((x[r,g,k] - x[r,g,l]) / scale[g,k,l]); a NaN
+    makes its slice NaN. Each pair once: Phi(-z) = 1 - Phi(z), and the scales are symmetric.
+    (One compiled pass: the numpy form built B x T x S x S temporaries, ~1 s per group at
+    B = 1,000, 10 tasks, 40 markers.)"""
+    R, G, n = x.shape
+    for r in range(R):
+        for g in range(G):
+            bad = False
+            for k in range(n):
+                if np.isnan(x[r, g, k]):
+                    bad = True
+            if bad:
+                for k in range(n):
+                    out[r, g, k] = np.nan
+                continue
+            for k in range(n):
+                out[r, g, k] = 1.0
+            for k in range(n):
+                for m in range(k + 1, n):
+                    z = (x[r, g, k] - x[r, g, m]) / scale[g, k, m]
+                    p = 0.5 * math.erfc(-z * 0.7071067811865476)
+                    out[r, g, k] += p
+                    out[r, g, m] += 1.0 - p
 
 
 def rank_scales(h: float, var: np.ndarray | None = None) -> np.ndarray:

@@ -28,6 +28,31 @@ def test_smoothed_ranks_tend_to_average_ranks():
     assert np.isnan(smoothed_ranks(np.array([0.1, np.nan, 0.3]), 0.05)).all()
 
 
+def test_smoothed_ranks_kernel_equals_the_formula():
+    # The compiled pass against r_k = 1/2 + sum over all l of Phi((x_k - x_l) / s_kl) in numpy,
+    # for the shapes the analysis passes: [R, T, S] with per-task scales, [R, T] with one
+    # scale matrix, a scalar scale, and a NaN that blanks its slice only.
+    from scipy import special
+
+    def formula(x, scale):
+        d = x[..., :, None] - x[..., None, :]
+        with np.errstate(invalid="ignore"):
+            r = 0.5 + special.ndtr(d / scale).sum(axis=-1)
+        return np.where(np.isnan(x).any(axis=-1, keepdims=True), np.nan, r)
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (30, 4, 6))
+    x[2, 1, 3] = np.nan
+    per_task = np.broadcast_to(rank_scales(0.05, rng.uniform(0, 1e-3, (4, 6))), (4, 6, 6))
+    y = rng.uniform(0, 1, (30, 4))
+    one = rank_scales(0.05, rng.uniform(0, 1e-3, 4))
+    for values, scale in ((x, per_task), (y, one), (x, 0.05), (x[:1], 0.05)):
+        got, want = smoothed_ranks(values, scale), formula(values, scale)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert np.isnan(smoothed_ranks(x, 0.05)[2, 1]).all() and not np.isnan(x[2, 0]).any()
+
+
 def test_noise_corrected_scales_make_smoothed_ranks_unbiased():
     # E Phi(d^ / s) = Phi(d / sqrt(s^2 + v)): with s^2 = h^2 - v the noisy values' smoothed
     # ranks average to the true values' ranks at resolution h; with s = h they are too flat.
