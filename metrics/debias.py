@@ -15,7 +15,9 @@ benchmarks/interval_coverage.py):
 * CVs and Mode 4 MAE: noise-corrected first (`metrics.seven.attach_noise_corrections`: the
   MICs' sampling variance is taken out of their spread; each |MIC - mean| of Mode 4 is unfolded
   from its noise); the corrected value is the estimate and the interval is the corrected
-  replicates' spread centred on it. "noise-corrected, basic spread".
+  replicates' spread centred on it. "noise-corrected, basic spread". Mode 4 also estimates
+  the unfolding's residual bias b: half of it is taken out of the estimate, and the interval's
+  lower end extends by the other half (`metrics.seven.mode4_residual_bias`).
 * Spearman variants of MRC, MAC, MCC: the estimand is Spearman on smoothed ranks at a rank
   resolution h (`metrics.seven.attach_rank_corrections`), a smooth functional of the true MICs.
   The estimate is the noise-corrected statistic theta_c; the bootstrap's error is measured
@@ -110,6 +112,7 @@ def debias(
     reaches_lower: bool = False,
     anchor: float | None = None,
     reflect: bool = True,
+    lower_allowance: float = 0.0,
 ) -> Estimate:
     """Bootstrap bias correction and basic interval of one statistic.
 
@@ -136,6 +139,9 @@ def debias(
             False keeps the spread's orientation, [debiased - (mean - q_lo), debiased + (q_hi -
             mean)]: right where the estimate's skew matches the replicates' (a correlation near
             its bound of 1).
+        lower_allowance: the interval's lower end moves down by this much (before the clip to
+            `bounds`): a residual bias of the estimate the replicates do not carry
+            (`metrics.seven.Metric.lower_allowance`; not used with `fisher`).
 
     Returns:
         The `Estimate` (all None when fewer than 2 replicates are finite).
@@ -185,6 +191,8 @@ def debias(
     else:
         low = float(np.clip(est - (center - q_lo), lo_b, hi_b))
         high = float(np.clip(est + (q_hi - center), lo_b, hi_b))
+    if lower_allowance > 0:
+        low = float(np.clip(low - lower_allowance, lo_b, hi_b))
     if reaches_lower:
         low = lo_b
     low, high = min(low, debiased), max(high, debiased)

@@ -7,6 +7,7 @@ metric from the same replicates. A metric undefined for the data is `None` with 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -34,7 +35,9 @@ class Metric:
     population value of 0 (see `attach_noise_corrections`), so the interval extends to 0.
     `anchor`, set with `corrected` for the rank correlations: the statistic's value in the
     bootstrap's world (the estimand evaluated on the sample), which the replicates are centred
-    on to debias `corrected[0]` (`metrics.debias.debias`).
+    on to debias `corrected[0]` (`metrics.debias.debias`). `lower_allowance`: how far the
+    interval's lower end extends below the corrected replicates' spread (an estimate's residual
+    bias that the bootstrap does not see: `mode4_residual_bias`).
     """
 
     values: np.ndarray | None
@@ -44,6 +47,7 @@ class Metric:
     corrected: np.ndarray | None = None
     reaches_zero: bool = False
     anchor: float | None = None
+    lower_allowance: float = 0.0
 
     @classmethod
     def undefined(cls, reason: str, **extra) -> Metric:
@@ -488,7 +492,12 @@ def attach_noise_corrections(
     * CVs: the sampling variance of each MIC (from the replicates) is taken out of the spread
       (`cv` with `noise`); the corrected statistic is evaluated on the point estimate and on
       every replicate (`Metric.corrected`).
-    * Mode 4 MAEs: every |MIC - mean| term is unfolded from its noise (`mode4_unfolded`).
+    * Mode 4 MAEs: every |MIC - mean| term is unfolded from its noise (`mode4_unfolded`); the
+      unfolding's residual bias b (`mode4_residual_bias`) is half taken out of the estimate and
+      the replicates (a constant shift), and the interval's lower end extends by the other half
+      (`Metric.lower_allowance`): b is itself noisy and larger where the estimate is low, so the
+      full shift under-covered (measured 0.81-0.89) and a lower end extended by all of b with
+      no shift over-covered (0.99).
     * A CV and a Mode 4 MAE are 0 exactly when the MICs they compare are equal; |.| and the
       standard deviation are biased up there by about the noise, which no bias correction
       removes. `Metric.reaches_zero` records that the data are consistent with that boundary
@@ -528,7 +537,9 @@ def attach_noise_corrections(
         if metric is not None and metric.values is not None:
             if unfolded is None:
                 unfolded = mode4_unfolded(mic, eval_mean, usable)
-            metric.corrected = unfolded[prefix]
+            b = max(mode4_residual_bias(mic, eval_mean, usable, cells), 0.0)
+            metric.corrected = unfolded[prefix] - b / 2
+            metric.lower_allowance = b / 2
             metric.reaches_zero = _mode4_consistent_with_zero(mic, eval_mean, usable, cells, level)
 
 
@@ -721,6 +732,80 @@ def mode4_unfolded(
         keep, sd, diag & has, ~diag & has, _FOLD_INV, _FOLD_DR, out_i, out_c,
     )  # fmt: skip
     return {"I": out_i, "C": out_c}
+
+
+@functools.cache
+def _unfold_bias_table() -> tuple[np.ndarray, np.ndarray]:
+    """(u, b(u)) with b(u) = E[unfold(|N(u, 1)|, 1)] - u, the unfolding's bias in units of sd.
+
+    +0.50 at u = 0 (a term whose truth is 0 is unfolded to 0 only when |d| < sqrt(2 / pi)),
+    falling through 0 near u = 0.76 to -0.10 at u = 1.5, and below 0.003 in size from u = 4.
+    """
+    z = np.linspace(-9.0, 9.0, 1801)
+    w = np.exp(-(z**2) / 2)
+    w /= w.sum()
+    u = np.linspace(0.0, 12.0, 601)
+    folded = unfold(np.abs(u[:, None] + z[None, :]), np.ones((1, len(z))))
+    return u, folded @ w - u
+
+
+def mode4_residual_bias(
+    mic: np.ndarray,
+    eval_mean: np.ndarray,
+    usable: np.ndarray,
+    cells: np.ndarray,
+    grid_size: int = 61,
+    iterations: int = 200,
+) -> float:
+    """The bias of the unfolded Mode 4 MAE (`mode4_unfolded`) over `cells`, estimated.
+
+    The unfolding of a term |d|, d ~ N(delta, sd^2), is biased by sd b(delta / sd)
+    (`_unfold_bias_table`: up by sd / 2 at delta = 0), which the bootstrap does not see. The
+    deltas are unknown; an empirical-Bayes prior for them (the nonparametric maximum-likelihood
+    mixture on a grid, fitted by EM to the point estimate's terms over the cells) gives each term
+    a posterior, and the estimate is the posterior mean of sd b(delta / sd), averaged as Mode 4
+    averages the terms (markers within a cell, then cells). Measured on `separated` at 300 items:
+    0.0064 against a true bias of 0.0040 (the posterior mean of |delta| itself, an estimator of
+    the metric, was 0.025 against a truth of 0.030: the prior is too coarse to replace the
+    unfolding).
+
+    Args:
+        mic: [R, T, M] MICs, point estimate first; eval_mean: [R, T, M] likewise.
+        usable: [T, M] markers valid in each reference task.
+        cells: [T, T] the (A, B) cells of the metric (diagonal: I-, off-diagonal: C-AvgMAE).
+        grid_size: points of the prior's grid (plus 0).
+        iterations: EM steps.
+
+    Returns:
+        The estimated bias (0 when no term has noise).
+    """
+    sd = mode4_noise_sd(mic, eval_mean)
+    d0 = mic[0][:, None, :] - eval_mean[0][None, :, :]
+    keep = cells[:, :, None] & usable[:, None, :] & np.isfinite(d0)
+    sel = keep & (sd > 0) & np.isfinite(sd)
+    if not sel.any():
+        return 0.0
+    x, s = d0[sel], sd[sel]
+    top = float(np.max(np.abs(x) + 3 * s))
+    grid = np.unique(np.concatenate([np.linspace(-top, top, grid_size), [0.0]]))
+    loglik = -0.5 * ((x[:, None] - grid[None, :]) / s[:, None]) ** 2
+    lik = np.exp(loglik - loglik.max(axis=1, keepdims=True))  # a row's scale cancels
+    w = np.full(len(grid), 1.0 / len(grid))
+    for _ in range(iterations):
+        post = lik * w
+        post /= post.sum(axis=1, keepdims=True)
+        w = post.mean(axis=0)
+    post = lik * w
+    post /= post.sum(axis=1, keepdims=True)
+    u, b = _unfold_bias_table()
+    per = np.zeros(sd.shape)
+    per[sel] = s * (post * np.interp(np.abs(grid)[None, :] / s[:, None], u, b)).sum(axis=1)
+    # Mode 4's average: markers within a cell, then the cells that have a term.
+    n = keep.sum(axis=2)
+    has = n > 0
+    if not has.any():
+        return 0.0
+    return float(np.mean(per.sum(axis=2)[has] / n[has]))
 
 
 def mode4_noise_sd(mic: np.ndarray, eval_mean: np.ndarray) -> np.ndarray:

@@ -14,7 +14,14 @@ import pytest
 from scipy.stats import norm
 
 from metrics import analyze
-from metrics.seven import mode4_noise_sd, mode4_unfolded, unfold
+from metrics.debias import debias
+from metrics.seven import (
+    _unfold_bias_table,
+    mode4_noise_sd,
+    mode4_residual_bias,
+    mode4_unfolded,
+    unfold,
+)
 from metrics.simulate import (
     Population,
     comparison_study,
@@ -221,6 +228,63 @@ def test_mode4_noise_of_a_rare_marker_counts_only_replicates_that_define_it():
     # Fewer than 2 replicates define it: the zero-filled estimate, still finite.
     ev[2:, 1, 0] = np.nan
     assert np.isfinite(mode4_noise_sd(mic, ev)).all()
+
+
+def test_unfold_bias_table_matches_monte_carlo():
+    # E[unfold(|N(u, 1)|)] - u by simulation: +0.50 at a true 0, negative near u = 1.5, 0 far out.
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal(400_000)
+    u, b = _unfold_bias_table()
+    for at in (0.0, 0.5, 1.5, 6.0):
+        mc = unfold(np.abs(at + z), np.ones_like(z)).mean() - at
+        assert np.interp(at, u, b) == pytest.approx(mc, abs=0.005), at
+    assert np.interp(0.0, u, b) == pytest.approx(0.50, abs=0.01)
+    assert np.interp(1.5, u, b) < -0.05
+
+
+def _mode4_terms(delta: float, sd: float, T: int = 3, M: int = 30, R: int = 401, seed: int = 0):
+    """MICs and evaluation means whose Mode 4 terms all have truth +-delta and noise sd."""
+    rng = np.random.default_rng(seed)
+    truth_mic = np.zeros((T, M))
+    truth_ev = np.tile(np.where(np.arange(M) % 2, delta, -delta), (T, 1))
+    # Point estimates drawn around the truth; replicates drawn around the point (the bootstrap).
+    point_mic = truth_mic + rng.normal(0, sd / np.sqrt(2), (T, M))
+    point_ev = truth_ev + rng.normal(0, sd / np.sqrt(2), (T, M))
+    mic = np.concatenate(
+        [point_mic[None], point_mic + rng.normal(0, sd / np.sqrt(2), (R - 1, T, M))]
+    )
+    ev = np.concatenate([point_ev[None], point_ev + rng.normal(0, sd / np.sqrt(2), (R - 1, T, M))])
+    return mic, ev, np.ones((T, M), dtype=bool)
+
+
+def test_mode4_residual_bias_at_zero_and_far_from_it():
+    # Every term's truth 0: the unfolded terms are biased up by sd / 2; a prior fitted to the
+    # terms puts its mass near 0 and recovers most of it. Terms 8 sd from 0: no bias.
+    sd = 0.04
+    cells = ~np.eye(3, dtype=bool)
+    mic, ev, usable = _mode4_terms(0.0, sd)
+    at_zero = mode4_residual_bias(mic, ev, usable, cells)
+    assert 0.35 * sd < at_zero < 0.55 * sd, at_zero / sd
+    # The unfolded estimate's excess over the truth (0) is of that size too.
+    excess = mode4_unfolded(mic, ev, usable)["C"][0]
+    assert abs(excess - at_zero) < 0.2 * sd, (excess / sd, at_zero / sd)
+    mic, ev, usable = _mode4_terms(8 * sd, sd)
+    assert abs(mode4_residual_bias(mic, ev, usable, cells)) < 0.02 * sd
+    # No noise anywhere: nothing to estimate.
+    flat = np.repeat(mic[:1], 3, axis=0)
+    assert mode4_residual_bias(flat, np.repeat(ev[:1], 3, axis=0), usable, cells) == 0.0
+
+
+def test_lower_allowance_moves_only_the_lower_end():
+    reps = np.random.default_rng(2).normal(1.0, 0.1, 999)
+    base = debias(1.0, reps, already_debiased=True, bounds=(0.0, np.inf))
+    wide = debias(1.0, reps, already_debiased=True, bounds=(0.0, np.inf), lower_allowance=0.05)
+    assert wide.ci[0] == pytest.approx(base.ci[0] - 0.05)
+    assert wide.ci[1] == base.ci[1] and wide.debiased == base.debiased
+    # Clipped to the metric's range.
+    assert (
+        debias(1.0, reps, already_debiased=True, bounds=(0.0, np.inf), lower_allowance=5).ci[0] == 0
+    )
 
 
 def test_mode4_debiased_nearer_the_truth(study):
