@@ -214,6 +214,7 @@ def metric_entry(
             anchor=metric.anchor,
             reflect=metric.anchor is None or not name.startswith(debias_mod.RANK_UNREFLECTED),
             lower_allowance=metric.lower_allowance,
+            upper_allowance=metric.upper_allowance,
         )
         if est.ci is None:
             entry["ci_reason"] = "fewer than 2 bootstrap replicates define this metric"

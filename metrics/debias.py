@@ -17,7 +17,8 @@ benchmarks/interval_coverage.py):
   from its noise); the corrected value is the estimate and the interval is the corrected
   replicates' spread centred on it. "noise-corrected, basic spread". Mode 4 also estimates
   the unfolding's residual bias b: half of it is taken out of the estimate, and the interval's
-  lower end extends by the other half (`metrics.seven.mode4_residual_bias`).
+  lower end extends by the other half (`metrics.seven.mode4_residual_bias`); a CV's upper end
+  extends by the square root's downward bias (`metrics.seven.cv_residual_bias`).
 * Spearman variants of MRC, MAC, MCC: the estimand is Spearman on smoothed ranks at a rank
   resolution h (`metrics.seven.attach_rank_corrections`), a smooth functional of the true MICs.
   The estimate is the noise-corrected statistic theta_c; the bootstrap's error is measured
@@ -113,6 +114,7 @@ def debias(
     anchor: float | None = None,
     reflect: bool = True,
     lower_allowance: float = 0.0,
+    upper_allowance: float = 0.0,
 ) -> Estimate:
     """Bootstrap bias correction and basic interval of one statistic.
 
@@ -142,6 +144,7 @@ def debias(
         lower_allowance: the interval's lower end moves down by this much (before the clip to
             `bounds`): a residual bias of the estimate the replicates do not carry
             (`metrics.seven.Metric.lower_allowance`; not used with `fisher`).
+        upper_allowance: likewise for the upper end (a residual bias down).
 
     Returns:
         The `Estimate` (all None when fewer than 2 replicates are finite).
@@ -193,6 +196,8 @@ def debias(
         high = float(np.clip(est + (q_hi - center), lo_b, hi_b))
     if lower_allowance > 0:
         low = float(np.clip(low - lower_allowance, lo_b, hi_b))
+    if upper_allowance > 0:
+        high = float(np.clip(high + upper_allowance, lo_b, hi_b))
     if reaches_lower:
         low = lo_b
     low, high = min(low, debiased), max(high, debiased)

@@ -17,6 +17,7 @@ from metrics import analyze
 from metrics.debias import debias
 from metrics.seven import (
     _unfold_bias_table,
+    cv_residual_bias,
     mode4_noise_sd,
     mode4_residual_bias,
     mode4_unfolded,
@@ -285,6 +286,40 @@ def test_lower_allowance_moves_only_the_lower_end():
     assert (
         debias(1.0, reps, already_debiased=True, bounds=(0.0, np.inf), lower_allowance=5).ci[0] == 0
     )
+
+
+def test_cv_residual_bias_by_hand():
+    # C-AvgCV's units: 3 markers across 4 tasks, replicates drawn around the point.
+    rng = np.random.default_rng(3)
+    R, T = 2001, 4
+    point = np.array(
+        [[0.50, 0.30, 0.70], [0.56, 0.31, 0.20], [0.47, 0.29, 0.45], [0.52, 0.30, 0.9]]
+    )
+    mic = np.concatenate([point[None], point + rng.normal(0, 0.03, (R - 1, T, 3))])
+    noise = np.nanvar(mic[1:], axis=0, ddof=1)
+    got = cv_residual_bias(mic, np.ones((1, 1, 3), dtype=bool), 1, noise)
+    z = rng.standard_normal(400_000)
+    want = []
+    for m in range(3):
+        x = point[:, m].var(ddof=1) - noise[:, m].mean()
+        v = np.var([mic[r, :, m].var(ddof=1) for r in range(1, R)], ddof=1)
+        x0 = max(x, 0.0)
+        want.append(
+            (np.sqrt(np.maximum(x0 + np.sqrt(v) * z, 0)).mean() - np.sqrt(x0)) / point[:, m].mean()
+        )
+    assert got == pytest.approx(np.mean(want), abs=2e-3), (got, want)
+    # Marker 2 spreads widely (bias near 0); marker 1 hardly at all: its clip lifts the mean.
+    assert abs(want[2]) < 0.01 and want[1] > 0
+    # No unit with 2 or more values: nothing to estimate.
+    assert cv_residual_bias(mic[:, :1], np.ones((1, 1, 3), dtype=bool), 1, noise[:1]) == 0.0
+
+
+def test_upper_allowance_moves_only_the_upper_end():
+    reps = np.random.default_rng(4).normal(1.0, 0.1, 999)
+    base = debias(1.0, reps, already_debiased=True, bounds=(0.0, np.inf))
+    wide = debias(1.0, reps, already_debiased=True, bounds=(0.0, np.inf), upper_allowance=0.05)
+    assert wide.ci[1] == pytest.approx(base.ci[1] + 0.05)
+    assert wide.ci[0] == base.ci[0] and wide.debiased == base.debiased
 
 
 def test_mode4_debiased_nearer_the_truth(study):
