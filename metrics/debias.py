@@ -238,8 +238,10 @@ def paired_difference(
     if a.values is None or b.values is None:
         return None
     noise = a.corrected is not None and b.corrected is not None
-    xa = a.corrected if noise else a.values
-    xb = b.corrected if noise else b.values
+    # Without Mode 4's residual-bias shift (`Metric.bias_shift`): each group estimates its own,
+    # and their difference is noise (measured: a null's rejection rate 0.11 with it, 0.03 without).
+    xa = a.corrected + a.bias_shift if noise else a.values
+    xb = b.corrected + b.bias_shift if noise else b.values
     corrected = noise or is_correlation(name)
     d0 = float(xa[0] - xb[0])
     reps = xa[1:] - xb[1:]

@@ -38,7 +38,9 @@ class Metric:
     on to debias `corrected[0]` (`metrics.debias.debias`). `lower_allowance`: how far the
     interval's lower end extends below the corrected replicates' spread (an estimate's residual
     bias that the bootstrap does not see: `mode4_residual_bias`); `upper_allowance` likewise
-    for the upper end (the noise-corrected CVs, biased down: `cv_residual_bias`).
+    for the upper end (the noise-corrected CVs, biased down: `cv_residual_bias`). `bias_shift`:
+    a constant already taken out of `corrected` (Mode 4's residual bias, estimated per group);
+    paired comparisons add it back, as the two groups' estimates of it differ by noise.
     """
 
     values: np.ndarray | None
@@ -50,6 +52,7 @@ class Metric:
     anchor: float | None = None
     lower_allowance: float = 0.0
     upper_allowance: float = 0.0
+    bias_shift: float = 0.0
 
     @classmethod
     def undefined(cls, reason: str, **extra) -> Metric:
@@ -555,6 +558,7 @@ def attach_noise_corrections(
             b = max(mode4_residual_bias(mic, eval_mean, usable, cells), 0.0)
             metric.corrected = unfolded[prefix] - b / 2
             metric.lower_allowance = b / 2
+            metric.bias_shift = b / 2
             metric.reaches_zero = _mode4_consistent_with_zero(mic, eval_mean, usable, cells, level)
 
 

@@ -14,8 +14,9 @@ import pytest
 from scipy.stats import norm
 
 from metrics import analyze
-from metrics.debias import debias
+from metrics.debias import debias, paired_difference
 from metrics.seven import (
+    Metric,
     _unfold_bias_table,
     cv_residual_bias,
     mode4_noise_sd,
@@ -320,6 +321,22 @@ def test_upper_allowance_moves_only_the_upper_end():
     wide = debias(1.0, reps, already_debiased=True, bounds=(0.0, np.inf), upper_allowance=0.05)
     assert wide.ci[1] == pytest.approx(base.ci[1] + 0.05)
     assert wide.ci[0] == base.ci[0] and wide.debiased == base.debiased
+
+
+def test_paired_difference_ignores_each_groups_bias_shift():
+    # Two groups with the same unfolded Mode 4 values but different residual-bias estimates:
+    # the comparison sees no difference (each group's shift is its own noisy estimate).
+    rng = np.random.default_rng(5)
+    unfolded = 0.05 + rng.normal(0, 0.004, 201)
+    other = unfolded + rng.normal(0, 0.001, 201)
+    plain = paired_difference(
+        Metric(unfolded, corrected=unfolded), Metric(other, corrected=other), name="x"
+    )
+    a = Metric(unfolded, corrected=unfolded - 0.004, bias_shift=0.004)
+    b = Metric(other, corrected=other - 0.001, bias_shift=0.001)
+    shifted = paired_difference(a, b, name="x")
+    assert shifted.debiased == pytest.approx(plain.debiased, abs=1e-12)
+    assert shifted.p_value == plain.p_value and shifted.ci == pytest.approx(plain.ci)
 
 
 def test_mode4_debiased_nearer_the_truth(study):
