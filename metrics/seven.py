@@ -814,6 +814,7 @@ def mode4_residual_bias(
     cells: np.ndarray,
     grid_size: int = 61,
     iterations: int = 200,
+    fit_terms: int = 2000,
 ) -> float:
     """The bias of the unfolded Mode 4 MAE (`mode4_unfolded`) over `cells`, estimated.
 
@@ -833,6 +834,8 @@ def mode4_residual_bias(
         cells: [T, T] the (A, B) cells of the metric (diagonal: I-, off-diagonal: C-AvgMAE).
         grid_size: points of the prior's grid (plus 0).
         iterations: EM steps.
+        fit_terms: the prior is fitted on at most this many terms, evenly spaced in the
+            (A, B, marker) order (the EM's cost; every term gets its posterior).
 
     Returns:
         The estimated bias (0 when no term has noise).
@@ -849,8 +852,9 @@ def mode4_residual_bias(
     loglik = -0.5 * ((x[:, None] - grid[None, :]) / s[:, None]) ** 2
     lik = np.exp(loglik - loglik.max(axis=1, keepdims=True))  # a row's scale cancels
     w = np.full(len(grid), 1.0 / len(grid))
+    fit = lik[np.unique(np.linspace(0, len(x) - 1, min(len(x), fit_terms)).astype(np.int64))]
     for _ in range(iterations):
-        post = lik * w
+        post = fit * w
         post /= post.sum(axis=1, keepdims=True)
         w = post.mean(axis=0)
     post = lik * w
