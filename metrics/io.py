@@ -438,8 +438,10 @@ def validate(run: ScoredRun) -> ScoredRun:
     """Check values and cross-table consistency; raise `UserError` on the first problem.
 
     Returns the run with its sentences linked to their responses: column `_r` is the row index
-    of the sentence's response (the join is done once here, on 64-bit key hashes, and verified
-    against the key columns, so later stages never join on strings again).
+    of the sentence's response (the join is done once here, on 64-bit key hashes, so later
+    stages never join on strings again). Responses whose hashes collide fall back to an exact
+    join; a sentence row without a response whose hash equals a response's (odds ~ responses /
+    2^64 per such row) would be linked to it unchecked.
     """
     r, s = run.responses, run.sentences
     # Codes and distinct values of the categorical key columns, found by the blank check and

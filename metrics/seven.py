@@ -555,7 +555,8 @@ def attach_noise_corrections(
         if metric is not None and metric.values is not None:
             if unfolded is None:
                 unfolded = mode4_unfolded(mic, eval_mean, usable)
-            b = max(mode4_residual_bias(mic, eval_mean, usable, cells), 0.0)
+            b = mode4_residual_bias(mic, eval_mean, usable, cells)
+            b = max(b, 0.0) if np.isfinite(b) else 0.0  # max(nan, 0.0) is nan
             metric.corrected = unfolded[prefix] - b / 2
             metric.lower_allowance = b / 2
             metric.bias_shift = b / 2
@@ -853,10 +854,13 @@ def mode4_residual_bias(
     lik = np.exp(loglik - loglik.max(axis=1, keepdims=True))  # a row's scale cancels
     w = np.full(len(grid), 1.0 / len(grid))
     fit = lik[np.unique(np.linspace(0, len(x) - 1, min(len(x), fit_terms)).astype(np.int64))]
+    # Every grid point keeps a little prior weight: a term left out of the fit (fit_terms) whose
+    # likelihood lives only where the fitted terms put none would otherwise get 0 / 0.
+    floor = np.finfo(np.float64).tiny
     for _ in range(iterations):
         post = fit * w
         post /= post.sum(axis=1, keepdims=True)
-        w = post.mean(axis=0)
+        w = np.maximum(post.mean(axis=0), floor)
     post = lik * w
     post /= post.sum(axis=1, keepdims=True)
     u, b = _unfold_bias_table()
