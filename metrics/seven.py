@@ -114,21 +114,24 @@ def correlate(x: np.ndarray, y: np.ndarray, method: str) -> tuple[np.ndarray, np
         # their sums ran in: rank on values rounded to 12 decimals (all inputs lie in [0, 1]).
         x = average_ranks(np.round(x, 12))
         y = average_ranks(np.round(y, 12))
-    n = x.shape[-1]
     xc = x - x.mean(axis=-1, keepdims=True)
     yc = y - y.mean(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (xc * yc).sum(-1) / np.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
-        r = np.clip(r, -1.0, 1.0)
-        df = n - 2
-        if df <= 0:
-            return r, np.full(r.shape, np.nan)
+    return _with_p_values(np.clip(r, -1.0, 1.0), x.shape[-1])
+
+
+def _with_p_values(r: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(r, two-sided p-values of r over n points: t with n - 2 degrees of freedom)."""
+    df = n - 2
+    if df <= 0:
+        return r, np.full(r.shape, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
         t = r * np.sqrt(df / np.maximum(1.0 - r * r, 1e-300))
         # scipy.stats.t.sf(x, df) is special.stdtr(df, -x); calling it directly keeps
         # scipy.stats (0.8 s of imports) out of every analysis.
         p = 2.0 * special.stdtr(df, -np.abs(t))
-    p = np.where(np.isnan(r), np.nan, p)
-    return r, p
+    return r, np.where(np.isnan(r), np.nan, p)
 
 
 def smoothed_ranks(x: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
@@ -553,14 +556,18 @@ def attach_noise_corrections(
     for prefix, cells in (("I", diag), ("C", ~diag)):
         metric = metrics.get(f"{prefix}-AvgMAE (Mode 4)")
         if metric is not None and metric.values is not None:
-            if unfolded is None:
-                unfolded = mode4_unfolded(mic, eval_mean, usable)
-            b = mode4_residual_bias(mic, eval_mean, usable, cells)
+            if unfolded is None:  # shared by I and C: the terms' noise and their unfolding
+                zero_filled = _zero_filled_deviations(mic, eval_mean)
+                sd = mode4_noise_sd(mic, eval_mean, zero_filled[2])
+                unfolded = mode4_unfolded(mic, eval_mean, usable, sd)
+            b = mode4_residual_bias(mic, eval_mean, usable, cells, sd=sd)
             b = max(b, 0.0) if np.isfinite(b) else 0.0  # max(nan, 0.0) is nan
             metric.corrected = unfolded[prefix] - b / 2
             metric.lower_allowance = b / 2
             metric.bias_shift = b / 2
-            metric.reaches_zero = _mode4_consistent_with_zero(mic, eval_mean, usable, cells, level)
+            metric.reaches_zero = _mode4_consistent_with_zero(
+                mic, eval_mean, usable, cells, level, zero_filled
+            )
 
 
 def cv_residual_bias(x: np.ndarray, mask: np.ndarray, axis: int, noise: np.ndarray) -> float:
@@ -635,12 +642,7 @@ def disattenuated_pearson(
         vx = np.maximum(vx - nxx, floor * vx)
         vy = np.maximum(vy - nyy, floor * vy)
         r = np.clip((cxy - nxy) / np.sqrt(vx * vy), -1.0, 1.0)
-        df = n - 2
-        if df <= 0:
-            return r, np.full(r.shape, np.nan)
-        t = r * np.sqrt(df / np.maximum(1.0 - r * r, 1e-300))
-        p = 2.0 * special.stdtr(df, -np.abs(t))
-    return r, np.where(np.isnan(r), np.nan, p)
+    return _with_p_values(r, n)
 
 
 # The rank correlations whose rank noise is taken out of their spread (`disattenuated_pearson`),
@@ -758,7 +760,11 @@ def unfold(x: np.ndarray, sd: np.ndarray) -> np.ndarray:
 
 
 def mode4_unfolded(
-    mic: np.ndarray, eval_mean: np.ndarray, usable: np.ndarray, chunk: int = 64
+    mic: np.ndarray,
+    eval_mean: np.ndarray,
+    usable: np.ndarray,
+    sd: np.ndarray | None = None,
+    chunk: int = 64,
 ) -> dict[str, np.ndarray]:
     """I- and C-AvgMAE Mode 4 with every |MIC(m, A) - mean_B(m)| noise-corrected.
 
@@ -766,20 +772,21 @@ def mode4_unfolded(
     B. Where a true difference is near 0, |d| is biased up by about its noise, and the bootstrap
     sees a smaller bias than there is (its replicates start from the inflated |d|: measured,
     C-AvgMAE Mode 4 covered 0.83-0.93). Each term is replaced by `unfold(|d|, sd)`, sd from the
-    replicates (`mode4_noise_sd`: var x + var y - 2 cov, each over the replicates that define it), on the point
-    estimate and on every replicate with the same sd; cells and markers are kept exactly as the
-    plug-in Mode 4 keeps them.
+    replicates (`mode4_noise_sd`: var x + var y - 2 cov, each over the replicates that define
+    it), on the point estimate and on every replicate with the same sd; cells and markers are
+    kept exactly as the plug-in Mode 4 keeps them.
 
     Args:
         mic: [R, T, M] MICs, point estimate first; eval_mean: [R, T, M] likewise.
         usable: [T, M] markers valid in each reference task.
+        sd: `mode4_noise_sd(mic, eval_mean)` when the caller has it (None: computed here).
         chunk: replicates per block (bounds memory at chunk x T x T x M).
 
     Returns:
         {"I": [R], "C": [R]}: the corrected statistics, point first.
     """
     R, T, _ = mic.shape
-    sd = mode4_noise_sd(mic, eval_mean)
+    sd = mode4_noise_sd(mic, eval_mean) if sd is None else sd
     d0 = mic[0][:, None, :] - eval_mean[0][None, :, :]
     keep = usable[:, None, :] & np.isfinite(d0)
     diag = np.eye(T, dtype=bool)
@@ -816,6 +823,7 @@ def mode4_residual_bias(
     grid_size: int = 61,
     iterations: int = 200,
     fit_terms: int = 2000,
+    sd: np.ndarray | None = None,
 ) -> float:
     """The bias of the unfolded Mode 4 MAE (`mode4_unfolded`) over `cells`, estimated.
 
@@ -837,11 +845,12 @@ def mode4_residual_bias(
         iterations: EM steps.
         fit_terms: the prior is fitted on at most this many terms, evenly spaced in the
             (A, B, marker) order (the EM's cost; every term gets its posterior).
+        sd: `mode4_noise_sd(mic, eval_mean)` when the caller has it (None: computed here).
 
     Returns:
         The estimated bias (0 when no term has noise).
     """
-    sd = mode4_noise_sd(mic, eval_mean)
+    sd = mode4_noise_sd(mic, eval_mean) if sd is None else sd
     d0 = mic[0][:, None, :] - eval_mean[0][None, :, :]
     keep = cells[:, :, None] & usable[:, None, :] & np.isfinite(d0)
     sel = keep & (sd > 0) & np.isfinite(sd)
@@ -874,7 +883,27 @@ def mode4_residual_bias(
     return float(np.mean(per.sum(axis=2)[has] / n[has]))
 
 
-def mode4_noise_sd(mic: np.ndarray, eval_mean: np.ndarray) -> np.ndarray:
+def _zero_filled_deviations(
+    mic: np.ndarray, eval_mean: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x = MIC* - MIC [R, A, M], y = mean* - mean [R, B, M] (replicate minus point; a marker
+    missing from a replicate counts as no deviation) and var(x - y) = var x + var y - 2 cov
+    [A, B, M] over the replicates."""
+    x = np.nan_to_num(mic[1:] - mic[0])
+    y = np.nan_to_num(eval_mean[1:] - eval_mean[0])
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    denom = max(len(x) - 1, 1)
+    var = (
+        np.einsum("ram,ram->am", xc, xc)[:, None, :]
+        + np.einsum("rbm,rbm->bm", yc, yc)[None, :, :]
+        - 2 * np.einsum("ram,rbm->abm", xc, yc, optimize=True)
+    ) / denom
+    return x, y, var
+
+
+def mode4_noise_sd(
+    mic: np.ndarray, eval_mean: np.ndarray, zero_filled_var: np.ndarray | None = None
+) -> np.ndarray:
     """[A, B, M] standard deviation of d = MIC(m, A) - mean_B(m) over the replicates.
 
     var x + var y - 2 cov(x, y), x and y the replicates' MICs and evaluation means, each over
@@ -885,6 +914,7 @@ def mode4_noise_sd(mic: np.ndarray, eval_mean: np.ndarray) -> np.ndarray:
 
     Args:
         mic: [R, T, M] MICs, point estimate first; eval_mean: [R, T, M] likewise.
+        zero_filled_var: `_zero_filled_deviations(mic, eval_mean)[2]` when the caller has it.
     """
     x = mic[1:] - mic[0]
     y = eval_mean[1:] - eval_mean[0]
@@ -900,15 +930,9 @@ def mode4_noise_sd(mic: np.ndarray, eval_mean: np.ndarray) -> np.ndarray:
     var = var_x[:, None, :] + var_y[None, :, :] - 2 * cov
     few = (nx[:, None, :] < 2) | (ny[None, :, :] < 2) | (nxy < 2)
     if few.any():  # the zero-filled estimate, as the boundary test counts them
-        x0, y0 = np.nan_to_num(x), np.nan_to_num(y)
-        x0, y0 = x0 - x0.mean(axis=0), y0 - y0.mean(axis=0)
-        denom = max(len(x) - 1, 1)
-        var0 = (
-            np.einsum("ram,ram->am", x0, x0)[:, None, :]
-            + np.einsum("rbm,rbm->bm", y0, y0)[None, :, :]
-            - 2 * np.einsum("ram,rbm->abm", x0, y0, optimize=True)
-        ) / denom
-        var = np.where(few, var0, var)
+        if zero_filled_var is None:
+            zero_filled_var = _zero_filled_deviations(mic, eval_mean)[2]
+        var = np.where(few, zero_filled_var, var)
     return np.sqrt(np.maximum(var, 0.0))
 
 
@@ -956,7 +980,12 @@ def _mode4_unfold_kernel(mic, ev, keep, sd, cells_i, cells_c, inv, dr, out_i, ou
 
 
 def _mode4_consistent_with_zero(
-    mic: np.ndarray, eval_mean: np.ndarray, usable: np.ndarray, cells: np.ndarray, level: float
+    mic: np.ndarray,
+    eval_mean: np.ndarray,
+    usable: np.ndarray,
+    cells: np.ndarray,
+    level: float,
+    zero_filled: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> bool:
     """`consistent_with_zero` for the Mode 4 differences d(A, B, m) = MIC(m, A) - mean_B(m)
     over the cells selected, without materializing replicates x A x B x markers.
@@ -965,19 +994,13 @@ def _mode4_consistent_with_zero(
     replicate counts as no deviation), d* - d = x(A, m) - y(B, m), whose variance is
     var x + var y - 2 cov(x, y) (the two sides share items in parity mode; an entry without
     variance is left out), and Σ (x - y)^2 = Σ x^2 P + Σ y^2 Q - 2 Σ x y w with w the cells kept
-    and P, Q their counts over B, A.
+    and P, Q their counts over B, A. `zero_filled`: `_zero_filled_deviations(mic, eval_mean)`
+    when the caller has it.
     """
     d0 = mic[0][:, None, :] - eval_mean[0][None, :, :]  # [A, B, M]
-    x = np.nan_to_num(mic[1:] - mic[0])  # [R, A, M]
-    y = np.nan_to_num(eval_mean[1:] - eval_mean[0])  # [R, B, M]
-    n = len(x)
-    if n < 2:
+    if len(mic) < 3:
         return False
-    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
-    var_x = np.einsum("ram,ram->am", xc, xc) / (n - 1)
-    var_y = np.einsum("rbm,rbm->bm", yc, yc) / (n - 1)
-    cov = np.einsum("ram,rbm->abm", xc, yc) / (n - 1)
-    v = var_x[:, None, :] + var_y[None, :, :] - 2 * cov
+    x, y, v = _zero_filled_deviations(mic, eval_mean) if zero_filled is None else zero_filled
     keep = cells[:, :, None] & usable[:, None, :] & np.isfinite(d0) & (v > 1e-300)
     if not keep.any():
         return False
