@@ -99,13 +99,13 @@ def has_credentials(url: str) -> bool:
     """Whether `url` carries credentials (user:password or a secret-looking query value).
 
     An unparseable URL has none to find (the checks of the URL itself refuse it)."""
-    from urllib.parse import urlsplit
+    return url_secrets(url) not in ([], [url])  # [url]: url_secrets' answer when unparseable
 
-    try:
-        urlsplit(url)
-    except ValueError:
-        return False
-    return bool(url_secrets(url))
+
+def shown_location(location: str) -> str:
+    """An output location as messages and files show it: a URI without its credentials
+    (`s3://KEY:SECRET@bucket/run` -> `s3://bucket/run`), a local path as it is."""
+    return redact_url(location) if "://" in location else location
 
 
 def scrub(text: str, *secrets: str | None) -> str:

@@ -148,9 +148,9 @@ def _run(args: argparse.Namespace) -> int:
             f"{m['generated_tokens_per_second']:,.0f} generated tok/s, "
             f"{m['prompt_tokens_per_second']:,.0f} prompt tok/s, {m['wall_seconds']:.1f} s"
         )
-    from engine.errors import redact_url
+    from engine.errors import shown_location
 
-    shown = redact_url(args.out) if "://" in args.out else args.out  # s3://KEY:SECRET@...
+    shown = shown_location(args.out)
     print(
         f"{result.units_finished}/{result.units_planned} units, {result.rows} rows in "
         f"{shown}/shards ({result.seconds:.1f} s); read with "

@@ -673,9 +673,7 @@ def validate(
     for section in _FREE_SECTIONS:
         if not isinstance(raw.get(section, {}), dict):
             raise UserError(f"{source}: '{section}' must be a table")
-    judge_url = raw.get("judges", {}).get("base_url")
-    if isinstance(judge_url, str):
-        refuse_url_credentials(judge_url, "judges", source)
+    refuse_judge_url_credentials(raw.get("judges", {}), source)
 
     check_name(run.name, "run.name", source)
     for section, entries, attr in (("models", models, "name"), ("tasks", tasks, "name")):
@@ -814,6 +812,12 @@ def refuse_url_credentials(url: str, key: str, source: str) -> None:
             f"remove them from the URL and put the key in the environment variable named by "
             f"{key}.api_key_env; a spec file is copied into the run directory",
         )
+
+
+def refuse_judge_url_credentials(judges: Any, source: str) -> None:
+    """`refuse_url_credentials` for a spec's `[judges]` table (sweep and study specs)."""
+    if isinstance(judges, dict) and isinstance(judges.get("base_url"), str):
+        refuse_url_credentials(judges["base_url"], "judges", source)
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -39,7 +39,7 @@ import pyarrow.ipc as ipc
 
 from engine.config.sweep import SweepSpec
 from engine.contract import RunLayout, atomic_write, inside, is_plain_file_name
-from engine.errors import UserError, redact_url, scrub, url_secrets
+from engine.errors import UserError, scrub, shown_location, url_secrets
 
 SHARDS = RunLayout.SHARDS
 DONE = RunLayout.DONE
@@ -174,7 +174,7 @@ class RunStore:
         # `location` is what messages, logs and summary.json show: an object-store URI loses
         # its credentials (s3://KEY:SECRET@bucket/run); the URI itself stays private.
         self._uri = uri
-        self.location = redact_url(uri) if "://" in uri else uri
+        self.location = shown_location(uri)
         self._given_fs = filesystem
         if filesystem is not None:
             self.fs, self.root = filesystem, uri.rstrip("/")

@@ -91,12 +91,11 @@ def prepare_study(
     Raises:
         UserError: Unknown sample or registry task, a split without items, bad analysis settings.
     """
-    from engine.config.sweep import check_name, refuse_url_credentials
+    from engine.config.sweep import check_name, refuse_judge_url_credentials
 
     engine_raw = copy.deepcopy(raw)
     judges = dict(engine_raw.pop("judges", {}) or {})
-    if isinstance(judges.get("base_url"), str):
-        refuse_url_credentials(judges["base_url"], "judges", source)
+    refuse_judge_url_credentials(judges, source)
     analysis = dict(engine_raw.pop("analysis", {}) or {})
     answer_types = dict(judges.get("answer_types", {}))
     for i, entry in enumerate(engine_raw.get("tasks") or []):
@@ -200,7 +199,12 @@ def check_study_spec(path: str | Path, overrides: list[str] | None = None) -> di
         UserError: Any problem, naming the key.
     """
     from engine.config.judges import safe_settings, settings_from
-    from engine.config.sweep import apply_overrides, read_raw, refuse_url_credentials, validate
+    from engine.config.sweep import (
+        apply_overrides,
+        read_raw,
+        refuse_judge_url_credentials,
+        validate,
+    )
     from engine.tasks.registry import get_task
     from engine.tasks.samples import SAMPLE_TASKS
 
@@ -208,8 +212,7 @@ def check_study_spec(path: str | Path, overrides: list[str] | None = None) -> di
     raw = apply_overrides(read_raw(path), overrides or [], str(path))
     doc = copy.deepcopy(raw)
     judges, analysis = doc.pop("judges", {}) or {}, doc.pop("analysis", {}) or {}
-    if isinstance(judges, dict) and isinstance(judges.get("base_url"), str):
-        refuse_url_credentials(judges["base_url"], "judges", str(path))
+    refuse_judge_url_credentials(judges, str(path))
     tasks = []
     for i, entry in enumerate(doc.get("tasks") or []):
         if not isinstance(entry, dict):

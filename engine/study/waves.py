@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -259,12 +260,9 @@ def wave_preview(
     Returns:
         One line on the rule, then one per task: items per wave, the most waves it can take.
     """
-    first = report["units"][0] if report["units"] else None
-    totals: dict[str, dict[str, int]] = {}
-    for u in report["units"]:
-        if first is not None and (u["model"], u["prompt"]) == (first["model"], first["prompt"]):
-            split = totals.setdefault(u["task"], {})
-            split[u["split"]] = split.get(u["split"], 0) + u["items"]
+    totals = _split_totals(
+        (u["model"], u["prompt"], u["task"], u["split"], u["items"]) for u in report["units"]
+    )
     items = wave_items or default_wave_items()
     lines = [
         f"waves: each task grows by about {items} items per wave and stops once "
@@ -285,14 +283,16 @@ def wave_preview(
     return lines
 
 
-def _split_totals(units: list[Any]) -> dict[str, dict[str, int]]:
-    """Items per (task, split) of the plan (every model and prompt sees the same items)."""
-    first = (units[0].model.name, units[0].prompt.id) if units else None
+def _split_totals(units: Iterable[tuple[str, str, str, str, int]]) -> dict[str, dict[str, int]]:
+    """Items per (task, split) of the plan, from its units' (model, prompt, task, split, items)
+    (every model and prompt sees the same items: the first pair's units are counted)."""
+    first = None
     totals: dict[str, dict[str, int]] = {}
-    for u in units:
-        if (u.model.name, u.prompt.id) == first:
-            split = totals.setdefault(u.task, {})
-            split[u.split] = split.get(u.split, 0) + len(u.item_ids)
+    for model, prompt, task, split, items in units:
+        first = first or (model, prompt)
+        if (model, prompt) == first:
+            counts = totals.setdefault(task, {})
+            counts[split] = counts.get(split, 0) + items
     return totals
 
 
@@ -339,7 +339,9 @@ def run_waves(
             "set analysis.bootstrap to 400 or more (--set analysis.bootstrap=400)",
         )
     units = plan_units(spec)
-    totals = _split_totals(units)
+    totals = _split_totals(
+        (u.model.name, u.prompt.id, u.task, u.split, len(u.item_ids)) for u in units
+    )
     plan.split_step = {t.name: split_step(plan.wave_items, len(t.splits)) for t in spec.tasks}
     layout = RunLayout(out_dir)
     timings: dict[str, float] = {}
