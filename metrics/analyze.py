@@ -209,7 +209,7 @@ def metric_entry(
                 if is_correlation(name)
                 else CI_METHOD
             ),
-            fisher=on_fisher_scale(name, ranked=metric.anchor is not None),
+            fisher=on_fisher_scale(name),
             reaches_lower=metric.reaches_zero,
             anchor=metric.anchor,
             reflect=metric.anchor is None or not name.startswith(debias_mod.RANK_UNREFLECTED),

@@ -71,19 +71,15 @@ class Estimate:
     degenerate: bool = False
 
 
-# Rank correlations at a resolution h > 0 corrected on the atanh scale (`on_fisher_scale`), and
-# those whose interval keeps the replicates' orientation (`debias`'s `reflect`).
-RANK_FISHER = ("MAC", "MCC")
+# Rank correlations at a resolution h > 0 whose interval keeps the replicates' orientation
+# (`debias`'s `reflect`).
 RANK_UNREFLECTED = ("MRC",)
 
 
-def on_fisher_scale(name: str, ranked: bool = False) -> bool:
-    """MAC and MCC (and variants): per-marker correlations over a few tasks, whose bootstrap
-    distribution is skewed; corrected on the atanh scale (measured: better coverage there; the
-    ordinary MRC, whose population value can sit at 1, is not). `ranked`: a Spearman variant at
-    a rank resolution h > 0 (`metrics.seven.attach_rank_corrections`)."""
-    if ranked:
-        return name.startswith(RANK_FISHER)
+def on_fisher_scale(name: str) -> bool:
+    """MAC and MCC (and variants, at any rank resolution): per-marker correlations over a few
+    tasks, whose bootstrap distribution is skewed; corrected on the atanh scale (measured:
+    better coverage there; MRC, whose population value can sit at 1, is not)."""
     return name.startswith(("MAC", "MCC"))
 
 
