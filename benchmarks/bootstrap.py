@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    /work/venv/bin/python benchmarks/bootstrap.py [--quick] [--n-boot 10000]
+    .venv/bin/python benchmarks/bootstrap.py [--quick] [--n-boot 10000]
 
 Cases (B = 10,000 by default):
 
