@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.contract import RunLayout
@@ -249,7 +250,7 @@ def _study(args: argparse.Namespace) -> int:
         if waves:
             from engine.study.waves import wave_preview
 
-            print("\n".join(wave_preview(report, **waves)))
+            print("\n".join(wave_preview(report, **waves, out_dir=Path(args.out))))
         return 0
     from engine.api import run_study
 

@@ -89,6 +89,38 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
+def stored_waves(path: Path, metric: str | None, wave_items: int | None) -> dict[str, Any] | None:
+    """DIR/waves.json of a study resumed with this metric and wave size (None: no waves yet).
+
+    Raises:
+        UserError: The file is damaged, or was written with another metric or wave size.
+    """
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        assert doc.get("version") == WAVE_STATE_VERSION and "wave_items" in doc
+    except (ValueError, AssertionError):
+        raise UserError(
+            f"{path} is damaged or of another version",
+            "delete it to restart the waves (finished units are kept and reused)",
+        ) from None
+    if doc["metric"] != metric:
+        raise UserError(
+            f"{path}: this study stops on {doc['metric'] or 'per-task MICs'!r}, not "
+            f"{metric or 'per-task MICs'!r} ('metric')",
+            f"pass {'--metric ' + doc['metric'] if doc['metric'] else 'no --metric'}, "
+            "or use another --out",
+        )
+    if wave_items is not None and wave_items != doc["wave_items"]:
+        raise UserError(
+            f"{path}: this study's waves add {doc['wave_items']} items per task, not "
+            f"{wave_items} ('wave_items')",
+            f"pass --wave-items {doc['wave_items']} (or leave it out), or use another --out",
+        )
+    return doc
+
+
 class WavePlan:
     """The wave state of a precision-stopped study (DIR/waves.json), loaded or started.
 
@@ -147,30 +179,8 @@ class WavePlan:
             UserError: waves.json was written with another metric or wave size, or is damaged.
         """
         path = RunLayout(out_dir).waves
-        doc: dict[str, Any] | None = None
-        if path.is_file():
-            try:
-                doc = json.loads(path.read_text())
-                assert doc.get("version") == WAVE_STATE_VERSION and "wave_items" in doc
-            except (ValueError, AssertionError):
-                raise UserError(
-                    f"{path} is damaged or of another version",
-                    "delete it to restart the waves (finished units are kept and reused)",
-                ) from None
-            if doc["metric"] != metric:
-                raise UserError(
-                    f"{path}: this study stops on {doc['metric'] or 'per-task MICs'!r}, not "
-                    f"{metric or 'per-task MICs'!r} ('metric')",
-                    f"pass {'--metric ' + doc['metric'] if doc['metric'] else 'no --metric'}, "
-                    "or use another --out",
-                )
-            if wave_items is not None and wave_items != doc["wave_items"]:
-                raise UserError(
-                    f"{path}: this study's waves add {doc['wave_items']} items per task, not "
-                    f"{wave_items} ('wave_items')",
-                    f"pass --wave-items {doc['wave_items']} (or leave it out), or use another --out",
-                )
-        else:
+        doc = stored_waves(path, metric, wave_items)
+        if doc is None:
             items = wave_items or default_wave_items()
             tasks = [t for t in engine_raw.get("tasks") or [] if isinstance(t, dict)]
             run = engine_raw.get("run") or {}
@@ -247,8 +257,12 @@ def wave_preview(
     metric: str | None = None,
     wave_items: int | None = None,
     max_waves: int | None = None,
+    out_dir: Path | None = None,
 ) -> list[str]:
     """Lines for `mic study --plan --target-width`: how each task would grow, wave by wave.
+
+    A study resumed in `out_dir` keeps the wave size stored in its DIR/waves.json (the preview
+    says so, with the waves already analysed), as the run itself would.
 
     Args:
         report: `plan_study`'s report (its units give the items per task and split).
@@ -256,14 +270,20 @@ def wave_preview(
         metric: The metric whose intervals decide (None: the task's shared-marker MICs).
         wave_items: Items per task per wave (None: the default).
         max_waves: The wave limit (None: none).
+        out_dir: The study's output directory (its waves.json, if any, is read).
 
     Returns:
         One line on the rule, then one per task: items per wave, the most waves it can take.
+
+    Raises:
+        UserError: The stored waves.json is damaged or was written with another metric or wave
+            size (the run would refuse it the same way).
     """
     totals = _split_totals(
         (u["model"], u["prompt"], u["task"], u["split"], u["items"]) for u in report["units"]
     )
-    items = wave_items or default_wave_items()
+    stored = stored_waves(RunLayout(out_dir).waves, metric, wave_items) if out_dir else None
+    items = int(stored["wave_items"]) if stored else wave_items or default_wave_items()
     lines = [
         f"waves: each task grows by about {items} items per wave and stops once "
         + (f"its {metric} intervals are" if metric else "its shared markers' MIC intervals are")
@@ -271,6 +291,11 @@ def wave_preview(
         + (f" (at most {max_waves} waves)" if max_waves else "")
         + "; the plan above is the most it generates (every item)"
     ]
+    if stored:
+        lines.append(
+            f"  resuming: {len(stored.get('waves', []))} waves already analysed; the wave size "
+            f"{items} is the one stored in {RunLayout(out_dir).waves.name}"
+        )
     for task, splits in totals.items():
         step = split_step(items, len(splits))
         most = max(-(-n // step) for n in splits.values())

@@ -121,3 +121,30 @@ def test_study_plan_with_a_target_width_shows_the_waves(tmp_path: Path, capsys) 
     assert "at most 2 waves" in capsys.readouterr().out
     assert main(argv) == 0
     assert "waves:" not in capsys.readouterr().out  # a plain study: no wave lines
+
+
+def test_study_plan_of_a_resumed_study_uses_the_stored_wave_size(tmp_path: Path, capsys) -> None:
+    # The preview used to ignore DIR/waves.json: a resumed study keeps its stored wave size, so
+    # the preview showed a schedule the run would not follow (or refuse).
+    from engine.cli import main
+    from engine.study import demo_spec
+    from engine.study.waves import WAVE_STATE_VERSION
+
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    state = {"version": WAVE_STATE_VERSION, "metric": None, "wave_items": 60, "chunk_size": 10}
+    (out_dir / "waves.json").write_text(json.dumps({**state, "waves": [{}, {}]}))
+    argv = ["study", str(demo_spec()), "--out", str(out_dir), "--plan", "--target-width", "0.1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "about 60 items per wave" in out and "resuming: 2 waves already analysed" in out
+    assert (
+        out.count("30 items per split per wave (2 splits), 120 items in all, at most 2 waves") == 3
+    )
+    # Another wave size than the stored one is refused, as the run refuses it.
+    assert main([*argv, "--wave-items", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "waves.json" in err and "--wave-items 60" in err
+    (out_dir / "waves.json").write_text("{")
+    assert main(argv) == 2
+    assert "damaged" in capsys.readouterr().err
