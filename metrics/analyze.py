@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -124,6 +125,22 @@ def common_marker_set(va: GroupView, vb: GroupView, valid: np.ndarray):
         common[g] = False
         common[g][tasks] = usable
     return tasks, usable, shared, common
+
+
+def check_rank_resolution(rank_resolution: Any) -> float:
+    """The rank resolution h as a float, or one clear error.
+
+    Raises:
+        UserError: `rank_resolution` is not a number in [0, 1].
+    """
+    if isinstance(rank_resolution, bool) or not (
+        isinstance(rank_resolution, int | float) and 0 <= rank_resolution <= 1
+    ):
+        raise UserError(
+            f"--rank-resolution {rank_resolution!r} must be a number in [0, 1]",
+            f"confidence units; the default is {RANK_RESOLUTION}, 0 gives the ordinary Spearman",
+        )
+    return float(rank_resolution)
 
 
 def group_metrics(
@@ -353,12 +370,7 @@ def analyze(
     _check_options(mode, threshold, preset)
     n_boot = check_n_boot(bootstrap)
     level = check_level(level)
-    if not (isinstance(rank_resolution, int | float) and 0 <= rank_resolution <= 1):
-        raise UserError(
-            f"--rank-resolution {rank_resolution!r} must be a number in [0, 1]",
-            f"confidence units; the default is {RANK_RESOLUTION}, 0 gives the ordinary Spearman",
-        )
-    rank_resolution = float(rank_resolution)
+    rank_resolution = check_rank_resolution(rank_resolution)
     ci_method = check_method(ci_method)
     scheme = check_scheme(scheme)
     if compare and n_boot == 0:

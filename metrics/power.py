@@ -49,13 +49,13 @@ from scipy import stats
 
 from engine.contract import atomic_write
 from engine.errors import UserError
-from metrics.analyze import group_metrics, group_views
+from metrics.analyze import check_rank_resolution, group_metrics, group_views
 from metrics.bootstrap._validate import check_level, check_n_boot
 from metrics.core import compute_tables
 from metrics.encode import encode
 from metrics.io import ScoredRun, read_scored
 from metrics.resample import group_replicates, local_group_sums, response_keys
-from metrics.seven import Metric
+from metrics.seven import RANK_RESOLUTION, Metric
 
 # The headline seven and the MAE modes (variants with "-sig" / Pearson are left out: a plan is
 # made for the numbers a paper reports first).
@@ -239,6 +239,7 @@ def replicates(
     threshold: int = 10,
     mode: str = "heldout",
     level: float = 0.95,
+    rank_resolution: float = RANK_RESOLUTION,
 ) -> _Replicates:
     """Every group's metric and MIC replicates, exactly as `metrics.analyze` computes them."""
     parity = mode == "parity"
@@ -253,7 +254,7 @@ def replicates(
             enc, g, keys, strata, seed=seed, n_boot=bootstrap, scheme="poisson", parity=parity,
             valid=valid, point=tables, group_sums=local_group_sums,
         )  # fmt: skip
-        metrics[g] = group_metrics(view, tables, parity, reps, level)
+        metrics[g] = group_metrics(view, tables, parity, reps, level, rank_resolution)
         mic[g] = reps.mic
         shared[g] = view.shared
         items[g] = np.bincount(enc.r_t[enc.r_g == g], minlength=enc.n_tasks)
@@ -336,6 +337,7 @@ def scaling(
     seed: int,
     threshold: int = 10,
     mode: str = "heldout",
+    rank_resolution: float = RANK_RESOLUTION,
 ) -> tuple[dict[tuple, _Fit], dict[tuple, tuple[float, float, float]], list[tuple[str, str]]]:
     """SE of every planned quantity with the pilot resized to each ratio (1 = the pilot).
 
@@ -350,7 +352,10 @@ def scaling(
     for ratio in ratios:
         pool = ("train", "test") if mode == "heldout" else None
         sub = run if ratio == 1 else resize(run, ratio, seed, pool)
-        rep = replicates(sub, bootstrap=bootstrap, seed=seed, threshold=threshold, mode=mode)
+        rep = replicates(
+            sub, bootstrap=bootstrap, seed=seed, threshold=threshold, mode=mode,
+            rank_resolution=rank_resolution,
+        )  # fmt: skip
         for key, (n, se, rho) in _quantities(rep).items():
             if ratio == 1:
                 full[key] = (n, se, rho)
@@ -434,6 +439,7 @@ def power_plan(
     budget_tokens: float | None = None,
     budget_gpu_hours: float | None = None,
     kn_metric: str = "I-AvgMAE",
+    rank_resolution: float = RANK_RESOLUTION,
 ) -> PowerResult:
     """Plan a study from a pilot: SE(n), items for a width, minimum detectable differences, K vs N.
 
@@ -454,6 +460,7 @@ def power_plan(
         budget_tokens: a budget in generated tokens for the K vs N recommendation.
         budget_gpu_hours: a budget in GPU-hours (converted with the pilot's throughput).
         kn_metric: the metric whose width K vs N minimises.
+        rank_resolution: h of the MRC/MAC/MCC Spearman intervals (as `mic analyze`).
 
     Returns:
         The `PowerResult`.
@@ -462,6 +469,7 @@ def power_plan(
 
     n_boot = check_n_boot(bootstrap)
     level = check_level(level)
+    rank_resolution = check_rank_resolution(rank_resolution)
     for flag, value in (("--alpha", alpha), ("--power", power)):
         if not 0 < value < 1:
             raise UserError(f"{flag} {value} must lie strictly between 0 and 1", "e.g. 0.05, 0.8")
@@ -488,7 +496,7 @@ def power_plan(
         ratios += (LARGE_RATIO,)
     curves, full, groups = scaling(
         run, tuple(dict.fromkeys(ratios)), bootstrap=n_boot, seed=seed, threshold=threshold,
-        mode=mode,
+        mode=mode, rank_resolution=rank_resolution,
     )  # fmt: skip
 
     z_level = stats.norm.ppf(0.5 + level / 2)
@@ -534,7 +542,7 @@ def power_plan(
     settings = {
         "width": width, "alpha": alpha, "power": power, "items": items, "bootstrap": n_boot,
         "seed": seed, "level": level, "threshold": threshold, "mode": mode,
-        "items_planned": planned,
+        "rank_resolution": rank_resolution, "items_planned": planned,
         "sizes": "the pilot resized by a seeded hash of the item: subsampled to "
         + ", ".join(f"{r:g}" for r in SUBSAMPLE_RATIOS)
         + " (exponent_subsample), repeated to the planned size (m-out-of-n bootstrap)",

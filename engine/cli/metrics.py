@@ -56,13 +56,7 @@ def _add_scored_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--bootstrap", type=int, default=0, metavar="B", help="bootstrap replicates (0: none)"
-    )
-    p.add_argument("--ci-method", choices=["bca", "percentile"], default="bca")
-    p.add_argument("--level", type=float, default=0.95, help="confidence level (0, 1)")
-    p.add_argument("--scheme", choices=["poisson", "multinomial"], default="poisson")
+def _add_rank_resolution(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rank-resolution",
         type=float,
@@ -74,6 +68,16 @@ def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
             "Spearman, see docs/statistics.md)"
         ),
     )
+
+
+def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bootstrap", type=int, default=0, metavar="B", help="bootstrap replicates (0: none)"
+    )
+    p.add_argument("--ci-method", choices=["bca", "percentile"], default="bca")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level (0, 1)")
+    p.add_argument("--scheme", choices=["poisson", "multinomial"], default="poisson")
+    _add_rank_resolution(p)
     p.add_argument(
         "--ray",
         nargs="?",
@@ -258,6 +262,7 @@ def _add_power(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=int, default=10, help="marker count threshold tau")
     p.add_argument("--mode", choices=["heldout", "parity"], default="heldout")
     p.add_argument("--metric", default="I-AvgMAE", help="metric K vs N minimises the width of")
+    _add_rank_resolution(p)
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget-tokens", type=float, default=None, metavar="T",
                         help="budget in generated tokens (K vs N)")  # fmt: skip
@@ -274,6 +279,7 @@ def _run_power(args: argparse.Namespace) -> int:
         items=args.items, bootstrap=args.bootstrap, seed=args.seed, level=args.level,
         threshold=args.threshold, mode=args.mode, budget_tokens=args.budget_tokens,
         budget_gpu_hours=args.budget_gpu_hours, kn_metric=args.metric,
+        **({} if args.rank_resolution is None else {"rank_resolution": args.rank_resolution}),
     )  # fmt: skip
     print(format_plan(result))
     print(f"\nwrote {result.out_dir}/power.json and {result.out_dir}/power.parquet")

@@ -167,6 +167,7 @@ def test_too_small_pilot_says_how_many_items(pop, tmp_path, capsys):
         (["--power", "0"], "--power 0.0 must lie strictly between 0 and 1"),
         (["--width", "-1"], "--width -1.0 must be positive"),
         (["--items", "1"], "--items 1 must be 2 or more"),
+        (["--rank-resolution", "2"], "--rank-resolution 2.0 must be a number in [0, 1]"),
     ],
 )
 def test_bad_options_one_line(tmp_path, capsys, args, needle):
@@ -296,3 +297,21 @@ def test_pilot_se_is_the_se_mic_analyze_reports(pop):
         assert mine[((0,), "metric", name, "")][1] == pytest.approx(
             reported["metrics"][name]["se"], rel=1e-9
         )
+
+
+def test_plan_uses_the_rank_resolution_analyze_uses(pop, tmp_path):
+    """`mic power` planned the rank metrics at h = 0.05 whatever the analysis used: the MRC
+    standard error it starts from is now the one `mic analyze --rank-resolution H` reports."""
+    from metrics import analyze
+
+    run = sample({"a": pop, "b": pop}, 120, 8)
+    se = {}
+    for h in (0.0, 0.2):
+        reported = analyze(run, bootstrap=100, seed=5, rank_resolution=h).metrics_json
+        mine = _quantities(replicates(run, bootstrap=100, seed=5, rank_resolution=h))
+        se[h] = mine[((0,), "metric", "MRC", "")][1]
+        assert se[h] == pytest.approx(reported["models"]["a"]["default"]["metrics"]["MRC"]["se"])
+    assert se[0.0] != pytest.approx(se[0.2], rel=1e-3)  # h reaches the replicates
+    plan = power_plan(run, bootstrap=100, rank_resolution=0.2, out=tmp_path)
+    assert json.loads((tmp_path / "power.json").read_text())["settings"]["rank_resolution"] == 0.2
+    assert plan.plan["settings"]["rank_resolution"] == 0.2
