@@ -114,6 +114,11 @@ class ModelSpec:
         num_cpus: CPUs reserved per actor on a CPU-only node (API models: always CPUs only).
         use_chat_template: Render prompts with the tokenizer's chat template (API models: send
             system + user messages to `/chat/completions` instead of text to `/completions`).
+        chat_template_kwargs: Extra variables for the chat template, e.g.
+            `{ enable_thinking = false }` for a hybrid-reasoning model (Qwen3) whose template
+            turns thinking on by default; API models send them as the request's
+            `chat_template_kwargs` (vLLM's OpenAI-compatible server applies them). Needs
+            `use_chat_template = true`.
         engine_args: Extra keyword arguments for `vllm.LLM` (e.g. max_model_len, dtype); for an
             API model, extra fields of every request body (e.g. reasoning_effort).
         backend: "vllm" (an engine in each actor) or "openai" (an OpenAI-compatible server).
@@ -136,6 +141,7 @@ class ModelSpec:
     tensor_parallel_size: int = 1
     num_cpus: int = 1
     use_chat_template: bool = False
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     engine_args: dict[str, Any] = field(default_factory=dict)
     backend: str = "vllm"
     base_url: str = ""
@@ -256,8 +262,9 @@ class SweepSpec:
     def to_dict(self) -> dict[str, Any]:
         """Return the spec as plain JSON-able data (lists for tuples).
 
-        A vLLM model leaves out the API-only fields and its default `params_b` (specs written
-        before they existed keep their hash); an API model's base URL loses any credentials.
+        A vLLM model leaves out the API-only fields, its default `params_b` and empty
+        `chat_template_kwargs` (specs written before they existed keep their hash); an API
+        model's base URL loses any credentials.
         """
         data = dataclasses.asdict(self)
         data.pop("source")
@@ -268,6 +275,8 @@ class SweepSpec:
         for model in data["models"]:
             if model.get("params_b") == 0.0:
                 model.pop("params_b")
+            if not model.get("chat_template_kwargs"):
+                model.pop("chat_template_kwargs", None)
             if model["backend"] == "vllm":
                 model.pop("backend")
                 for name in API_MODEL_FIELDS:
@@ -825,6 +834,12 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def _check_backend(model: ModelSpec, key: str, source: str) -> None:
     """Check a model's backend and the fields only API models may set."""
+    if model.chat_template_kwargs and not model.use_chat_template:
+        raise UserError(
+            f"{source}: '{key}.chat_template_kwargs' is set but '{key}.use_chat_template' is "
+            "false (the variables reach only a chat template)",
+            f"set {key}.use_chat_template = true, or remove chat_template_kwargs",
+        )
     if model.backend not in MODEL_BACKENDS:
         raise UserError(
             f"{source}: '{key}.backend' is {model.backend!r}",

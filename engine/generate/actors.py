@@ -44,6 +44,7 @@ def vllm_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
         tensor_parallel_size=model.tensor_parallel_size,
         max_logprobs=max_logprobs,
         chat=model.use_chat_template,
+        chat_template_kwargs=model.chat_template_kwargs,
     )
 
 

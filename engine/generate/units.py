@@ -105,6 +105,8 @@ def model_identity(model: ModelSpec) -> dict[str, Any]:
         "use_chat_template": model.use_chat_template,
         "engine_args": model.engine_args,
     }
+    if model.chat_template_kwargs:  # absent when empty: older units keep their ids
+        identity["chat_template_kwargs"] = model.chat_template_kwargs
     if model.backend != "vllm":
         identity["backend"] = model.backend
     return identity

@@ -87,8 +87,14 @@ class Backend(Protocol):
         ...
 
 
-def render_prompts(unit: WorkUnit, tokenizer: Any | None, chat: bool) -> list[str]:
-    """Return each item's full prompt text (system text + filled template, or a chat template)."""
+def render_prompts(
+    unit: WorkUnit, tokenizer: Any | None, chat: bool, template_kwargs: dict[str, Any] | None = None
+) -> list[str]:
+    """Return each item's full prompt text (system text + filled template, or a chat template).
+
+    `template_kwargs` are extra variables of the chat template (the model's
+    `chat_template_kwargs`, e.g. `enable_thinking=False`).
+    """
     users = unit.user_texts()
     system = unit.prompt.system
     if chat and tokenizer is not None:
@@ -98,7 +104,9 @@ def render_prompts(unit: WorkUnit, tokenizer: Any | None, chat: bool) -> list[st
                 {"role": "user", "content": text}
             ]
             out.append(
-                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
+                )
             )
         return out
     return [f"{system}\n\n{text}" if system else text for text in users]

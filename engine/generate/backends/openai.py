@@ -195,6 +195,8 @@ class OpenAIBackend:
             body["messages"] = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": user}
             ]
+            if unit.model.chat_template_kwargs:  # vLLM's server passes them to its template
+                body["chat_template_kwargs"] = dict(unit.model.chat_template_kwargs)
             if not self.refused.keys() & {"logprobs", "top_logprobs"}:
                 body["logprobs"] = True
                 body["top_logprobs"] = k

@@ -121,6 +121,7 @@ class VLLMBackend:
         tensor_parallel_size: GPUs for this engine.
         max_logprobs: Largest top-k any request will ask for.
         chat: Render prompts with the tokenizer's chat template.
+        chat_template_kwargs: Extra variables of the chat template (e.g. enable_thinking).
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class VLLMBackend:
         tensor_parallel_size: int = 1,
         max_logprobs: int = 20,
         chat: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         settings = engine_settings(engine_args)
         apply_env(settings)
@@ -152,6 +154,7 @@ class VLLMBackend:
         }
         args.update(settings.engine_args)  # the build's defaults, then the spec's engine_args
         self.chat = chat
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         with _llvmlite_hidden():
             self.llm = LLM(**args)
         self.tokenizer = self.llm.get_tokenizer()
@@ -185,7 +188,7 @@ class VLLMBackend:
 
     def generate(self, unit: WorkUnit) -> RawUnit:
         """Run the unit's prompts in one `generate` call; over-long prompts become error rows."""
-        prompts = render_prompts(unit, self.tokenizer, self.chat)
+        prompts = render_prompts(unit, self.tokenizer, self.chat, self.chat_template_kwargs)
         encoded = self.tokenizer(prompts, add_special_tokens=not self.chat)["input_ids"]
         errors: list[str | None] = [None] * len(prompts)
         todo = []

@@ -209,3 +209,23 @@ def test_task_names_differing_only_in_case_are_refused() -> None:
     tasks = [{**t, "name": n} for t, n in zip(make_raw_spec()["tasks"] * 2, ("Math", "math"))]
     with pytest.raises(UserError, match=r"tasks\.1\.name.*only in case"):
         validate(make_raw_spec(tasks=tasks), source="s.toml")
+
+
+def test_chat_template_kwargs_are_checked_and_change_the_units_only_when_set(tmp_path) -> None:
+    model = {"name": "tiny", "path": "builtin:tiny", "use_chat_template": True}
+    plain = validate(make_raw_spec(models=[model]))
+    # Empty (the default): the stored spec and the unit ids are those of a spec without the key,
+    # so runs started before the field existed still resume.
+    assert "chat_template_kwargs" not in plain.to_dict()["models"][0]
+    off = {**model, "chat_template_kwargs": {"enable_thinking": False}}
+    thinking_off = validate(make_raw_spec(models=[off]))
+    assert thinking_off.to_dict()["models"][0]["chat_template_kwargs"] == {"enable_thinking": False}
+    ids = {u.unit_id for u in plan_units(plain)}
+    assert ids.isdisjoint(u.unit_id for u in plan_units(thinking_off))  # other prompts: other units
+    # Through a TOML file, as users write it.
+    spec = load_spec(write_toml(tmp_path / "s.toml", make_raw_spec(models=[off])))
+    assert spec.models[0].chat_template_kwargs == {"enable_thinking": False}
+    with pytest.raises(UserError, match="'models.0.chat_template_kwargs' is set but .*false"):
+        validate(make_raw_spec(models=[{**off, "use_chat_template": False}]))
+    with pytest.raises(UserError, match="'models.0.chat_template_kwargs' is .*expected a table"):
+        validate(make_raw_spec(models=[{**model, "chat_template_kwargs": "enable_thinking"}]))

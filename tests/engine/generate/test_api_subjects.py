@@ -107,6 +107,25 @@ def test_chat_rows_hash_token_strings_consistently(vllm_server: str) -> None:
     assert token_id("token_id:42") == 42 and token_id(" the") == token_id(" the") < 2**31
 
 
+def test_chat_template_kwargs_are_sent_to_the_server(vllm_server: str) -> None:
+    # vLLM's OpenAI-compatible server applies `chat_template_kwargs` (Qwen3's enable_thinking);
+    # the request carries them only when the spec sets them, and the real server accepts them.
+    raw = api_raw(vllm_server, use_chat_template=True)
+    raw["models"][0]["chat_template_kwargs"] = {"enable_thinking": False}
+    raw["sampling"].update(temperature=0.0, n=1)
+    unit = plan_units(validate(raw))[0]
+    backend = OpenAIBackend(unit.model)
+    request = backend._plan(unit)[0]
+    body = backend._body(unit, request, "Q?", "Q?")
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    df = pl.from_arrow(backend.to_table(unit, backend.generate(unit)))
+    assert df.height == 4 and df["error"].null_count() == df.height
+    plain = plan_units(validate(api_raw(vllm_server, use_chat_template=True)))[0]
+    assert "chat_template_kwargs" not in OpenAIBackend(plain.model)._body(
+        plain, request, "Q?", "Q?"
+    )
+
+
 class _Proxy(BaseHTTPRequestHandler):
     """A proxy in front of the real server: `answer` decides a request's reply (status, JSON
     text), or None to forward it upstream."""

@@ -68,6 +68,33 @@ def test_logprob_structure_and_topk_sizes(tiny_engine: Any) -> None:
                         assert same[0] == pytest.approx(chosen, abs=1e-5)
 
 
+# A hybrid-reasoning template in the manner of Qwen3's: thinking unless the caller passes
+# enable_thinking=False, which closes an empty think block before the answer.
+THINKING_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% if enable_thinking is defined and "
+    "enable_thinking is false %} <think> </think>{% else %} <think>{% endif %}{% endif %}"
+)
+
+
+def test_chat_template_kwargs_reach_the_real_engines_prompts(tiny_engine: Any, monkeypatch) -> None:
+    # models.chat_template_kwargs = { enable_thinking = false } is how a Qwen3-8B sweep turns its
+    # default thinking off; the variables must reach the template the engine's prompts come from.
+    # The tiny model's own template has no thinking switch: `chat_template` (itself a keyword
+    # of apply_chat_template) puts a Qwen3-like one in its place for this test.
+    monkeypatch.setattr(tiny_engine, "chat", True)
+    unit = _unit(n=1)
+    texts = {}
+    for kwargs in ({}, {"enable_thinking": False}):
+        kwargs = {"chat_template": THINKING_TEMPLATE, **kwargs}
+        monkeypatch.setattr(tiny_engine, "chat_template_kwargs", kwargs)
+        rows = _run(tiny_engine, unit)
+        assert all(r["error"] is None for r in rows)
+        texts["enable_thinking" in kwargs] = rows[0]["prompt_text"]
+    assert texts[False].endswith("assistant: <think>")
+    assert texts[True].endswith("assistant: <think> </think>")
+
+
 def test_seeded_sampling_does_not_depend_on_batching(tiny_engine: Any) -> None:
     unit = _unit()
     first = _run(tiny_engine, unit)
