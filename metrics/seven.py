@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numba as nb
 import numpy as np
-from scipy import special
+
+from metrics import special
 
 SIG_LEVEL = 0.05
 CLIP = 0.9999
@@ -128,8 +129,8 @@ def _with_p_values(r: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         return r, np.full(r.shape, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         t = r * np.sqrt(df / np.maximum(1.0 - r * r, 1e-300))
-        # scipy.stats.t.sf(x, df) is special.stdtr(df, -x); calling it directly keeps
-        # scipy.stats (0.8 s of imports) out of every analysis.
+        # scipy.stats.t.sf(x, df) is stdtr(df, -x); metrics.special's keeps scipy's imports
+        # (0.2 s for scipy.special, 0.8 s for scipy.stats) out of every analysis.
         p = 2.0 * special.stdtr(df, -np.abs(t))
     return r, np.where(np.isnan(r), np.nan, p)
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import ndtr, ndtri
 
 from engine.errors import UserError
 from metrics.bootstrap._validate import check_level
+from metrics.special import ndtr, ndtri
 
 __all__ = [
     "Interval",
