@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
+import numba as nb
 import numpy as np
 import numpy.typing as npt
 
@@ -154,8 +155,99 @@ def _betainc(
     return out
 
 
+@nb.njit(cache=True)
+def _continued_fraction(a: float, b: float, x: float) -> float:
+    """`_beta_continued_fraction` for one x, stopped when its own step converges."""
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = 1.0
+    d = 1.0 - qab * x / qap
+    if abs(d) < _CF_TINY:
+        d = _CF_TINY
+    d = 1.0 / d
+    h = d
+    for m in range(1, _CF_MAX_STEPS + 1):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        if abs(d) < _CF_TINY:
+            d = _CF_TINY
+        c = 1.0 + aa / c
+        if abs(c) < _CF_TINY:
+            c = _CF_TINY
+        d = 1.0 / d
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        if abs(d) < _CF_TINY:
+            d = _CF_TINY
+        c = 1.0 + aa / c
+        if abs(c) < _CF_TINY:
+            c = _CF_TINY
+        d = 1.0 / d
+        step = d * c
+        h *= step
+        if abs(step - 1.0) < _CF_EPS:
+            break
+    return h
+
+
+@nb.njit(cache=True)
+def _stdtr_kernel(df: float, log_beta: float, t: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = P(T <= t[i]) with df degrees of freedom; log_beta = log B(df / 2, 1 / 2). The
+    steps of `stdtr_reference`, one element at a time (each stops when it has converged)."""
+    a, b = 0.5 * df, 0.5
+    switch = (a + 1.0) / (a + b + 2.0)
+    for i in range(t.size):
+        ti = t[i]
+        if np.isnan(ti):
+            out[i] = np.nan
+            continue
+        t2 = ti * ti
+        lower = 0.0  # |t| beyond 1e154: t^2 is inf and the tail area 0
+        if not np.isinf(t2):
+            x = df / (df + t2)
+            y = t2 / (df + t2)
+            if y <= 0.0:
+                lower = 0.5
+            elif x > 0.0:
+                log_x = -math.log1p(t2 / df)
+                log_y = math.log(y)
+                if x < switch:
+                    front = math.exp(a * log_x + b * log_y - log_beta) / a
+                    lower = 0.5 * front * _continued_fraction(a, b, x)
+                else:
+                    front = math.exp(b * log_y + a * log_x - log_beta) / b
+                    lower = 0.5 * (1.0 - front * _continued_fraction(b, a, y))
+        out[i] = lower if ti <= 0.0 else 1.0 - lower
+
+
 def stdtr(df: float, t: npt.ArrayLike) -> np.ndarray | np.float64:
     """Student t CDF with `df` degrees of freedom, elementwise over t (as ``scipy.special.stdtr``).
+
+    P(T <= t) = I_x(df / 2, 1 / 2) / 2 for t <= 0 with x = df / (df + t^2), and 1 minus that at
+    -t for t > 0: the lower tail keeps its relative accuracy (small p-values). One compiled
+    pass: the numpy form (`stdtr_reference`) steps every element as long as the slowest, 4x
+    scipy's time on the analysis' [B, markers] correlation arrays.
+
+    Args:
+        df: Degrees of freedom, > 0 (one value for all t).
+        t: Values (any shape; NaN gives NaN).
+
+    Returns:
+        The CDF at t, float64 of t's shape (a NumPy scalar for a scalar).
+    """
+    if not df > 0:
+        raise ValueError(f"stdtr: df must be > 0, got {df!r}")
+    t = np.asarray(t, dtype=np.float64)
+    flat = np.ascontiguousarray(t).ravel()
+    out = np.empty(flat.shape)
+    _stdtr_kernel(float(df), _log_beta(max(0.5 * df, 0.5), min(0.5 * df, 0.5)), flat, out)
+    return _as_float(out.reshape(t.shape))
+
+
+def stdtr_reference(df: float, t: npt.ArrayLike) -> np.ndarray | np.float64:
+    """`stdtr` in plain numpy (the tests' reference for the compiled pass): every element steps
+    the continued fraction until the slowest has converged.
 
     P(T <= t) = I_x(df / 2, 1 / 2) / 2 for t <= 0 with x = df / (df + t^2), and 1 minus that at
     -t for t > 0: the lower tail keeps its relative accuracy (small p-values).
