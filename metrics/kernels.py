@@ -288,3 +288,72 @@ def sentence_rows(ptr, order, sentence_idx, marker_code):
             if (pair[perm[j]] >> 32) != (pair[perm[j - 1]] >> 32):
                 n_seen[r] += 1
     return -1, n_seen
+
+
+@nb.njit(cache=True)
+def average_ranks_rows(a: np.ndarray, out: np.ndarray) -> None:
+    """out[r] = the average ranks (1-based, ties sharing their mean rank) of a[r]; a row holding a
+    NaN is all NaN. Reference: `average_ranks_reference` (numpy), which ranks bit for bit alike
+    (ranks are halves of integers). One pass per row instead of argsort, gathers, two
+    accumulates and a scatter over the whole [rows, n] array (the replicates' Spearman)."""
+    R, n = a.shape
+    order = np.empty(n, dtype=np.int64)
+    vals = np.empty(n)  # row[order], kept beside the indices: the sort compares without gathers
+    for r in range(R):
+        row = a[r]
+        bad = False
+        for k in range(n):
+            if np.isnan(row[k]):
+                bad = True
+                break
+        if bad:
+            for k in range(n):
+                out[r, k] = np.nan
+            continue
+        if n <= 64:
+            # Insertion sort of the indices: rows are short (markers or tasks), and argsort's
+            # allocation per row cost more than the sort.
+            for k in range(n):
+                v = row[k]
+                j = k
+                while j > 0 and vals[j - 1] > v:
+                    vals[j] = vals[j - 1]
+                    order[j] = order[j - 1]
+                    j -= 1
+                vals[j] = v
+                order[j] = k
+        else:
+            order[:] = np.argsort(row, kind="mergesort")
+            for k in range(n):
+                vals[k] = row[order[k]]
+        i = 0
+        while i < n:
+            j = i
+            while j + 1 < n and vals[j + 1] == vals[i]:
+                j += 1
+            rank = (i + j) / 2.0 + 1.0  # positions i..j (0-based) tie: mean of ranks i+1..j+1
+            for k in range(i, j + 1):
+                out[r, order[k]] = rank
+            i = j + 1
+
+
+def average_ranks_reference(a: np.ndarray) -> np.ndarray:
+    """`average_ranks_rows` in numpy, along the last axis of any array: a stable argsort, the
+    first and last sorted position of each run of equal values, their mean + 1 scattered back."""
+    a = np.asarray(a, dtype=np.float64)
+    n = a.shape[-1]
+    if n == 0:
+        return a.copy()
+    order = np.argsort(a, axis=-1, kind="stable")
+    s = np.take_along_axis(a, order, axis=-1)
+    idx = np.broadcast_to(np.arange(n), s.shape)
+    starts = np.ones(s.shape, dtype=bool)  # first position of each run of equal values
+    starts[..., 1:] = s[..., 1:] != s[..., :-1]
+    ends = np.ones(s.shape, dtype=bool)  # last position of each run
+    ends[..., :-1] = starts[..., 1:]
+    first = np.maximum.accumulate(np.where(starts, idx, 0), axis=-1)
+    last = np.flip(np.minimum.accumulate(np.flip(np.where(ends, idx, n - 1), -1), axis=-1), -1)
+    ranks = np.empty(s.shape)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=-1)
+    ranks[np.isnan(a).any(axis=-1)] = np.nan
+    return ranks

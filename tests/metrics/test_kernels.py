@@ -116,3 +116,22 @@ def test_faithfulness_of_long_responses_equals_polars():
     )
     np.testing.assert_array_equal(f, f_ref)
     np.testing.assert_array_equal(c, c_ref)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 41, 64, 65, 300])
+def test_average_ranks_kernel_equals_numpy_and_scipy(n):
+    from scipy.stats import rankdata
+
+    from metrics.kernels import average_ranks_reference
+    from metrics.seven import average_ranks
+
+    rng = np.random.default_rng(n)
+    # Few distinct values: many ties, the case the run bookkeeping must get right; -0.0 ties 0.0.
+    a = rng.integers(0, max(2, n // 3), size=(50, 3, n)).astype(float) / 7
+    a[0, 0, 0] = -0.0
+    a[1, 2, n // 2] = np.nan  # that slice only: all NaN
+    got = average_ranks(a)
+    assert np.array_equal(got, average_ranks_reference(a), equal_nan=True)
+    assert np.array_equal(got, rankdata(a, axis=-1, nan_policy="propagate"), equal_nan=True)
+    assert np.isnan(got[1, 2]).all() and not np.isnan(got[1, 1]).any()
+    assert average_ranks(a[:, :, :0]).shape == (50, 3, 0)
