@@ -9,7 +9,8 @@ Conventions, chosen to match ``scipy.stats.bootstrap`` (scipy 1.17, ``_resamplin
 * the BCa bias correction is ``z0 = ndtri((#{theta_b < theta_hat} + #{theta_b <= theta_hat})
   / (2 B))``, i.e. ties with ``theta_hat`` count one half (scipy's ``_percentile_of_score``);
 * the BCa levels are ``ndtr(z0 + (z0 + z) / (1 - a (z0 + z)))`` for ``z = ndtri(alpha)`` and
-  ``z = -ndtri(alpha)``, ``alpha = (1 - level) / 2``.
+  ``z = -ndtri(alpha)``, ``alpha = (1 - level) / 2``; ``ndtr`` and ``ndtri`` are
+  ``metrics.special``'s (scipy's to an ulp or two, without importing ``scipy.special``).
 
 Differences from scipy, on purpose:
 
