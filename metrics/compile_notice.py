@@ -8,17 +8,23 @@ output, which looks like a hang; this module prints one line the first time that
 It listens to numba's event API (``numba.core.event``, the "numba:compile" event), which fires
 only when a function is actually compiled: a kernel loaded from the cache fires nothing, so a
 warmed run prints nothing.
+
+:func:`load_blas_probe` also lives here, as it runs at the same moment (before the first kernel
+is dispatched): it spares every analysis scipy.linalg's import, which numba's start-up triggers
+only to check that BLAS exists.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-__all__ = ["COMPILE_MESSAGE", "announce_compiles", "compile_notice"]
+__all__ = ["COMPILE_MESSAGE", "announce_compiles", "compile_notice", "load_blas_probe"]
 
 #: The line printed (once) when a kernel is compiled at run time.
 COMPILE_MESSAGE = "compiling the analysis kernels (first run only)..."
@@ -36,6 +42,7 @@ def compile_notice(stream: TextIO | None = None) -> Iterator[None]:
     Yields:
         Nothing; the listener is removed when the block ends.
     """
+    load_blas_probe()
     from numba.core import event as ev
 
     class _Notice(ev.Listener):
@@ -63,3 +70,42 @@ def announce_compiles(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def load_blas_probe() -> bool:
+    """Load scipy's BLAS table without importing the rest of scipy.linalg.
+
+    The first kernel a process dispatches makes numba import ``numba.np.arraymath``, which probes
+    for BLAS with ``import scipy.linalg.cython_blas``; importing that module imports the whole of
+    ``scipy.linalg`` first (its array-API layer, ``numpy.f2py``, ``cffi``): 0.2-0.35 s of every
+    analysis' start-up, for a check. Loading the extension module by its file under its own name
+    gives numba the same module (``np.dot`` in a kernel still gets its BLAS), and a later
+    ``import scipy.linalg`` reuses it. Anything unexpected (another scipy layout, scipy.linalg
+    already imported) leaves the normal import to happen.
+
+    Returns:
+        Whether the module is in ``sys.modules`` now (by this call or earlier).
+    """
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules or "scipy.linalg" in sys.modules:
+        return name in sys.modules
+    try:
+        import scipy
+
+        folder = Path(scipy.__file__).parent / "linalg"
+        files = sorted(folder.glob("cython_blas.*.so")) + sorted(folder.glob("cython_blas.*.pyd"))
+        if len(files) != 1:
+            return False
+        spec = importlib.util.spec_from_file_location(name, files[0])
+        if spec is None or spec.loader is None:
+            return False
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    except Exception:  # the normal import (numba's) still works
+        return False
+    return True

@@ -85,3 +85,29 @@ def test_a_kernel_loaded_from_numba_cache_prints_nothing(tmp_path):
     assert first.stdout.strip() == second.stdout.strip() == "6.0"
     assert COMPILE_MESSAGE in first.stderr
     assert COMPILE_MESSAGE not in second.stderr
+
+
+def test_the_blas_probe_keeps_numba_and_scipy_working() -> None:
+    # load_blas_probe loads scipy's BLAS table without scipy.linalg: numba must still find BLAS
+    # (np.dot in a kernel) and scipy.linalg / scipy.stats, imported later, must work as usual.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from metrics.compile_notice import load_blas_probe\n"
+        "assert load_blas_probe() and 'scipy.linalg' not in sys.modules\n"
+        "import numba, numpy as np\n"
+        "dot = numba.njit(lambda a, b: np.dot(a, b))\n"
+        "a = np.arange(9.0).reshape(3, 3)\n"
+        "assert np.array_equal(dot(a, a), a @ a)\n"
+        "assert 'scipy.linalg' not in sys.modules\n"
+        "import scipy.linalg, scipy.stats\n"
+        "from scipy.linalg import cython_blas\n"
+        "assert cython_blas is sys.modules['scipy.linalg.cython_blas']\n"
+        "assert np.allclose(scipy.linalg.solve(a + np.eye(3), np.ones(3)), "
+        "np.linalg.solve(a + np.eye(3), np.ones(3)))\n"
+        "print(scipy.stats.spearmanr([1, 2, 3, 4], [1, 3, 2, 4])[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert abs(float(out.stdout) - 0.8) < 1e-12

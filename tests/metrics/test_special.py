@@ -83,15 +83,17 @@ def test_stdtr_p_values_of_correlations():
         special.stdtr(0, 1.0)
 
 
-def test_analysis_imports_no_scipy_special_or_stats(tmp_path):
+def test_analysis_imports_no_scipy_special_stats_or_linalg(tmp_path):
     # The import is the point of the module: a plain analysis (intervals and p-values included)
-    # must not pull either back in.
+    # must not pull either back in; nor scipy.linalg, which numba's BLAS probe imported
+    # (metrics.compile_notice.load_blas_probe).
     code = (
         "import sys\n"
         "from metrics import analyze\n"
         f"analyze({str(ROOT / 'metrics' / 'data' / 'example')!r}, bootstrap=20, "
         f"out={str(tmp_path)!r})\n"
-        "print(sorted(m for m in sys.modules if m in ('scipy.special', 'scipy.stats')))\n"
+        "print(sorted(m for m in sys.modules if m in ('scipy.special', 'scipy.stats', "
+        "'scipy.linalg')))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
