@@ -149,7 +149,7 @@ def encode(
         sent = sent.filter(pl.col("marker") != NO_HEDGE)
     marker_col = sent.get_column("marker")
     marker_lut = None
-    if marker_col.dtype == pl.Categorical and not marker_col.null_count():
+    if isinstance(marker_col.dtype, pl.Categorical) and not marker_col.null_count():
         # A categorical (as files are read): its distinct values from one pass over the codes,
         # each row's position among the sorted names by a lookup (a polars unique and an Enum
         # cast of 1e7 rows cost ~0.4 s together).

@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -22,6 +24,9 @@ import polars as pl
 from engine.contract import NO_HEDGE, RESPONSES, SENTENCES, polars_dtypes
 from engine.errors import UserError
 from metrics import kernels, keycodes
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMATS = {
     ".parquet": "parquet",
@@ -67,6 +72,9 @@ class ScoredRun:
     by_response: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(
         default=None, repr=False, compare=False
     )
+    # The key hash of each sentence row (`_key_hash` of `KEY`), when the sentences were read
+    # without their key columns (see `_read_keyed`); validation links by it and drops it.
+    sentence_keys: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def _format_of(path: Path) -> str:
@@ -93,7 +101,31 @@ NEEDED = set(RESPONSE_COLUMNS) | set(SENTENCE_COLUMNS)
 COMPACT = ("model", "prompt", "task", "split", "item_id", "marker")
 
 
-def _read(path: Path, compact: bool = False) -> pl.DataFrame:
+def _run_categories() -> dict[str, pl.Categories]:
+    """Fresh categories for the `COMPACT` columns of one scored run.
+
+    Codes of polars' default (global) categories number every string the process has seen, so a
+    2-value column cast after 100k other strings gets codes 100000-100001 and every table sized
+    by the codes (`_cat_column`) grew with each run a long-lived process analysed. Categories of
+    the run's own count from 0 and are freed with it.
+    """
+    return {c: pl.Categories.random() for c in COMPACT}
+
+
+def _categorical(cats: dict[str, pl.Categories] | None, name: str) -> pl.DataType:
+    return pl.Categorical(cats[name]) if cats is not None else pl.Categorical
+
+
+def _read(
+    path: Path,
+    compact: bool = False,
+    cats: dict[str, pl.Categories] | None = None,
+    columns: Collection[str] = NEEDED,
+) -> pl.DataFrame:
+    """The columns of `columns` a file has (Parquet / Arrow: only those are read).
+
+    With `compact`, the `COMPACT` columns stored as text are read as categoricals (of `cats`).
+    """
     fmt = _format_of(path)
     try:
         if fmt in ("parquet", "ipc"):
@@ -101,10 +133,10 @@ def _read(path: Path, compact: bool = False) -> pl.DataFrame:
             schema = lazy.collect_schema()
             cols = []
             for c in schema.names():
-                if c not in NEEDED:
+                if c not in columns:
                     continue
                 if compact and c in COMPACT and schema[c] == pl.String:
-                    cols.append(pl.col(c).cast(pl.Categorical))
+                    cols.append(pl.col(c).cast(_categorical(cats, c)))
                 else:
                     cols.append(pl.col(c))
             return lazy.select(cols).collect(engine="streaming" if compact else "auto")
@@ -243,13 +275,17 @@ def _conform(
     path: Path,
     source: int,
     compact: bool = False,
+    cats: dict[str, pl.Categories] | None = None,
 ) -> pl.DataFrame:
     """Check and cast the columns of one file to the contract's types.
 
     String columns may arrive dictionary-encoded (categorical): with `compact`, the key columns
-    of `COMPACT` are made categorical whatever the file held and every other string column plain,
-    so shards of either kind concatenate and compare by their text.
+    of `COMPACT` are made categorical whatever the file held (with the run's categories `cats`,
+    see `_run_categories`; fresh ones when None) and every other string column plain, so shards
+    of either kind concatenate and compare by their text.
     """
+    if compact and cats is None:
+        cats = _run_categories()
     missing = [c for c in columns if c not in df.columns and c not in OPTIONAL_DEFAULTS]
     if missing:
         raise UserError(
@@ -268,13 +304,13 @@ def _conform(
             default = OPTIONAL_DEFAULTS[name]
             lit = pl.lit(default, dtype=dtype)
             if compact and name in COMPACT and default is not None:
-                lit = lit.cast(pl.Categorical)
+                lit = lit.cast(_categorical(cats, name))
             exprs.append(lit.alias(name))
             continue
         have = df.schema[name]
         if dtype == pl.String and (_is_categorical(have) or have in (pl.String, pl.Null)):
             keep_compact = compact and name in COMPACT
-            exprs.append(pl.col(name).cast(pl.Categorical if keep_compact else pl.String))
+            exprs.append(pl.col(name).cast(_categorical(cats, name) if keep_compact else pl.String))
             continue
         if name == "item_id":
             if not have.is_integer():
@@ -283,7 +319,7 @@ def _conform(
                     "use strings or integers for item ids",
                 )
             item = pl.col(name).cast(pl.String)
-            exprs.append(item.cast(pl.Categorical) if compact else item)
+            exprs.append(item.cast(_categorical(cats, name)) if compact else item)
             continue
         if have == dtype:
             exprs.append(pl.col(name))
@@ -309,10 +345,12 @@ def _conform(
     return df.select(exprs).with_columns(pl.lit(source, dtype=pl.Int32).alias(SOURCE))
 
 
-def _split_long(df: pl.DataFrame, path: Path, source: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _split_long(
+    df: pl.DataFrame, path: Path, source: int, cats: dict[str, pl.Categories] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split one long table (both column sets) into responses and sentences."""
     resp = _conform(df, RESPONSE_COLUMNS, path, source)
-    sent = _conform(df, SENTENCE_COLUMNS, path, source, compact=True)
+    sent = _conform(df, SENTENCE_COLUMNS, path, source, compact=True, cats=cats)
     per_key = resp.group_by(KEY).agg(
         pl.col("correct").n_unique().alias("_nc"), pl.col("n_sentences").n_unique().alias("_nn")
     )
@@ -346,29 +384,62 @@ def read_scored(paths: list[str | Path] | str | Path, pool: bool = False) -> Sco
         paths = [paths]
     if not paths:
         raise UserError("no scored run given", "pass at least one scored-run directory or file")
-    responses, sentences, files = [], [], []
+    try:
+        return _read_scored(paths, pool, keyed=True)
+    except (_NeedsFullRead, UserError):
+        pass  # outside the handler: the first attempt's arrays are freed before the second
+    # Every problem is reported by the full reader, so its messages do not depend on the path taken.
+    return _read_scored(paths, pool, keyed=False)
+
+
+class _NeedsFullRead(Exception):
+    """The keyed reader (`_read_keyed`) cannot vouch for the run: read it in full instead."""
+
+
+def _read_scored(paths: list[str | Path], pool: bool, keyed: bool) -> ScoredRun:
+    """`read_scored`; with `keyed`, Parquet sentence files are read by `_read_keyed`.
+
+    Raises:
+        _NeedsFullRead: (`keyed` only) a sentence file the keyed reader does not handle, or any
+            problem validation finds (the full reader names it).
+    """
+    # Files in the order given (resolved as they are read: the first problem is reported first).
+    resolved = ((role, f) for path in paths for role, f in _resolve(path))
+    if keyed:
+        resolved = list(resolved)
+        # Keyed only when every sentence file can be (the tables concatenate column for column).
+        keyed = all(
+            role == "responses" or (role == "sentences" and _format_of(f) == "parquet")
+            for role, f in resolved
+        )
+    cats = _run_categories()
+    responses, sentences, keys, files = [], [], [], []
     origins: dict[tuple[str, str], dict[str, str]] = {}  # (model, prompt) -> run -> a file
-    for path in paths:
-        for role, f in _resolve(path):
-            source = len(files)
-            files.append(str(f))
-            df = _read(f, compact=role == "sentences")
-            if role != "sentences" and df.height:
-                _note_origin(df, f, origins)
-            if df.height == 0:
-                raise UserError(
-                    f"{f}: the table has no rows",
-                    "remove the empty file or re-run the scoring stage",
-                )
-            if role == "responses":
-                responses.append(_conform(df, RESPONSE_COLUMNS, f, source))
-            elif role == "sentences":
-                sentences.append(_conform(df, SENTENCE_COLUMNS, f, source, compact=True))
-            else:
-                r, s = _split_long(df, f, source)
-                responses.append(r)
-                sentences.append(s)
-            del df  # the raw frame: only the conformed columns are kept
+    for role, f in resolved:
+        source = len(files)
+        files.append(str(f))
+        if keyed and role == "sentences":
+            df, h = _read_keyed(f, source, cats)
+            sentences.append(df)
+            keys.append(h)
+            continue
+        df = _read(f, compact=role == "sentences", cats=cats)
+        if role != "sentences" and df.height:
+            _note_origin(df, f, origins)
+        if df.height == 0:
+            raise UserError(
+                f"{f}: the table has no rows",
+                "remove the empty file or re-run the scoring stage",
+            )
+        if role == "responses":
+            responses.append(_conform(df, RESPONSE_COLUMNS, f, source))
+        elif role == "sentences":
+            sentences.append(_conform(df, SENTENCE_COLUMNS, f, source, compact=True, cats=cats))
+        else:
+            r, s = _split_long(df, f, source, cats)
+            responses.append(r)
+            sentences.append(s)
+        del df  # the raw frame: only the conformed columns are kept
     if not pool:
         _refuse_mixed_runs(origins)
     resp = (
@@ -378,7 +449,130 @@ def read_scored(paths: list[str | Path] | str | Path, pool: bool = False) -> Sco
         sentences[0] if len(sentences) == 1 else pl.concat(sentences, how="vertical", rechunk=False)
     )
     del responses, sentences
-    return validate(ScoredRun(resp, sent, tuple(files)))
+    sentence_keys = (keys[0] if len(keys) == 1 else np.concatenate(keys)) if keys else None
+    del keys
+    return validate(ScoredRun(resp, sent, tuple(files), sentence_keys=sentence_keys))
+
+
+# Sentence columns other than the key: what `_read_keyed` keeps as a table.
+SENTENCE_VALUES = {c: t for c, t in SENTENCE_COLUMNS.items() if c not in KEY}
+
+
+def _is_text(dtype: pa.DataType) -> bool:
+    """An Arrow string type, or a dictionary of one."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    return (
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_string_view(dtype)
+    )
+
+
+def _read_keyed(
+    path: Path, source: int, cats: dict[str, pl.Categories]
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """A Parquet sentences file as its value columns plus the key hash of each row.
+
+    The key columns are read row group by row group as Arrow dictionaries (Parquet stores them
+    so: one small dictionary per row group plus an index per row) and hashed through each
+    dictionary: no string or categorical column of the 1e7 rows is built, which was the largest
+    part of reading one (0.35-0.4 s of CPU per column to cast to a categorical). The hash is
+    `_key_hash`'s.
+
+    Returns:
+        (the value columns conformed as `_conform` does, the key hash per row).
+
+    Raises:
+        _NeedsFullRead: anything out of the ordinary (a key column missing, not text, with an
+            empty value; an unreadable file; a value column `_conform` refuses): the full reader
+            reports it.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, ValueError, pa.ArrowException):
+        raise _NeedsFullRead from None
+    names = schema.names
+    if len(set(names)) != len(names) or any(
+        k not in OPTIONAL_DEFAULTS and k not in names for k in KEY
+    ):
+        raise _NeedsFullRead
+    if not all(_is_text(schema.field(k).type) for k in KEY if k in names):
+        raise _NeedsFullRead
+    h = _key_hashes(path, names)
+    try:
+        df = _read(path, compact=True, cats=cats, columns=SENTENCE_VALUES)
+        if df.height != len(h):
+            raise _NeedsFullRead
+        return _conform(df, SENTENCE_VALUES, path, source, compact=True, cats=cats), h
+    except UserError:
+        raise _NeedsFullRead from None
+
+
+def _key_hashes(path: Path, names: list[str]) -> np.ndarray:
+    """`_key_hash` of each row of a Parquet file whose key columns are text (see `_read_keyed`).
+
+    Raises:
+        _NeedsFullRead: the file cannot be read, has no rows, or an empty key.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = [k for k in KEY if k in names]
+    # The default of an optional column left out, hashed once: every row holds it.
+    defaults = {
+        k: pl.Series([OPTIONAL_DEFAULTS[k]], dtype=pl.String).hash(seed=7 + i).to_numpy()[0]
+        for i, k in enumerate(KEY)
+        if k not in names
+    }
+    try:
+        pf = pq.ParquetFile(path, read_dictionary=keys)
+        h = np.zeros(pf.metadata.num_rows, dtype=np.uint64)
+        if len(h) == 0:
+            raise _NeedsFullRead
+        start = 0
+        # Row group by row group: the indices of one group at a time, not of the whole file.
+        for g in range(pf.num_row_groups):
+            table = pf.read_row_group(g, columns=keys)
+            part = h[start : start + table.num_rows]
+            start += table.num_rows
+            for i, k in enumerate(KEY):
+                seed = 7 + i  # `_key_hash`'s seed of the column
+                if k in defaults:
+                    keycodes.mix_value(part, defaults[k])
+                    continue
+                column = table.column(k)
+                if column.null_count:
+                    raise _NeedsFullRead
+                _mix_arrow(part, column, seed)
+    except (OSError, ValueError, pa.ArrowException):
+        raise _NeedsFullRead from None
+    if start != len(h):
+        raise _NeedsFullRead
+    return h
+
+
+def _mix_arrow(h: np.ndarray, column: pa.ChunkedArray, seed: int) -> None:
+    """Mix one text column into the key hash `h` (of the column's rows), chunk by chunk."""
+    import pyarrow as pa
+
+    start = 0
+    for chunk in column.chunks:
+        part = h[start : start + len(chunk)]
+        start += len(chunk)
+        if pa.types.is_dictionary(chunk.type):
+            lut = pl.from_arrow(chunk.dictionary).cast(pl.String).hash(seed=seed).to_numpy()
+            codes = chunk.indices.to_numpy(zero_copy_only=False)
+            codes = codes.view(np.uint32) if codes.dtype == np.int32 else codes.astype(np.uint32)
+            keycodes.mix_codes(part, _read_only(codes), lut)
+        else:
+            text_hash = pl.from_arrow(chunk).cast(pl.String).hash(seed=seed).to_numpy()
+            keycodes.mix_hashes(part, _read_only(text_hash))
 
 
 def _run_identity(path: Path) -> str:
@@ -442,7 +636,21 @@ def validate(run: ScoredRun) -> ScoredRun:
     stages never join on strings again). Responses whose hashes collide fall back to an exact
     join; a sentence row without a response whose hash equals a response's (odds ~ responses /
     2^64 per such row) would be linked to it unchecked.
+
+    A run read by `_read_keyed` (`sentence_keys` set, no key columns in `sentences`) is only
+    vouched for: any problem raises `_NeedsFullRead`, and `read_scored` reads the run in full
+    to name it.
     """
+    if run.sentence_keys is None:
+        return _validate(run)
+    try:
+        return _validate(run)
+    except Exception as exc:  # noqa: BLE001 - a message asks for key columns the run lacks
+        raise _NeedsFullRead from exc
+
+
+def _validate(run: ScoredRun) -> ScoredRun:
+    """`validate`."""
     r, s = run.responses, run.sentences
     # Codes and distinct values of the categorical key columns, found by the blank check and
     # reused by the key hash (each column is scanned once).
@@ -451,6 +659,8 @@ def validate(run: ScoredRun) -> ScoredRun:
         ("responses", r, [*KEY, "correct", "n_sentences"]),
         ("sentences", s, [*KEY, "sentence_idx", "marker"]),
     ):
+        if table == "sentences" and run.sentence_keys is not None:
+            cols = ["sentence_idx", "marker"]  # the keyed reader found no empty key
         counts = df.select(pl.col(cols).null_count()).row(0)
         for c, k in zip(cols, counts):
             if k:
@@ -467,7 +677,7 @@ def validate(run: ScoredRun) -> ScoredRun:
         if table == "sentences":
             # Link first (it raises nothing): a blank key in a sentence row is looked for only
             # when some row found no response, as such a row must (responses have no blank key).
-            link = _link(r, s, codes["responses"])
+            link = _link(r, s, codes["responses"], run.sentence_keys)
             if link[1] and not (link[0] < 0).any():
                 break
         # The distinct values of the key columns, computed together (polars runs them on every
@@ -629,7 +839,7 @@ def _cat_column(col: pl.Series) -> _CatColumn | None:
     The distinct codes come from one compiled pass over the codes (a polars `unique` of a
     categorical of 1e7 rows took ~0.1 s per column), their texts from one row each.
     """
-    if col.dtype != pl.Categorical or col.null_count():
+    if not isinstance(col.dtype, pl.Categorical) or col.null_count():
         return None
     codes = _read_only(col.to_physical().to_numpy())
     n_codes = int(codes.max(initial=0)) + 1
@@ -640,7 +850,10 @@ def _cat_column(col: pl.Series) -> _CatColumn | None:
 
 
 def _link(
-    r: pl.DataFrame, s: pl.DataFrame, cats: dict[str, _CatColumn | None]
+    r: pl.DataFrame,
+    s: pl.DataFrame,
+    cats: dict[str, _CatColumn | None],
+    sh: np.ndarray | None = None,
 ) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray]:
     """Link each sentence row to its response by a 64-bit hash of the key (one hash table, no
     string join).
@@ -650,6 +863,12 @@ def _link(
     no response whose hash collides with another response's (odds ~ R/2^64 per orphan row, and
     only on data that is invalid anyway).
 
+    Args:
+        r: the responses.
+        s: the sentences.
+        cats: `_CatColumn`s of the responses' key columns already built.
+        sh: the sentences' key hashes when already computed (`_read_keyed`).
+
     Returns:
         (response index per row or -1, whether the response hashes are unique, the response key
         hashes, their (model, prompt, task) hashes).
@@ -657,7 +876,8 @@ def _link(
     # (model, prompt, task) is the key's first three columns: its hash is a step of the full one.
     rh3 = _key_hash(r, KEY[:3], cats)
     rh = _key_hash(r, KEY[3:], cats, h=rh3.copy(), start=3)
-    sh = _key_hash(s, KEY)
+    if sh is None:
+        sh = _key_hash(s, KEY)
     r_np, unique = keycodes.link(rh, sh)
     return r_np, unique, rh, rh3
 
@@ -686,7 +906,7 @@ def _string_hash(col: pl.Series, seed: int) -> np.ndarray:
     A categorical is hashed through its distinct values and their codes: no full string column
     is materialized.
     """
-    if col.dtype != pl.Categorical:
+    if not isinstance(col.dtype, pl.Categorical):
         return col.hash(seed=seed).to_numpy()
     distinct = col.unique().drop_nulls()
     codes = distinct.to_physical().to_numpy().astype(np.int64)
