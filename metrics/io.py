@@ -543,8 +543,9 @@ def _key_hashes(path: Path, names: list[str]) -> np.ndarray:
             start += table.num_rows
             for i, k in enumerate(KEY):
                 seed = 7 + i  # `_key_hash`'s seed of the column
-                if k in defaults:
-                    keycodes.mix_value(part, defaults[k])
+                if k in defaults:  # code 0 of a one-value table (the warmed kernel signature)
+                    zeros = _read_only(np.zeros(len(part), dtype=np.uint32))
+                    keycodes.mix_codes(part, zeros, np.array([defaults[k]], dtype=np.uint64))
                     continue
                 column = table.column(k)
                 if column.null_count:
@@ -566,7 +567,9 @@ def _mix_arrow(h: np.ndarray, column: pa.ChunkedArray, seed: int) -> None:
         part = h[start : start + len(chunk)]
         start += len(chunk)
         if pa.types.is_dictionary(chunk.type):
-            lut = pl.from_arrow(chunk.dictionary).cast(pl.String).hash(seed=seed).to_numpy()
+            # A writable table and read-only codes: the signature `_key_hash` compiles (and the
+            # install's warm-up caches), not a second one.
+            lut = np.array(pl.from_arrow(chunk.dictionary).cast(pl.String).hash(seed=seed))
             codes = chunk.indices.to_numpy(zero_copy_only=False)
             codes = codes.view(np.uint32) if codes.dtype == np.int32 else codes.astype(np.uint32)
             keycodes.mix_codes(part, _read_only(codes), lut)

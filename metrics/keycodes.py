@@ -44,14 +44,6 @@ def mix_hashes(h: np.ndarray, col: np.ndarray) -> None:
 
 
 @nb.njit(cache=True)
-def mix_value(h: np.ndarray, value: np.uint64) -> None:
-    """h = mix(h ^ value) in place: one key column holding the same value on every row."""
-    for i in range(len(h)):
-        x = (h[i] ^ value) * MIX_MULT
-        h[i] = x ^ (x >> MIX_SHIFT)
-
-
-@nb.njit(cache=True)
 def _slot(k: np.uint64, mask: int) -> int:
     # The keys are already mixed hashes; a multiply spreads the low bits once more. Slots are
     # signed (numba would turn uint64 index arithmetic mixed with int64 into floats).

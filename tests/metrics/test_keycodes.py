@@ -120,3 +120,109 @@ def test_one_compiled_signature_for_one_chunk_or_several() -> None:
     _key_hash(chunked, KEY)
     _key_hash(chunked.with_columns(pl.col(KEY).cast(pl.String)), KEY)
     assert [set(k.signatures) for k in kernels] == seen
+
+
+def _sentences_file(path, n: int, seed: int, drop: tuple[str, ...] = ()) -> pl.DataFrame:
+    """A sentences table of `n` rows written to `path` in row groups of 700 rows."""
+    rng = np.random.default_rng(seed)
+    df = (
+        _frame(n, seed)
+        .with_columns(
+            pl.Series("sentence_idx", rng.integers(0, 3, n), dtype=pl.Int32),
+            pl.Series(
+                "marker", [("probably", "<no_hedge>", "maybe")[i] for i in rng.integers(0, 3, n)]
+            ),
+            pl.Series("confidence", rng.random(n)),
+            pl.Series("decisiveness", rng.random(n)),
+        )
+        .drop(drop)
+    )
+    df.write_parquet(path, row_group_size=700)
+    return df
+
+
+@pytest.mark.parametrize("drop", [(), ("prompt", "split")])
+def test_keyed_reader_hashes_as_the_full_reader(tmp_path, drop: tuple[str, ...]) -> None:
+    from metrics.io import (
+        SENTENCE_COLUMNS,
+        SENTENCE_VALUES,
+        _conform,
+        _read,
+        _read_keyed,
+        _run_categories,
+    )
+
+    path = tmp_path / "sentences.parquet"
+    _sentences_file(path, 3000, seed=5, drop=drop)
+    # The full reader: every column, keys as categoricals, then the key hash column by column.
+    cats = _run_categories()
+    full = _conform(_read(path, compact=True, cats=cats), SENTENCE_COLUMNS, path, 0, True, cats)
+    kernels = (keycodes.mix_codes, keycodes.mix_hashes, keycodes.first_rows)
+    want = _key_hash(full, KEY)
+    seen = [set(k.signatures) for k in kernels]
+    values, got = _read_keyed(path, 0, _run_categories())
+    np.testing.assert_array_equal(got, want)
+    # The value columns are the full reader's, and no kernel compiled a second signature.
+    assert values.columns == [*SENTENCE_VALUES, "_source"]
+    assert values.with_columns(pl.col("marker").cast(pl.String)).equals(
+        full.select(values.columns).with_columns(pl.col("marker").cast(pl.String))
+    )
+    assert [set(k.signatures) for k in kernels] == seen
+
+
+def test_keyed_reader_leaves_odd_files_to_the_full_reader(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from metrics.io import _NeedsFullRead, _read_keyed, _run_categories
+
+    df = _sentences_file(tmp_path / "plain.parquet", 50, seed=6)
+    odd = {
+        "integer_ids": df.with_columns(pl.Series("item_id", range(50))),
+        "empty_key": df.with_columns(
+            pl.when(pl.int_range(pl.len()) == 7).then(None).otherwise(pl.col("task")).alias("task")
+        ),
+        "no_model": df.drop("model"),
+    }
+    for name, frame in odd.items():
+        frame.write_parquet(tmp_path / f"{name}.parquet")
+        with pytest.raises(_NeedsFullRead):
+            _read_keyed(tmp_path / f"{name}.parquet", 0, _run_categories())
+    # Keys stored as Arrow dictionaries (pandas categoricals) are read keyed, with the same hash.
+    table = df.to_arrow()
+    for k in KEY:
+        i = table.schema.get_field_index(k)
+        table = table.set_column(i, k, table.column(k).dictionary_encode())
+    pq.write_table(table, tmp_path / "dict.parquet")
+    assert pa.types.is_dictionary(pq.read_schema(tmp_path / "dict.parquet").field("item_id").type)
+    _, from_dict = _read_keyed(tmp_path / "dict.parquet", 0, _run_categories())
+    _, from_text = _read_keyed(tmp_path / "plain.parquet", 0, _run_categories())
+    np.testing.assert_array_equal(from_dict, from_text)
+
+
+def test_codes_count_from_zero_however_many_strings_the_process_interned(tmp_path) -> None:
+    # Polars' default categories number every string the process has seen: a run read after
+    # 100k others got codes 100000+, and tables sized by the codes grew with each run analysed.
+    from pathlib import Path
+
+    from metrics.io import SENTENCE_COLUMNS, _cat_column, _conform, _read, read_scored
+
+    example = Path(__file__).resolve().parents[2] / "metrics" / "data" / "example"
+    csv_run = tmp_path / "csv"
+    csv_run.mkdir()
+    for name in ("responses", "sentences"):
+        pl.read_parquet(example / f"{name}.parquet").write_csv(csv_run / f"{name}.csv")
+    sizes = []
+    for attempt in range(2):
+        pl.Series([f"s{attempt}-{i}" for i in range(100_000)]).cast(pl.Categorical)
+        for run_dir in (example, csv_run):
+            marker = read_scored(run_dir).sentences.get_column("marker")
+            assert marker.to_physical().max() + 1 == marker.n_unique()
+        path = csv_run / "sentences.csv"
+        raw = _read(path)
+        compact = _conform(raw, SENTENCE_COLUMNS, path, 0, compact=True)
+        for k in KEY:  # the key columns the full reader hashes through their codes
+            col = _cat_column(compact.get_column(k))
+            assert col.n_codes == raw.get_column(k).n_unique()
+            sizes.append(col.n_codes)
+    assert sizes[: len(KEY)] == sizes[len(KEY) :]
