@@ -75,6 +75,10 @@ class ScoredRun:
     # The key hash of each sentence row (`_key_hash` of `KEY`), when the sentences were read
     # without their key columns (see `_read_keyed`); validation links by it and drops it.
     sentence_keys: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # Set by `validate`: the (model, prompt, task) group of each response (int32, groups in
+    # order of first appearance) and each group's first response, for `encode` to take the
+    # groups' names from a few rows instead of casting every response's strings.
+    triples: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
 
 def _format_of(path: Path) -> str:
@@ -454,6 +458,9 @@ def _read_scored(paths: list[str | Path], pool: bool, keyed: bool) -> ScoredRun:
     return validate(ScoredRun(resp, sent, tuple(files), sentence_keys=sentence_keys))
 
 
+# `_read_keyed` hashes the keys in a second thread while polars reads the value columns (the
+# Arrow reader, polars and the hash kernels release the GIL); False: one after the other.
+KEYED_OVERLAP = True
 # Sentence columns other than the key: what `_read_keyed` keeps as a table.
 SENTENCE_VALUES = {c: t for c, t in SENTENCE_COLUMNS.items() if c not in KEY}
 
@@ -504,9 +511,18 @@ def _read_keyed(
         raise _NeedsFullRead
     if not all(_is_text(schema.field(k).type) for k in KEY if k in names):
         raise _NeedsFullRead
-    h = _key_hashes(path, names)
-    try:
+    # (A problem `_read` finds is a UserError: `read_scored` then reads the run in full.)
+    if KEYED_OVERLAP:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(_key_hashes, path, names)
+            df = _read(path, compact=True, cats=cats, columns=SENTENCE_VALUES)
+            h = pending.result()
+    else:
+        h = _key_hashes(path, names)
         df = _read(path, compact=True, cats=cats, columns=SENTENCE_VALUES)
+    try:
         if df.height != len(h):
             raise _NeedsFullRead
         return _conform(df, SENTENCE_VALUES, path, source, compact=True, cats=cats), h
@@ -774,7 +790,7 @@ def _validate(run: ScoredRun) -> ScoredRun:
     # Grouped on a 64-bit hash of (model, prompt, task) in a compiled pass: a polars group_by
     # on the three columns of every response was the peak of a 1e7-row analysis (+0.8 GB), and
     # sorting the hashes (np.unique) took longer than the pass.
-    uniq, first_row, n_with_rows = keycodes.groups_with_rows(rh3, has_rows)
+    uniq, first_row, n_with_rows, triple = keycodes.groups_with_rows(rh3, has_rows)
     empty = np.flatnonzero(n_with_rows == 0)
     if empty.size:
         # The group with the smallest hash: the one reported first when they were sorted.
@@ -788,7 +804,11 @@ def _validate(run: ScoredRun) -> ScoredRun:
     # Later stages need only these sentence columns: let the string keys go.
     slim = s.select("sentence_idx", "marker", "confidence", "decisiveness", SOURCE)
     return ScoredRun(
-        r, slim.with_columns(pl.Series("_r", r_np)), run.files, by_response=(r_np, ptr, order)
+        r,
+        slim.with_columns(pl.Series("_r", r_np)),
+        run.files,
+        by_response=(r_np, ptr, order),
+        triples=(triple, first_row),
     )
 
 

@@ -27,7 +27,7 @@ def first_rows(codes: np.ndarray, n_codes: int) -> np.ndarray:
     return first
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def mix_codes(h: np.ndarray, codes: np.ndarray, lut: np.ndarray) -> None:
     """h = mix(h ^ lut[codes]) in place: one key column given by categorical codes."""
     for i in range(len(h)):
@@ -35,7 +35,7 @@ def mix_codes(h: np.ndarray, codes: np.ndarray, lut: np.ndarray) -> None:
         h[i] = x ^ (x >> MIX_SHIFT)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def mix_hashes(h: np.ndarray, col: np.ndarray) -> None:
     """h = mix(h ^ col) in place: one key column given by the hash of each row's value."""
     for i in range(len(h)):
@@ -105,7 +105,7 @@ def link(response_keys: np.ndarray, row_keys: np.ndarray) -> tuple[np.ndarray, b
 @nb.njit(cache=True)
 def groups_with_rows(keys: np.ndarray, has_rows: np.ndarray):
     """Group rows by a 64-bit key: each distinct key, its first row and how many of its rows
-    have `has_rows` set (keys in order of first appearance).
+    have `has_rows` set (keys in order of first appearance), and each row's group.
 
     A growing open-addressing table: a run has a handful of (model, prompt, task) groups, so this
     stays a few kB where `np.unique` sorted every response.
@@ -116,11 +116,13 @@ def groups_with_rows(keys: np.ndarray, has_rows: np.ndarray):
     uniq = np.empty(16, dtype=np.uint64)
     first = np.empty(16, dtype=np.int64)
     count = np.zeros(16, dtype=np.int64)
+    group = np.empty(len(keys), dtype=np.int32)
     n_uniq = 0
     g = np.int64(-1)
     for i in range(len(keys)):
         k = keys[i]
         if g >= 0 and uniq[g] == k:  # the same group as the row before (rows come grouped)
+            group[i] = g
             if has_rows[i]:
                 count[g] += 1
             continue
@@ -150,6 +152,7 @@ def groups_with_rows(keys: np.ndarray, has_rows: np.ndarray):
                     while slots[t] != -1:
                         t = (t + 1) & mask
                     slots[t] = q
+        group[i] = g
         if has_rows[i]:
             count[g] += 1
-    return uniq[:n_uniq], first[:n_uniq], count[:n_uniq]
+    return uniq[:n_uniq], first[:n_uniq], count[:n_uniq], group

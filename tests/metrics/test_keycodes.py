@@ -95,7 +95,8 @@ def test_groups_with_rows_matches_np_unique(order: str) -> None:
     if order == "shuffled":
         keys = rng.permutation(keys)
     has = rng.random(len(keys)) < 0.3
-    uniq, first, count = keycodes.groups_with_rows(keys, has)
+    uniq, first, count, group = keycodes.groups_with_rows(keys, has)
+    np.testing.assert_array_equal(uniq[group], keys)  # each row's group holds its key
     want, want_first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     sort = np.argsort(uniq)
     np.testing.assert_array_equal(uniq[sort], want)
