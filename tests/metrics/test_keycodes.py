@@ -227,3 +227,37 @@ def test_codes_count_from_zero_however_many_strings_the_process_interned(tmp_pat
             assert col.n_codes == raw.get_column(k).n_unique()
             sizes.append(col.n_codes)
     assert sizes[: len(KEY)] == sizes[len(KEY) :]
+
+
+def test_encode_takes_validations_groups_as_it_would_cast_the_strings() -> None:
+    # `encode` names and numbers the (model, prompt, task) groups from validation's grouping
+    # of the responses; without it (a run built elsewhere) it casts every response's strings.
+    import dataclasses
+    from pathlib import Path
+
+    from metrics.encode import encode
+    from metrics.io import read_scored
+
+    run = read_scored(Path(__file__).resolve().parents[2] / "metrics" / "data" / "example")
+    assert run.triples is not None
+    # Responses in another order than their groups', so a wrong lookup would show.
+    shuffled = np.random.default_rng(7).permutation(run.responses.height)
+    reordered = _reordered(run, shuffled)
+    for r in (run, reordered):
+        fast, slow = encode(r), encode(dataclasses.replace(r, triples=None))
+        assert (fast.groups, fast.tasks, fast.markers) == (slow.groups, slow.tasks, slow.markers)
+        for name in ("r_g", "r_t", "r_ref", "r_eval", "s_m"):
+            got, want = getattr(fast, name), getattr(slow, name)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+
+
+def _reordered(run, order: np.ndarray):
+    """`run`'s tables with the responses in `order`, validated again (in memory)."""
+    from metrics.frames import as_scored_run
+
+    resp = run.responses.drop("_source")[order]
+    # Each sentence row gets back its response's key columns through `_r`.
+    keys = run.responses.select(KEY).with_row_index("_r").with_columns(pl.col("_r").cast(pl.Int64))
+    sent = run.sentences.join(keys, on="_r").drop("_r", "_source")
+    return as_scored_run((resp, sent.with_columns(pl.col("marker").cast(pl.String))))
