@@ -461,6 +461,8 @@ def _read_scored(paths: list[str | Path], pool: bool, keyed: bool) -> ScoredRun:
 # `_read_keyed` hashes the keys in a second thread while polars reads the value columns (the
 # Arrow reader, polars and the hash kernels release the GIL); False: one after the other.
 KEYED_OVERLAP = True
+# Rows of row groups `_key_hashes` reads at a time (their key indices: 4 bytes a row per column).
+KEYED_BATCH = 1 << 20
 # Sentence columns other than the key: what `_read_keyed` keeps as a table.
 SENTENCE_VALUES = {c: t for c, t in SENTENCE_COLUMNS.items() if c not in KEY}
 
@@ -552,9 +554,18 @@ def _key_hashes(path: Path, names: list[str]) -> np.ndarray:
         if len(h) == 0:
             raise _NeedsFullRead
         start = 0
-        # Row group by row group: the indices of one group at a time, not of the whole file.
+        # About KEYED_BATCH rows of row groups at a time: not the whole file's indices at once,
+        # and not one small polars call per column of each small row group.
+        batches, batch, rows = [], [], 0
         for g in range(pf.num_row_groups):
-            table = pf.read_row_group(g, columns=keys)
+            batch.append(g)
+            rows += pf.metadata.row_group(g).num_rows
+            if rows >= KEYED_BATCH:
+                batches.append(batch)
+                batch, rows = [], 0
+        batches += [batch] if batch else []
+        for batch in batches:
+            table = pf.read_row_groups(batch, columns=keys)
             part = h[start : start + table.num_rows]
             start += table.num_rows
             for i, k in enumerate(KEY):
@@ -578,14 +589,20 @@ def _mix_arrow(h: np.ndarray, column: pa.ChunkedArray, seed: int) -> None:
     """Mix one text column into the key hash `h` (of the column's rows), chunk by chunk."""
     import pyarrow as pa
 
+    # The dictionaries of all chunks hashed in one polars call; each chunk's table is a slice.
+    # A writable table and read-only codes: the signature `_key_hash` compiles (and the
+    # install's warm-up caches), not a second one.
+    dicts = [c.dictionary for c in column.chunks if pa.types.is_dictionary(c.type)]
+    if dicts:
+        luts = np.array(pl.from_arrow(pa.chunked_array(dicts)).cast(pl.String).hash(seed=seed))
+    at = 0  # where the next dictionary's hashes start in `luts`
     start = 0
     for chunk in column.chunks:
         part = h[start : start + len(chunk)]
         start += len(chunk)
         if pa.types.is_dictionary(chunk.type):
-            # A writable table and read-only codes: the signature `_key_hash` compiles (and the
-            # install's warm-up caches), not a second one.
-            lut = np.array(pl.from_arrow(chunk.dictionary).cast(pl.String).hash(seed=seed))
+            lut = luts[at : at + len(chunk.dictionary)]
+            at += len(chunk.dictionary)
             codes = chunk.indices.to_numpy(zero_copy_only=False)
             codes = codes.view(np.uint32) if codes.dtype == np.int32 else codes.astype(np.uint32)
             keycodes.mix_codes(part, _read_only(codes), lut)
