@@ -390,7 +390,7 @@ def read_scored(paths: list[str | Path] | str | Path, pool: bool = False) -> Sco
         raise UserError("no scored run given", "pass at least one scored-run directory or file")
     try:
         return _read_scored(paths, pool, keyed=True)
-    except (_NeedsFullRead, UserError):
+    except Exception:  # noqa: BLE001 - whatever the keyed reader meets, the full one reports
         pass  # outside the handler: the first attempt's arrays are freed before the second
     # Every problem is reported by the full reader, so its messages do not depend on the path taken.
     return _read_scored(paths, pool, keyed=False)

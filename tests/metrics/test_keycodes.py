@@ -261,3 +261,37 @@ def _reordered(run, order: np.ndarray):
     keys = run.responses.select(KEY).with_row_index("_r").with_columns(pl.col("_r").cast(pl.Int64))
     sent = run.sentences.join(keys, on="_r").drop("_r", "_source")
     return as_scored_run((resp, sent.with_columns(pl.col("marker").cast(pl.String))))
+
+
+def test_read_scored_reads_parquet_sentences_keyed(monkeypatch, tmp_path) -> None:
+    # The example is read in one keyed pass; a run the keyed reader cannot vouch for (a blank
+    # item id) is read again in full, which names the problem.
+    from pathlib import Path
+
+    from engine.errors import UserError
+    from metrics import io
+
+    calls: list[bool] = []
+    inner = io._read_scored
+
+    def spy(paths, pool, keyed):
+        calls.append(keyed)
+        return inner(paths, pool, keyed)
+
+    monkeypatch.setattr(io, "_read_scored", spy)
+    example = Path(__file__).resolve().parents[2] / "metrics" / "data" / "example"
+    io.read_scored(example)
+    assert calls == [True]
+    calls.clear()
+    sent = pl.read_parquet(example / "sentences.parquet")
+    sent = sent.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3)
+        .then(pl.lit("  "))
+        .otherwise("item_id")
+        .alias("item_id")
+    )
+    pl.read_parquet(example / "responses.parquet").write_parquet(tmp_path / "responses.parquet")
+    sent.write_parquet(tmp_path / "sentences.parquet")
+    with pytest.raises(UserError, match="sentences.parquet: column 'item_id' has 1 blank value"):
+        io.read_scored(tmp_path)
+    assert calls == [True, False]
