@@ -295,3 +295,27 @@ def test_read_scored_reads_parquet_sentences_keyed(monkeypatch, tmp_path) -> Non
     with pytest.raises(UserError, match="sentences.parquet: column 'item_id' has 1 blank value"):
         io.read_scored(tmp_path)
     assert calls == [True, False]
+
+
+@pytest.mark.parametrize("second", ["parquet", "csv"])
+def test_sharded_sentences_read_keyed_or_in_full_give_the_same_run(tmp_path, second) -> None:
+    # Shards concatenate with their key hashes in file order (all Parquet: keyed), or all in
+    # full when one shard is another format; either way the run equals the one-file run's.
+    from pathlib import Path
+
+    from metrics import analyze
+
+    example = Path(__file__).resolve().parents[2] / "metrics" / "data" / "example"
+    sent = pl.read_parquet(example / "sentences.parquet")
+    (tmp_path / "sentences").mkdir()
+    pl.read_parquet(example / "responses.parquet").write_parquet(tmp_path / "responses.parquet")
+    cut = [0, 5000, 11000, sent.height]
+    for i, (a, b) in enumerate(zip(cut, cut[1:])):
+        shard = sent[a:b]
+        if i == 1 and second == "csv":
+            shard.write_csv(tmp_path / "sentences" / f"part-{i}.csv")
+        else:
+            shard.write_parquet(tmp_path / "sentences" / f"part-{i}.parquet")
+    whole, sharded = analyze([example]), analyze([tmp_path])
+    assert whole.mic_table.equals(sharded.mic_table)
+    assert whole.metrics_json["models"] == sharded.metrics_json["models"]
