@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 from metrics import kernels
@@ -109,7 +110,7 @@ def compute_tables(
     wt = np.bincount(gt[ref], weights=w[ref], minlength=G * T)
     accuracy = _ratio(np.bincount(gt[ref], weights=(w * enc.r_correct)[ref], minlength=G * T), wt)
     n_items = np.bincount(gt[ref], minlength=G * T)
-    cmfg, mfg = _cmfg(enc, w, gt, G * T, parity)
+    cmfg, mfg = _cmfg(enc, w, gt, G * T, parity, compiled=not reference)
 
     mae = (_mae_numpy if reference else _mae_kernel)(enc, w, mic, valid, parity)
     tables = Tables(
@@ -161,8 +162,37 @@ def _mic_numpy(enc: Encoded, w: np.ndarray):
     return count, n_present, mic, variants, unweighted
 
 
+@nb.njit(cache=True)
+def _cmfg_sums(r_ref, r_f, r_c, w, gt, size, n_bins):
+    """The default mode's weighted sums of `_cmfg` in one pass over the responses (no
+    response-length temporaries): per (group, task) sum w f and sum w, per (group, task, bin)
+    the same. Sums run in response order, as np.bincount's do, so the results are identical."""
+    num = np.zeros(size)
+    den = np.zeros(size)
+    wn = np.zeros(size * n_bins)
+    ws = np.zeros(size * n_bins)
+    for i in range(len(r_f)):
+        f = r_f[i]
+        if not r_ref[i] or np.isnan(f):
+            continue
+        ww = w[i]
+        wf = ww * f
+        cell = gt[i]
+        num[cell] += wf
+        den[cell] += ww
+        b = min(np.int64(np.floor(r_c[i] * n_bins + 1e-9)), n_bins - 1)
+        wn[cell * n_bins + b] += ww
+        ws[cell * n_bins + b] += wf
+    return num, den, wn, ws
+
+
 def _cmfg(
-    enc: Encoded, w: np.ndarray, gt: np.ndarray, size: int, parity: bool
+    enc: Encoded,
+    w: np.ndarray,
+    gt: np.ndarray,
+    size: int,
+    parity: bool,
+    compiled: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """cMFG and MFG per (group, task) (docs/method.md §2).
 
@@ -172,7 +202,18 @@ def _cmfg(
     same responses. Parity (the seed): responses with f = 0 or c = 0 are dropped, c = 1.0 falls
     outside every bin, an empty bin counts as 0 in the mean of 10; MFG = mean f over the responses
     left after the f = 0 / c = 0 drop.
+
+    `compiled` takes the default mode's sums from `_cmfg_sums` (the numpy code below is its
+    reference; parity mode always uses it).
     """
+    if compiled and not parity:
+        num, den, wn, ws = _cmfg_sums(enc.r_ref, enc.r_f, enc.r_c, w, gt, size, N_BINS)
+        wn, ws = wn.reshape(size, N_BINS), ws.reshape(size, N_BINS)
+        with warnings.catch_warnings():  # a (group, task) without any bin is NaN, on purpose
+            warnings.simplefilter("ignore", RuntimeWarning)
+            bin_mean = _ratio(ws, wn)
+            cmfg = np.nanmean(np.where(wn > 0, bin_mean, np.nan), axis=1) if size else np.zeros(0)
+        return np.where(den > 0, cmfg, np.nan), _ratio(num, den)
     keep = enc.r_ref & ~np.isnan(enc.r_f)
     if parity:
         keep &= (enc.r_f != 0) & (enc.r_c != 0)
