@@ -232,6 +232,7 @@ def metric_entry(
             reflect=metric.anchor is None or not name.startswith(debias_mod.RANK_UNREFLECTED),
             lower_allowance=metric.lower_allowance,
             upper_allowance=metric.upper_allowance,
+            inner=metric.inner,
         )
         if est.ci is None:
             entry["ci_reason"] = "fewer than 2 bootstrap replicates define this metric"

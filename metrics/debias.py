@@ -41,6 +41,7 @@ benchmarks/interval_coverage.py):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,7 @@ def debias(
     reflect: bool = True,
     lower_allowance: float = 0.0,
     upper_allowance: float = 0.0,
+    inner: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Estimate:
     """Bootstrap bias correction and basic interval of one statistic.
 
@@ -141,6 +143,9 @@ def debias(
             `bounds`): a residual bias of the estimate the replicates do not carry
             (`metrics.seven.Metric.lower_allowance`; not used with `fisher`).
         upper_allowance: likewise for the upper end (a residual bias down).
+        inner: a second bootstrap level (`metrics.seven.Metric.inner`; with `anchor`): the
+            interval keeps its shape (the replicates' quantiles about their mean) and takes its
+            width from a symmetric bootstrap-t (`inner_width_factor`).
 
     Returns:
         The `Estimate` (all None when fewer than 2 replicates are finite).
@@ -161,6 +166,12 @@ def debias(
             method=method,
             anchor=None if anchor is None else float(np.arctanh(np.clip(anchor, -CLIP, CLIP))),
             reflect=reflect,
+            inner=None
+            if inner is None
+            else (
+                np.arctanh(np.clip(inner[0], -CLIP, CLIP)),
+                np.arctanh(np.clip(inner[1], -CLIP, CLIP)),
+            ),
         )
         if back.ci is None:
             return back
@@ -184,12 +195,13 @@ def debias(
         anchor = center if already_debiased else theta_hat
     est = theta_hat - (center - anchor)
     debiased = float(np.clip(est, lo_b, hi_b))
-    if reflect:
-        low = float(np.clip(theta_hat - (q_hi - anchor), lo_b, hi_b))
-        high = float(np.clip(theta_hat - (q_lo - anchor), lo_b, hi_b))
-    else:
-        low = float(np.clip(est - (center - q_lo), lo_b, hi_b))
-        high = float(np.clip(est + (q_hi - center), lo_b, hi_b))
+    # The interval is est - f below, est + f above, f = 1 unless a second level calibrates it.
+    below, above = (q_hi - center, center - q_lo) if reflect else (center - q_lo, q_hi - center)
+    factor = 1.0
+    if inner is not None:
+        factor = inner_width_factor(inner, anchor, level, float(np.std(reps, ddof=1)), below, above)
+    low = float(np.clip(est - factor * below, lo_b, hi_b))
+    high = float(np.clip(est + factor * above, lo_b, hi_b))
     if lower_allowance > 0:
         low = float(np.clip(low - lower_allowance, lo_b, hi_b))
     if upper_allowance > 0:
@@ -200,6 +212,44 @@ def debias(
     se = float(np.std(reps, ddof=1))
     method = method or (CI_METHOD_CORRECTED if already_debiased else CI_METHOD)
     return Estimate(debiased, se, (low, high), method, n_ok, len(replicates) - n_ok)
+
+
+def inner_width_factor(
+    inner: tuple[np.ndarray, np.ndarray],
+    theta: float,
+    level: float,
+    se: float,
+    below: float,
+    above: float,
+) -> float:
+    """How much wider (or narrower) the interval must be: a symmetric bootstrap-t at two levels.
+
+    The second level (`metrics.seven.inner_rank_replicates`) gives, for K first-level
+    replicates k, the debiased estimate est_k = T_k - (mean_k - a_k) (T_k the replicate's
+    statistic, mean_k its C replicates' mean, a_k the estimand on the replicate) and its
+    standard error s_k (the C replicates' sd). In the first level's world the estimand is
+    `theta` (the anchor), so |est_k - theta| / s_k is the studentized error, and its `level`
+    quantile t is the symmetric bootstrap-t's critical value (Hall 1988): an interval
+    est +- t se. Its half-width t se over the replicates' mean half-width (below + above) / 2
+    is the factor; the replicates' asymmetry (below vs above) is kept. Studentizing is what
+    corrects the width: where the standard error depends on the estimand's own position (near
+    ties, near the bound 1), the first level's s.e. misjudges the estimate's spread as the
+    second level's misjudges the first's.
+
+    Returns:
+        The factor (1 where fewer than 10 replicates define it).
+    """
+    values, anchors = inner
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: dropped below
+        est = values[0] - (np.nanmean(values[1:], axis=0) - anchors)
+        sd = np.nanstd(values[1:], axis=0, ddof=1)
+        t = np.abs(est - theta) / sd
+    t = t[np.isfinite(t)]
+    half = (below + above) / 2
+    if len(t) < 10 or not half > 0:
+        return 1.0
+    return float(np.quantile(t, level) * se / half)
 
 
 @dataclass(frozen=True)

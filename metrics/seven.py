@@ -43,6 +43,11 @@ class Metric:
     for the upper end (the noise-corrected CVs, biased down: `cv_residual_bias`). `bias_shift`:
     a constant already taken out of `corrected` (Mode 4's residual bias, estimated per group);
     paired comparisons add it back, as the two groups' estimates of it differ by noise.
+    `inner`, set with `anchor` on MRC (at a rank resolution h > 0): a second bootstrap level
+    (`inner_mrc_replicates`), (values [1 + C, K], anchors [K]): for K of the
+    replicates, the corrected statistic on the replicate itself (row 0) and on C replicates of
+    it, and the estimand on the replicate; `metrics.debias.debias` takes the interval's width
+    from it (a symmetric bootstrap-t).
     """
 
     values: np.ndarray | None
@@ -55,6 +60,7 @@ class Metric:
     lower_allowance: float = 0.0
     upper_allowance: float = 0.0
     bias_shift: float = 0.0
+    inner: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def undefined(cls, reason: str, **extra) -> Metric:
@@ -721,6 +727,64 @@ def attach_rank_corrections(
             continue
         target.corrected = m.values
         target.anchor = float(a.values[0])
+    target = metrics.get("MRC-S-all")
+    if S >= 2 and len(mic) - 1 >= INNER_MIN_REPLICATES and target is not None:
+        if target.anchor is not None:
+            target.inner = inner_mrc_replicates(shared_mic, h, var_mic, parity)
+
+
+# MRC's second bootstrap level (`inner_mrc_replicates`): K first-level replicates, each with C
+# second-level ones (cost: K (1 + C) statistics); none below INNER_MIN_REPLICATES first-level
+# replicates (the interval then keeps the replicates' width).
+INNER_K = 100
+INNER_C = 20
+INNER_MIN_REPLICATES = 40
+
+
+def inner_mrc_replicates(
+    shared_mic: np.ndarray,
+    h: float,
+    var_mic: np.ndarray,
+    parity: bool,
+    n_outer: int | None = None,
+    n_inner: int | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A second bootstrap level for MRC at resolution h (its interval's width, `Metric.inner`).
+
+    The replicates' spread of MRC understates the estimate's where true MICs are near-tied: the
+    bootstrap's world takes the sample's MICs, which noise has pulled apart, as its truth, and
+    a smoothed rank moves less with noise between values further apart. A second level measures
+    how far that goes: for each of K first-level replicates x*_k, C replicates
+    x*_k + (x*_c - x_hat) (the errors of C other first-level replicates, c = k + 1, ..., k + C
+    cyclically: a translation bootstrap, which holds as a MIC's noise barely depends on its
+    level), each through the same corrected statistic as the first level (`rank_scales` with
+    the same variances), and the estimand at scale h on x*_k. No MIC is recomputed.
+
+    Args:
+        shared_mic: [R, T, S] MICs of the shared markers, point estimate first (S >= 2).
+        h: the rank resolution.
+        var_mic: [T, S] sampling variances of the MICs.
+        parity: the seed's conventions.
+        n_outer, n_inner: K and C (default INNER_K, INNER_C; at most R - 1 and R - 2).
+
+    Returns:
+        (values [1 + C, K], anchors [K]), or None when the estimand is undefined.
+    """
+    R, T, S = shared_mic.shape
+    B = R - 1
+    K = min(INNER_K if n_outer is None else n_outer, B)
+    C = min(INNER_C if n_inner is None else n_inner, B - 1)
+    # The j-th second-level error of replicate k is first-level replicate k + j's (mod B).
+    src = 1 + (np.arange(K)[None, :] + np.arange(1, C + 1)[:, None]) % B  # [C, K]
+    outer = shared_mic[1 : K + 1]
+    x = np.concatenate([outer[None], outer[None] + (shared_mic[src] - shared_mic[0])])
+    ranks = smoothed_ranks(x.reshape(-1, T, S), rank_scales(h, var_mic)).reshape(x.shape)
+    i, j = np.triu_indices(T, k=1)
+    r, _ = correlate(ranks[..., i, :], ranks[..., j, :], "pearson")
+    anchor = mrc(outer, parity, scales=h)["MRC-S-all"]
+    if anchor.values is None:
+        return None
+    return fisher_mean(r, axis=-1), anchor.values
 
 
 # The inverse of the folded normal's mean: u >= 0 with E|N(u, 1)| = r, tabulated on an even grid
