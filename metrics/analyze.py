@@ -31,6 +31,7 @@ from metrics.debias import (
     CI_METHOD_PLUGIN,
     CI_METHOD_RANK,
     CI_METHOD_RANK_KEPT,
+    CI_METHOD_TWO_LEVEL,
     debias,
     is_correlation,
     metric_bounds,
@@ -219,6 +220,7 @@ def metric_entry(
                     if name.startswith(debias_mod.RANK_UNREFLECTED)
                     else CI_METHOD_RANK
                 ).format(h=rank_resolution)
+                + (CI_METHOD_TWO_LEVEL if metric.inner is not None else "")
                 if metric.anchor is not None
                 else CI_METHOD_CORRECTED
                 if metric.corrected is not None

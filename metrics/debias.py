@@ -25,7 +25,10 @@ benchmarks/interval_coverage.py):
   against the bootstrap world's value of the estimand (the anchor a: the statistic at scale h on
   the sample): debiased = theta_c - (mean(theta*) - a), interval
   [theta_c - (q_hi - a), theta_c - (q_lo - a)], on the Fisher z scale for MAC and MCC.
-  "rank resolution h, noise-corrected, bootstrap bias-corrected, basic".
+  "rank resolution h, noise-corrected, bootstrap bias-corrected, basic". MRC keeps the
+  replicates' orientation (near its bound 1) and, with B >= 40, takes the interval's width from
+  a second bootstrap level (`inner_width_factor`: a symmetric bootstrap-t; its replicates'
+  spread understates the estimate's where true MICs are near-tied).
 * Pearson variants (and every correlation with h = 0): no bias correction (for an ordinary
   Spearman where markers' true MICs are nearly tied, the bootstrap's bias does not even share
   the sign of the estimate's: measured, bias correction, BC percentiles and Fisher-normal
@@ -57,6 +60,10 @@ CI_METHOD_RANK = "rank resolution {h:g}, noise-corrected, bootstrap bias-correct
 CI_METHOD_RANK_KEPT = (
     "rank resolution {h:g}, noise-corrected, bootstrap bias-corrected, replicates' spread shifted"
 )
+
+
+# Appended where a second bootstrap level set the interval's width (`inner_width_factor`).
+CI_METHOD_TWO_LEVEL = ", width from a two-level bootstrap-t"
 
 
 @dataclass(frozen=True)
@@ -195,13 +202,20 @@ def debias(
         anchor = center if already_debiased else theta_hat
     est = theta_hat - (center - anchor)
     debiased = float(np.clip(est, lo_b, hi_b))
-    # The interval is est - f below, est + f above, f = 1 unless a second level calibrates it.
-    below, above = (q_hi - center, center - q_lo) if reflect else (center - q_lo, q_hi - center)
-    factor = 1.0
+    if reflect:
+        low = theta_hat - (q_hi - anchor)
+        high = theta_hat - (q_lo - anchor)
+    else:
+        low = est - (center - q_lo)
+        high = est + (q_hi - center)
     if inner is not None:
-        factor = inner_width_factor(inner, anchor, level, float(np.std(reps, ddof=1)), below, above)
-    low = float(np.clip(est - factor * below, lo_b, hi_b))
-    high = float(np.clip(est + factor * above, lo_b, hi_b))
+        # A second level sets the width: both half-widths about est scale by one factor.
+        factor = inner_width_factor(
+            inner, anchor, level, float(np.std(reps, ddof=1)), est - low, high - est
+        )
+        low, high = est - factor * (est - low), est + factor * (high - est)
+    low = float(np.clip(low, lo_b, hi_b))
+    high = float(np.clip(high, lo_b, hi_b))
     if lower_allowance > 0:
         low = float(np.clip(low - lower_allowance, lo_b, hi_b))
     if upper_allowance > 0:
@@ -224,7 +238,7 @@ def inner_width_factor(
 ) -> float:
     """How much wider (or narrower) the interval must be: a symmetric bootstrap-t at two levels.
 
-    The second level (`metrics.seven.inner_rank_replicates`) gives, for K first-level
+    The second level (`metrics.seven.inner_mrc_replicates`) gives, for K first-level
     replicates k, the debiased estimate est_k = T_k - (mean_k - a_k) (T_k the replicate's
     statistic, mean_k its C replicates' mean, a_k the estimand on the replicate) and its
     standard error s_k (the C replicates' sd). In the first level's world the estimand is

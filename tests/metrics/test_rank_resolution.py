@@ -128,7 +128,10 @@ def test_analysis_reports_the_resolution_and_keeps_the_plugin_value():
     for name in ("MAC-P-all", "I-AvgMAE"):  # not rank correlations: unchanged
         assert ma[name] == mb[name]
     # MRC's interval keeps the replicates' orientation, and says so; MAC's is a basic interval.
-    assert ma["MRC"]["ci_method"].endswith("replicates' spread shifted")
+    assert "replicates' spread shifted" in ma["MRC"]["ci_method"]
+    # ... and its width comes from the second bootstrap level (B = 60 >= 40); MAC's does not.
+    assert ma["MRC"]["ci_method"].endswith("width from a two-level bootstrap-t"), ma["MRC"]
+    assert "two-level" not in ma["MAC"]["ci_method"]
     assert "basic" in ma["MAC"]["ci_method"] and "shifted" not in ma["MAC"]["ci_method"]
     # The -sig variants (a set chosen by p < 0.05) stay uncorrected; in parity mode an empty
     # set is the seed's -1 and must not be reported as a debiased estimate either.
@@ -144,3 +147,57 @@ def test_rank_resolution_is_checked():
     run = sample(standard_populations()["example"], 40, seed=4)
     with pytest.raises(Exception, match="rank-resolution"):
         analyze(run, rank_resolution=-0.1)
+
+
+def test_second_level_row_zero_is_the_first_levels_corrected_mrc():
+    # The second level runs MRC's own corrected statistic: on each replicate itself (row 0) it
+    # must reproduce the first level's corrected replicate, and the anchors are the estimand
+    # (scale h, no correction) on the replicates.
+    from metrics.seven import attach_rank_corrections, inner_mrc_replicates, mrc
+
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(0.2, 0.8, (1, 4, 6))
+    mic = truth + rng.normal(0, 0.02, (61, 4, 6))
+    acc = rng.uniform(0.4, 0.9, (61, 4))
+    shared = np.ones(6, dtype=bool)
+    metrics = mrc(mic, False)
+    metrics["MRC"] = metrics["MRC-S-all"]
+    attach_rank_corrections(metrics, mic, acc, acc, shared, False, 0.05)
+    m = metrics["MRC"]
+    assert m.inner is not None
+    values, anchors = m.inner
+    assert values.shape == (21, 60) and anchors.shape == (60,)
+    assert values[0] == pytest.approx(m.corrected[1:61], abs=1e-12)
+    assert anchors == pytest.approx(mrc(mic[1:61], False, scales=0.05)["MRC-S-all"].values[:60])
+    # Rows 1.. differ from row 0 (each is the replicate plus another replicate's error).
+    assert np.abs(values[1:] - values[0]).max() > 1e-4
+    var = np.var(mic[1:], axis=0, ddof=1)
+    again = inner_mrc_replicates(mic, 0.05, var, False, n_outer=10, n_inner=5)
+    assert again[0].shape == (6, 10)
+
+
+def test_second_level_sets_the_interval_width():
+    # A second level whose studentized errors are 1.5 standard errors where the first level's
+    # would be 1 widens the interval 1.5-fold (and keeps its asymmetry); errors of 0.5 s.e.
+    # narrow it. Without the second level the interval is the replicates' spread.
+    rng = np.random.default_rng(5)
+    reps = rng.normal(0.5, 0.05, 4000)
+    base = debias(0.5, reps, anchor=0.5, reflect=False, bounds=(-1, 1))
+    K, C = 400, 400
+
+    def inner(spread):
+        sd = 0.05
+        errors = rng.normal(0, spread * sd, K)  # each replicate's estimate minus the estimand
+        values = np.concatenate([(0.5 + errors)[None], rng.normal(0.5, sd, (C, K))])
+        return values, np.full(K, 0.5)
+
+    width = base.ci[1] - base.ci[0]
+    wide = debias(0.5, reps, anchor=0.5, reflect=False, bounds=(-1, 1), inner=inner(1.5))
+    narrow = debias(0.5, reps, anchor=0.5, reflect=False, bounds=(-1, 1), inner=inner(0.5))
+    assert (wide.ci[1] - wide.ci[0]) / width == pytest.approx(1.5, rel=0.12)
+    assert (narrow.ci[1] - narrow.ci[0]) / width == pytest.approx(0.5, rel=0.12)
+    assert wide.debiased == base.debiased  # the estimate does not move
+    # The asymmetry is kept: the lower and upper half-widths scale by one factor.
+    lo, hi = base.debiased - base.ci[0], base.ci[1] - base.debiased
+    wlo, whi = wide.debiased - wide.ci[0], wide.ci[1] - wide.debiased
+    assert wlo / lo == pytest.approx(whi / hi, rel=1e-9)
