@@ -779,8 +779,13 @@ def inner_mrc_replicates(
     outer = shared_mic[1 : K + 1]
     x = np.concatenate([outer[None], outer[None] + (shared_mic[src] - shared_mic[0])])
     ranks = smoothed_ranks(x.reshape(-1, T, S), rank_scales(h, var_mic)).reshape(x.shape)
+    # Pearson of every task pair as one product of the standardized rank rows (`correlate`
+    # would build [1 + C, K, pairs, S] copies and p-values nobody reads: ~40 % of the cost).
+    u = ranks - ranks.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = u / np.sqrt((u * u).sum(axis=-1, keepdims=True))
     i, j = np.triu_indices(T, k=1)
-    r, _ = correlate(ranks[..., i, :], ranks[..., j, :], "pearson")
+    r = np.clip((u @ np.swapaxes(u, -1, -2))[..., i, j], -1.0, 1.0)
     anchor = mrc(outer, parity, scales=h)["MRC-S-all"]
     if anchor.values is None:
         return None
