@@ -12,13 +12,17 @@ benchmarks/interval_coverage.py):
   ``[2 theta_hat - q_hi, 2 theta_hat - q_lo]``: the replicates' spread reflected around the plug-in
   value, i.e. centred on the bias-corrected estimate. ``ci_method``: "bootstrap bias-corrected,
   basic".
-* CVs and Mode 4 MAE: noise-corrected first (`metrics.seven.attach_noise_corrections`: the
-  MICs' sampling variance is taken out of their spread; each |MIC - mean| of Mode 4 is unfolded
-  from its noise); the corrected value is the estimate and the interval is the corrected
-  replicates' spread centred on it. "noise-corrected, basic spread". Mode 4 also estimates
-  the unfolding's residual bias b: half of it is taken out of the estimate, and the interval's
-  lower end extends by the other half (`metrics.seven.mode4_residual_bias`); a CV's upper end
-  extends by the square root's downward bias (`metrics.seven.cv_residual_bias`).
+* Mode 4 MAE: noise-corrected first (`metrics.seven.attach_noise_corrections`: each
+  |MIC - mean| is unfolded from its noise); the corrected value is the estimate and the
+  interval is the corrected replicates' spread centred on it. "noise-corrected, basic spread".
+  Mode 4 also estimates the unfolding's residual bias b: half of it is taken out of the
+  estimate, and the interval's lower end extends by the other half
+  (`metrics.seven.mode4_residual_bias`).
+* CVs: noise-corrected (the MICs' sampling variance is taken out of their spread), then the
+  bootstrap bias correction of that corrected statistic, its error measured against the
+  bootstrap world's CV (the anchor a: the plug-in CV of the sample): debiased =
+  theta_c - (mean(theta_c*) - a), basic interval [theta_c - (q_hi - a), theta_c - (q_lo - a)].
+  "noise-corrected, bootstrap bias-corrected, basic".
 * Spearman variants of MRC, MAC, MCC: the estimand is Spearman on smoothed ranks at a rank
   resolution h (`metrics.seven.attach_rank_corrections`), a smooth functional of the true MICs.
   The estimate is the noise-corrected statistic theta_c; the bootstrap's error is measured
@@ -54,6 +58,7 @@ from metrics.seven import CLIP, Metric
 # `ci_method` names: how the estimate was debiased, then how the interval was formed.
 CI_METHOD = "bootstrap bias-corrected, basic"
 CI_METHOD_CORRECTED = "noise-corrected, basic spread"
+CI_METHOD_CV = "noise-corrected, bootstrap bias-corrected, basic"
 CI_METHOD_PLUGIN = "plug-in, basic spread"
 CI_METHOD_RANK = "rank resolution {h:g}, noise-corrected, bootstrap bias-corrected, basic"
 # MRC's interval keeps the replicates' orientation (`RANK_UNREFLECTED`): not a basic interval.
@@ -118,7 +123,6 @@ def debias(
     anchor: float | None = None,
     reflect: bool = True,
     lower_allowance: float = 0.0,
-    upper_allowance: float = 0.0,
     inner: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Estimate:
     """Bootstrap bias correction and basic interval of one statistic.
@@ -149,7 +153,6 @@ def debias(
         lower_allowance: the interval's lower end moves down by this much (before the clip to
             `bounds`): a residual bias of the estimate the replicates do not carry
             (`metrics.seven.Metric.lower_allowance`; not used with `fisher`).
-        upper_allowance: likewise for the upper end (a residual bias down).
         inner: a second bootstrap level (`metrics.seven.Metric.inner`; with `anchor`): the
             interval keeps its shape (the replicates' quantiles about their mean) and takes its
             width from a symmetric bootstrap-t (`inner_width_factor`).
@@ -218,8 +221,6 @@ def debias(
     high = float(np.clip(high, lo_b, hi_b))
     if lower_allowance > 0:
         low = float(np.clip(low - lower_allowance, lo_b, hi_b))
-    if upper_allowance > 0:
-        high = float(np.clip(high + upper_allowance, lo_b, hi_b))
     if reaches_lower:
         low = lo_b
     low, high = min(low, debiased), max(high, debiased)
@@ -309,7 +310,9 @@ def paired_difference(
     if len(reps) < 2 or not np.isfinite(d0):
         return None
     center = float(np.mean(reps))
-    ranked = noise and a.anchor is not None and b.anchor is not None
+    # The CVs' anchors are not used here: under a null both groups carry the same bias, and its
+    # two estimates would only add noise to the difference.
+    ranked = noise and is_correlation(name) and a.anchor is not None and b.anchor is not None
     # The value the replicates' errors are taken against (see `debias`'s `anchor`).
     anchor = (a.anchor - b.anchor) if ranked else center if corrected else d0
     est = d0 - (center - anchor)

@@ -761,6 +761,10 @@ def section_metrics(metrics: dict) -> str:
             if n not in names and n not in variants:
                 variants.append(n)
     note = "" if any_ci else f'<p class="note">Intervals: {_e(NO_INTERVAL)}.</p>'
+    for model, prompt in conds:  # a run too small for the intervals' measured coverage
+        small = metrics["models"][model][prompt].get("interval_note")
+        if small:
+            note += f'<p class="note">{_e(_label(model, prompt, False))}: {_e(small)}</p>'
     out = [
         "<h2>Headline metrics</h2>",
         note,

@@ -41,6 +41,8 @@ def format_summary(doc: dict) -> str:
         for prompt, block in prompts.items():
             lines.append("")
             lines.append(f"{model} / {prompt}  ({len(block['shared_markers'])} shared markers)")
+            if block.get("interval_note"):
+                lines.append(f"  note: {block['interval_note']}")
             width = max(len(n) for n in names)
             for name in names:
                 entry = block["metrics"].get(name)

@@ -14,11 +14,13 @@ import pytest
 from scipy.stats import norm
 
 from metrics import analyze
+from metrics.analyze import metric_entry
 from metrics.debias import debias, paired_difference
 from metrics.seven import (
     Metric,
     _unfold_bias_table,
-    cv_residual_bias,
+    attach_noise_corrections,
+    cv_metrics,
     mode4_noise_sd,
     mode4_residual_bias,
     mode4_unfolded,
@@ -291,38 +293,34 @@ def test_lower_allowance_moves_only_the_lower_end():
     )
 
 
-def test_cv_residual_bias_by_hand():
-    # C-AvgCV's units: 3 markers across 4 tasks, replicates drawn around the point.
-    rng = np.random.default_rng(3)
-    R, T = 2001, 4
-    point = np.array(
-        [[0.50, 0.30, 0.70], [0.56, 0.31, 0.20], [0.47, 0.29, 0.45], [0.52, 0.30, 0.9]]
-    )
-    mic = np.concatenate([point[None], point + rng.normal(0, 0.03, (R - 1, T, 3))])
-    noise = np.nanvar(mic[1:], axis=0, ddof=1)
-    got = cv_residual_bias(mic, np.ones((1, 1, 3), dtype=bool), 1, noise)
-    z = rng.standard_normal(400_000)
-    want = []
-    for m in range(3):
-        x = point[:, m].var(ddof=1) - noise[:, m].mean()
-        v = np.var([mic[r, :, m].var(ddof=1) for r in range(1, R)], ddof=1)
-        x0 = max(x, 0.0)
-        want.append(
-            (np.sqrt(np.maximum(x0 + np.sqrt(v) * z, 0)).mean() - np.sqrt(x0)) / point[:, m].mean()
-        )
-    assert got == pytest.approx(np.mean(want), abs=2e-3), (got, want)
-    # Marker 2 spreads widely (bias near 0); marker 1 hardly at all: its clip lifts the mean.
-    assert abs(want[2]) < 0.01 and want[1] > 0
-    # No unit with 2 or more values: nothing to estimate.
-    assert cv_residual_bias(mic[:, :1], np.ones((1, 1, 3), dtype=bool), 1, noise[:1]) == 0.0
-
-
-def test_upper_allowance_moves_only_the_upper_end():
-    reps = np.random.default_rng(4).normal(1.0, 0.1, 999)
-    base = debias(1.0, reps, already_debiased=True, bounds=(0.0, np.inf))
-    wide = debias(1.0, reps, already_debiased=True, bounds=(0.0, np.inf), upper_allowance=0.05)
-    assert wide.ci[1] == pytest.approx(base.ci[1] + 0.05)
-    assert wide.ci[0] == base.ci[0] and wide.debiased == base.debiased
+def test_cv_bootstrap_bias_correction_takes_out_the_square_roots_bias():
+    # C-AvgCV's units: 10 markers across 4 tasks whose true spread is within a few noise sd (as
+    # in `separated`). The noise-corrected CV is biased down (the square root); its bootstrap
+    # bias, measured against the sample's plug-in CV (the bootstrap world's value), removes it.
+    rng = np.random.default_rng(8)
+    T, M, B, runs, sd = 4, 10, 200, 150, 0.02
+    truth = np.linspace(0.3, 0.8, M)[None] + rng.normal(0, 0.03, (T, M))
+    usable, shared = np.ones((T, M), bool), np.ones(M, bool)
+    want = float(cv_metrics(truth[None], usable, shared)["C-AvgCV"].values[0])
+    plain, debiased, se = [], [], []
+    for _ in range(runs):
+        point = truth + rng.normal(0, sd, (T, M))
+        mic = np.concatenate([point[None], point + rng.normal(0, sd, (B, T, M))])
+        metrics = cv_metrics(mic, usable, shared)
+        attach_noise_corrections(metrics, mic, mic, usable, shared)
+        m = metrics["C-AvgCV"]
+        assert m.anchor == m.values[0]  # the plug-in CV of the sample
+        e = metric_entry(m, name="C-AvgCV")
+        assert e["ci_method"] == "noise-corrected, bootstrap bias-corrected, basic"
+        assert e["ci"][0] <= e["debiased"] <= e["ci"][1]
+        plain.append(m.corrected[0])
+        debiased.append(e["debiased"])
+        se.append(e["se"])
+    scale = np.mean(se)
+    before = (np.mean(plain) - want) / scale
+    after = (np.mean(debiased) - want) / scale
+    # Measured with this seed: -0.62 se before, -0.07 after (Monte Carlo s.e. about 0.08).
+    assert before < -0.25 and abs(after) < 0.2, (before, after)
 
 
 def test_paired_difference_ignores_each_groups_bias_shift():
@@ -388,3 +386,23 @@ def test_mode4_residual_bias_stays_finite_for_a_term_outside_the_prior_fit():
     sub = mode4_residual_bias(mic, ev, usable, off, fit_terms=100)
     full = mode4_residual_bias(mic, ev, usable, off, fit_terms=10**6)
     assert np.isfinite(sub) and sub == pytest.approx(full, rel=0.2)
+
+
+def test_small_run_says_its_intervals_are_indicative():
+    # Below 300 items per task the intervals' coverage was not shown to hold (docs/statistics.md):
+    # metrics.json, the printed summary and the report say so; a 300-item run carries no note.
+    from metrics.report import section_metrics
+    from metrics.summary import format_summary
+
+    pop = standard_populations()["example"]
+    small = analyze(sample(pop, 100, 4), bootstrap=30, seed=4).metrics_json
+    block = small["models"]["model-0"]["default"]
+    assert block["interval_note"].startswith("small run: 100 items in the smallest task")
+    assert "note: small run: 100 items" in format_summary(small)
+    assert "small run: 100 items" in section_metrics(small)
+    large = analyze(sample(pop, 300, 4), bootstrap=30, seed=4).metrics_json
+    assert "interval_note" not in large["models"]["model-0"]["default"]
+    assert "small run" not in format_summary(large) and "small run" not in section_metrics(large)
+    # Without --bootstrap there are no intervals to warn about.
+    plain = analyze(sample(pop, 100, 4)).metrics_json
+    assert "interval_note" not in plain["models"]["model-0"]["default"]
