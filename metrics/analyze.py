@@ -261,7 +261,7 @@ def metric_entry(
             anchor=metric.anchor,
             reflect=metric.anchor is None or not name.startswith(debias_mod.RANK_UNREFLECTED),
             lower_allowance=metric.lower_allowance,
-            inner=metric.inner,
+            normal=metric.anchor is not None and name.startswith(debias_mod.NORMAL_INTERVAL),
         )
         if est.ci is None:
             entry["ci_reason"] = "fewer than 2 bootstrap replicates define this metric"

@@ -21,8 +21,9 @@ benchmarks/interval_coverage.py):
 * CVs: noise-corrected (the MICs' sampling variance is taken out of their spread), then the
   bootstrap bias correction of that corrected statistic, its error measured against the
   bootstrap world's CV (the anchor a: the plug-in CV of the sample): debiased =
-  theta_c - (mean(theta_c*) - a), basic interval [theta_c - (q_hi - a), theta_c - (q_lo - a)].
-  "noise-corrected, bootstrap bias-corrected, basic".
+  theta_c - (mean(theta_c*) - a), interval debiased +- z se (the replicates are close to
+  symmetric; their two tail quantiles are noisier than their sd). "noise-corrected, bootstrap
+  bias-corrected, normal".
 * Spearman variants of MRC, MAC, MCC: the estimand is Spearman on smoothed ranks at a rank
   resolution h (`metrics.seven.attach_rank_corrections`), a smooth functional of the true MICs.
   The estimate is the noise-corrected statistic theta_c; the bootstrap's error is measured
@@ -52,13 +53,20 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from metrics.seven import CLIP, Metric
 
 # `ci_method` names: how the estimate was debiased, then how the interval was formed.
 CI_METHOD = "bootstrap bias-corrected, basic"
 CI_METHOD_CORRECTED = "noise-corrected, basic spread"
-CI_METHOD_CV = "noise-corrected, bootstrap bias-corrected, basic"
+CI_METHOD_CV = "noise-corrected, bootstrap bias-corrected, normal"
+# Metrics whose interval is the normal one around the debiased estimate (`debias`'s `normal`):
+# the CVs, whose replicates are close to symmetric (skewness -0.02 to +0.10 on the simulator's
+# populations). Measured at B = 200 (R = 100-200 runs per cell): coverage 0.005-0.05 higher
+# than with the basic interval's quantiles in 21 of 32 cells, equal in the rest, for 2 % more
+# width (docs/statistics.md).
+NORMAL_INTERVAL = ("I-AvgCV", "C-AvgCV")
 CI_METHOD_PLUGIN = "plug-in, basic spread"
 CI_METHOD_RANK = "rank resolution {h:g}, noise-corrected, bootstrap bias-corrected, basic"
 # MRC's interval keeps the replicates' orientation (`RANK_UNREFLECTED`): not a basic interval.
@@ -124,6 +132,7 @@ def debias(
     reflect: bool = True,
     lower_allowance: float = 0.0,
     inner: tuple[np.ndarray, np.ndarray] | None = None,
+    normal: bool = False,
 ) -> Estimate:
     """Bootstrap bias correction and basic interval of one statistic.
 
@@ -156,6 +165,10 @@ def debias(
         inner: a second bootstrap level (`metrics.seven.Metric.inner`; with `anchor`): the
             interval keeps its shape (the replicates' quantiles about their mean) and takes its
             width from a symmetric bootstrap-t (`inner_width_factor`).
+        normal: the interval is debiased +- z se (se the replicates' standard deviation, z the
+            normal quantile of `level`) instead of the replicates' quantiles: for a statistic
+            whose replicates are close to symmetric, it does not carry the noise of two tail
+            quantiles (`NORMAL_INTERVAL`).
 
     Returns:
         The `Estimate` (all None when fewer than 2 replicates are finite).
@@ -205,7 +218,12 @@ def debias(
         anchor = center if already_debiased else theta_hat
     est = theta_hat - (center - anchor)
     debiased = float(np.clip(est, lo_b, hi_b))
-    if reflect:
+    se = float(np.std(reps, ddof=1))
+    if normal:
+        z = float(special.ndtri(1.0 - alpha))
+        low = est - z * se
+        high = est + z * se
+    elif reflect:
         low = theta_hat - (q_hi - anchor)
         high = theta_hat - (q_lo - anchor)
     else:
@@ -213,9 +231,7 @@ def debias(
         high = est + (q_hi - center)
     if inner is not None:
         # A second level sets the width: both half-widths about est scale by one factor.
-        factor = inner_width_factor(
-            inner, anchor, level, float(np.std(reps, ddof=1)), est - low, high - est
-        )
+        factor = inner_width_factor(inner, anchor, level, se, est - low, high - est)
         low, high = est - factor * (est - low), est + factor * (high - est)
     low = float(np.clip(low, lo_b, hi_b))
     high = float(np.clip(high, lo_b, hi_b))
@@ -224,7 +240,6 @@ def debias(
     if reaches_lower:
         low = lo_b
     low, high = min(low, debiased), max(high, debiased)
-    se = float(np.std(reps, ddof=1))
     method = method or (CI_METHOD_CORRECTED if already_debiased else CI_METHOD)
     return Estimate(debiased, se, (low, high), method, n_ok, len(replicates) - n_ok)
 

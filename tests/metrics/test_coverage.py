@@ -311,7 +311,8 @@ def test_cv_bootstrap_bias_correction_takes_out_the_square_roots_bias():
         m = metrics["C-AvgCV"]
         assert m.anchor == m.values[0]  # the plug-in CV of the sample
         e = metric_entry(m, name="C-AvgCV")
-        assert e["ci_method"] == "noise-corrected, bootstrap bias-corrected, basic"
+        assert e["ci_method"] == "noise-corrected, bootstrap bias-corrected, normal"
+        assert e["ci"][1] - e["debiased"] == pytest.approx(1.959964 * e["se"], rel=1e-6)
         assert e["ci"][0] <= e["debiased"] <= e["ci"][1]
         plain.append(m.corrected[0])
         debiased.append(e["debiased"])
