@@ -105,6 +105,10 @@ def test_coverage_does_not_regress(study):
     # intervals of before covered I-AvgMAE Mode 4, whose truth is 0, in 0-5 % of runs).
     for name in [*MAE, *CVS]:
         assert cov[name] >= 0.8, (name, cov[name])
+    # The CVs, bootstrap bias-corrected with a normal interval: 1.00 / 0.96 / 0.96 with these
+    # seeds (at most one miss in 24 runs).
+    for name in CVS:
+        assert cov[name] >= 0.9, (name, cov[name])
     # Rank correlations at resolution h = 0.05 (docs/statistics.md): MRC / MAC / MCC 1.00 /
     # 0.96 / 0.92 with these seeds (MRC 0.96 before its width came from a second bootstrap
     # level); the ordinary Spearman's plug-in intervals covered MRC in 0.65 of such runs.
