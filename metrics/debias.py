@@ -53,9 +53,9 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
 
 from metrics.seven import CLIP, Metric
+from metrics.special import ndtri
 
 # `ci_method` names: how the estimate was debiased, then how the interval was formed.
 CI_METHOD = "bootstrap bias-corrected, basic"
@@ -220,7 +220,7 @@ def debias(
     debiased = float(np.clip(est, lo_b, hi_b))
     se = float(np.std(reps, ddof=1))
     if normal:
-        z = float(special.ndtri(1.0 - alpha))
+        z = float(ndtri(1.0 - alpha))
         low = est - z * se
         high = est + z * se
     elif reflect:
