@@ -33,6 +33,8 @@ class ScoreSettings:
         model: Judge model (HF id, local path or `builtin:tiny`).
         engine_args: Extra `vllm.LLM` arguments of the judge engine.
         chat: Wrap judge prompts in the judge tokenizer's chat template.
+        chat_template_kwargs: Extra variables of that chat template, e.g.
+            `{ enable_thinking = false }` for a Qwen3 hybrid judge (needs `chat = true`).
         top_k: Next-token alternatives read from the judge (<= 20).
         batch_size: Judge prompts per batch (one part file each: the resume granularity).
         sampled_temperature: Temperature of the sampled consistency judge.
@@ -58,6 +60,7 @@ class ScoreSettings:
     model: str = "builtin:tiny"
     engine_args: dict[str, Any] = field(default_factory=dict)
     chat: bool = False
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     top_k: int = 20
     batch_size: int = 2048
     sampled_temperature: float = 1.0
@@ -126,6 +129,12 @@ def settings_from(*layers: Mapping[str, Any] | None, source: str = "[judges]") -
             raise UserError(
                 f"{source}: 'judges.{key}' is {value!r}", f"expected a {expected.__name__}"
             )
+    if merged.get("chat_template_kwargs") and not merged.get("chat", False):
+        raise UserError(
+            f"{source}: 'judges.chat_template_kwargs' is set but 'judges.chat' is false "
+            "(the variables reach only a chat template)",
+            "set judges.chat = true, or remove chat_template_kwargs",
+        )
     if not 1 <= merged.get("top_k", 20) <= 20:
         raise UserError(f"{source}: 'judges.top_k' is {merged['top_k']}", "use 1..20")
     if merged.get("batch_size", 1) < 1:

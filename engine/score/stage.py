@@ -53,6 +53,8 @@ def judge_identity(settings: ScoreSettings, *, top_k: bool = False) -> list[Any]
         different judges.
     """
     identity: list[Any] = [settings.model, settings.judge_engine_args(), settings.chat]
+    if settings.chat_template_kwargs:  # absent when empty: earlier stages keep their keys
+        identity.append({"chat_template_kwargs": settings.chat_template_kwargs})
     if top_k:
         identity.append(settings.top_k)
     if settings.base_url:

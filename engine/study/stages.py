@@ -90,7 +90,10 @@ def generate_and_score(
         if backend is not None and judge is None:
             from engine.score.judges.vllm import VLLMJudge
 
-            judge = own = VLLMJudge(backend=backend, top_k=settings.top_k, chat=settings.chat)
+            judge = own = VLLMJudge(
+                backend=backend, top_k=settings.top_k, chat=settings.chat,
+                chat_template_kwargs=settings.chat_template_kwargs,
+            )  # fmt: skip
         elif backend is not None:
             backend.close()
     else:

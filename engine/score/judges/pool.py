@@ -38,7 +38,10 @@ class JudgePool:
 
             s = self.settings
             logger.info(f"score: starting judge engine {s.model}")
-            self.judge = VLLMJudge(s.model, s.judge_engine_args(), top_k=s.top_k, chat=s.chat)
+            self.judge = VLLMJudge(
+                s.model, s.judge_engine_args(), top_k=s.top_k, chat=s.chat,
+                chat_template_kwargs=s.chat_template_kwargs,
+            )  # fmt: skip
         return self.judge
 
     def close(self) -> None:

@@ -58,6 +58,7 @@ class VLLMJudge:
         engine_args: Extra `vllm.LLM` keyword arguments (prefix caching is turned on by default).
         top_k: Next-token alternatives read per prompt (at most the engine's max_logprobs, 20).
         chat: Wrap each prompt as one user turn of the tokenizer's chat template.
+        chat_template_kwargs: Extra variables of that template (e.g. enable_thinking=False).
         backend: Reuse this already-started `engine.generate.backends.vllm.VLLMBackend` instead of starting one.
     """
 
@@ -68,6 +69,7 @@ class VLLMJudge:
         top_k: int = 20,
         chat: bool = False,
         backend: Any | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         from engine.generate.backends.vllm import VLLMBackend
         from engine.generate.tiny_model import resolve_model
@@ -84,6 +86,7 @@ class VLLMJudge:
         self.max_model_len = int(backend.max_model_len)
         self.top_k = top_k
         self.chat = chat
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self._vocab: list[str] | None = None
 
     # ---- prompts -------------------------------------------------------------------------------
@@ -94,7 +97,7 @@ class VLLMJudge:
             return prompt
         messages = [{"role": "user", "content": prompt}]
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
+            messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:

@@ -72,3 +72,26 @@ def test_decisiveness_and_sampled_readings(judge) -> None:
     assert first == again  # seeded: a rerun reproduces the sampled verdicts
     too_long = judge.next_token_logprobs(["word " * 2000])
     assert isinstance(too_long[0], str) and "max_model_len" in too_long[0]
+
+
+def test_judge_chat_template_kwargs_reach_the_template(judge) -> None:
+    # [judges] chat_template_kwargs = { enable_thinking = false } (a Qwen3 hybrid judge): the
+    # variables reach the judge's chat template, and the engine reads the rendered prompt.
+    from engine.score.judges.vllm import VLLMJudge
+
+    template = (
+        "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n"
+        "{% endfor %}{% if add_generation_prompt %}assistant:{% if enable_thinking is defined "
+        "and enable_thinking is false %} <think> </think>{% else %} <think>{% endif %}{% endif %}"
+    )
+    rendered = {}
+    for extra in ({}, {"enable_thinking": False}):
+        chat = VLLMJudge(
+            backend=judge.backend,
+            chat=True,
+            chat_template_kwargs={"chat_template": template, **extra},
+        )
+        rendered[bool(extra)] = chat.render("Is it so?")
+        assert chat.next_token_logprobs(["Is it so?"])[0]  # the real engine on that prompt
+    assert rendered[False] == "user: Is it so?\nassistant: <think>"
+    assert rendered[True] == "user: Is it so?\nassistant: <think> </think>"

@@ -290,3 +290,18 @@ def test_the_python_api_returns_a_frozen_score_result(fresh_run: Path) -> None:
     assert result.scored_dir == fresh_run / "scored" and result.responses > 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.responses = 0  # type: ignore[misc]
+
+
+def test_judge_chat_template_kwargs_are_checked_and_key_the_stage_only_when_set() -> None:
+    from engine.score.stage import judge_identity
+
+    plain = settings_from({"chat": True})
+    off = settings_from({"chat": True, "chat_template_kwargs": {"enable_thinking": False}})
+    assert off.chat_template_kwargs == {"enable_thinking": False}
+    # Empty (the default): the identity of stages judged before the key existed (they resume).
+    assert judge_identity(plain) == [plain.model, plain.judge_engine_args(), True]
+    assert judge_identity(off) != judge_identity(plain)
+    with pytest.raises(UserError, match="'judges.chat_template_kwargs' is set but 'judges.chat'"):
+        settings_from({"chat_template_kwargs": {"enable_thinking": False}})
+    with pytest.raises(UserError, match="'judges.chat_template_kwargs' is 'x'"):
+        settings_from({"chat": True, "chat_template_kwargs": "x"})
