@@ -211,6 +211,19 @@ def _num(x) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
+def _ci_method(metric: Metric, name: str, rank_resolution: float) -> str:
+    """How a metric's interval is built (metrics.json's `ci_method`)."""
+    if metric.anchor is not None and is_correlation(name):
+        kept = name.startswith(debias_mod.RANK_UNREFLECTED)
+        method = (CI_METHOD_RANK_KEPT if kept else CI_METHOD_RANK).format(h=rank_resolution)
+        return method + (CI_METHOD_TWO_LEVEL if metric.inner is not None else "")
+    if metric.anchor is not None:
+        return CI_METHOD_CV
+    if metric.corrected is not None:
+        return CI_METHOD_CORRECTED
+    return CI_METHOD_PLUGIN if is_correlation(name) else CI_METHOD
+
+
 def metric_entry(
     metric: Metric, level: float = 0.95, name: str = "", rank_resolution: float = 0.0
 ) -> dict:
@@ -240,28 +253,14 @@ def metric_entry(
             level,
             metric_bounds(name),
             already_debiased=metric.corrected is not None or is_correlation(name),
-            method=(
-                (
-                    CI_METHOD_RANK_KEPT
-                    if name.startswith(debias_mod.RANK_UNREFLECTED)
-                    else CI_METHOD_RANK
-                ).format(h=rank_resolution)
-                + (CI_METHOD_TWO_LEVEL if metric.inner is not None else "")
-                if metric.anchor is not None and is_correlation(name)
-                else CI_METHOD_CV
-                if metric.anchor is not None
-                else CI_METHOD_CORRECTED
-                if metric.corrected is not None
-                else CI_METHOD_PLUGIN
-                if is_correlation(name)
-                else CI_METHOD
-            ),
+            method=_ci_method(metric, name, rank_resolution),
             fisher=on_fisher_scale(name),
             reaches_lower=metric.reaches_zero,
             anchor=metric.anchor,
             reflect=metric.anchor is None or not name.startswith(debias_mod.RANK_UNREFLECTED),
             lower_allowance=metric.lower_allowance,
             normal=metric.anchor is not None and name.startswith(debias_mod.NORMAL_INTERVAL),
+            inner=metric.inner,
         )
         if est.ci is None:
             entry["ci_reason"] = "fewer than 2 bootstrap replicates define this metric"

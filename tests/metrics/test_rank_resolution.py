@@ -201,3 +201,23 @@ def test_second_level_sets_the_interval_width():
     lo, hi = base.debiased - base.ci[0], base.ci[1] - base.debiased
     wlo, whi = wide.debiased - wide.ci[0], wide.ci[1] - wide.debiased
     assert wlo / lo == pytest.approx(whi / hi, rel=1e-9)
+
+
+def test_the_second_level_sets_mrcs_reported_interval(monkeypatch):
+    # A merge once dropped `inner` from the analysis' call of `debias`: the second level was
+    # computed and named in ci_method, but the reported interval kept the replicates' width.
+    # Scaling the second level's factor must scale the reported MRC interval around its estimate.
+    import metrics.debias as debias_mod
+
+    run = sample(standard_populations()["near-constant"], 150, seed=3)
+    widths = {}
+    for factor in (1.0, 2.0):
+        monkeypatch.setattr(debias_mod, "inner_width_factor", lambda *a, f=factor, **k: f)
+        m = analyze(run, bootstrap=60, seed=1).metrics_json["models"]["model-0"]["default"]
+        mrc = m["metrics"]["MRC"]
+        assert mrc["ci_method"].endswith("width from a two-level bootstrap-t")
+        widths[factor] = (mrc["debiased"] - mrc["ci"][0], mrc["ci"][1] - mrc["debiased"])
+    # Both half-widths scale with the factor (about the interval's centre, so not exactly 2x in
+    # metrics.json's units), unless the doubled side reached MRC's bound 1.
+    assert widths[2.0][0] > 1.5 * widths[1.0][0], widths
+    assert widths[2.0][1] > 1.5 * widths[1.0][1] or mrc["ci"][1] == 1.0, widths
