@@ -197,7 +197,7 @@ def small_run_note(items: int) -> str | None:
     if items >= VALIDATED_ITEMS:
         return None
     return (
-        f"small run: {items} items in the smallest task. The metric intervals cover the "
+        f"small run: {items} items in the smallest task. Most metric intervals cover the "
         f"population value at their level from about {VALIDATED_ITEMS} items per task; below "
         "that some cover less (MRC, MCC and the C-AvgMAE modes most), so treat them as "
         "indicative (docs/statistics.md, Coverage)."

@@ -81,7 +81,10 @@ def load_blas_probe() -> bool:
     analysis' start-up, for a check. Loading the extension module by its file under its own name
     gives numba the same module (``np.dot`` in a kernel still gets its BLAS), and a later
     ``import scipy.linalg`` reuses it. Anything unexpected (another scipy layout, scipy.linalg
-    already imported) leaves the normal import to happen.
+    already imported) leaves the normal import to happen. One difference remains: the module is
+    not set as an attribute of ``scipy.linalg`` (``from scipy.linalg import cython_blas`` and
+    ``import scipy.linalg.cython_blas as m`` work; the attribute ``scipy.linalg.cython_blas``
+    does not), which nothing in an analysis reads.
 
     Returns:
         Whether the module is in ``sys.modules`` now (by this call or earlier).

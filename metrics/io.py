@@ -536,7 +536,8 @@ def _key_hashes(path: Path, names: list[str]) -> np.ndarray:
     """`_key_hash` of each row of a Parquet file whose key columns are text (see `_read_keyed`).
 
     Raises:
-        _NeedsFullRead: the file cannot be read, has no rows, or an empty key.
+        _NeedsFullRead: the file cannot be read or has no rows, or a key is null (an empty key
+            is caught later, by the link, which sends the run to the full reader as well).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq

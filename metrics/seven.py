@@ -502,7 +502,7 @@ def attach_noise_corrections(
       clip at 0 lifts units whose spread is within the noise): the bootstrap estimates that
       bias as the corrected replicates' mean minus the bootstrap world's CV, which is the
       plug-in CV of the sample (`Metric.anchor`; `metrics.debias.debias` takes it out and
-      builds the basic interval around the result). Measured: C-AvgCV's estimate lay
+      builds a normal interval around the result). Measured: C-AvgCV's estimate lay
       0.3-0.7 se below the truth before, within 0.17 se after.
     * Mode 4 MAEs: every |MIC - mean| term is unfolded from its noise (`mode4_unfolded`); the
       unfolding's residual bias b (`mode4_residual_bias`) is half taken out of the estimate and

@@ -99,7 +99,8 @@ def stored_waves(path: Path, metric: str | None, wave_items: int | None) -> dict
         return None
     try:
         doc = json.loads(path.read_text())
-        assert doc.get("version") == WAVE_STATE_VERSION and "wave_items" in doc
+        assert isinstance(doc, dict) and doc.get("version") == WAVE_STATE_VERSION
+        assert isinstance(doc.get("wave_items"), int) and "metric" in doc
     except (ValueError, AssertionError):
         raise UserError(
             f"{path} is damaged or of another version",

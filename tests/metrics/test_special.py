@@ -79,8 +79,10 @@ def test_stdtr_p_values_of_correlations():
             t = -np.abs(r * np.sqrt(df / (1.0 - r * r)))
         assert _max_rel(2 * special.stdtr(df, t), 2 * sp.stdtr(df, t)) <= 1e-12
     assert special.stdtr(5, np.full((3, 4), -1.0)).shape == (3, 4)
-    with pytest.raises(ValueError, match="df must be > 0"):
+    with pytest.raises(ValueError, match="df must be finite and > 0"):
         special.stdtr(0, 1.0)
+    with pytest.raises(ValueError, match="df must be finite and > 0"):
+        special.stdtr(np.inf, 1.0)  # used to loop forever in the log-beta
 
 
 def test_analysis_imports_no_scipy_special_stats_or_linalg(tmp_path):

@@ -145,6 +145,7 @@ def test_study_plan_of_a_resumed_study_uses_the_stored_wave_size(tmp_path: Path,
     assert main([*argv, "--wave-items", "40"]) == 2
     err = capsys.readouterr().err
     assert "waves.json" in err and "--wave-items 60" in err
-    (out_dir / "waves.json").write_text("{")
-    assert main(argv) == 2
-    assert "damaged" in capsys.readouterr().err
+    for damaged in ("{", "[]", json.dumps({"version": WAVE_STATE_VERSION, "wave_items": 5})):
+        (out_dir / "waves.json").write_text(damaged)
+        assert main(argv) == 2  # one line, not a traceback (a list / a missing key)
+        assert "damaged" in capsys.readouterr().err
