@@ -545,7 +545,9 @@ def _key_hashes(path: Path, names: list[str]) -> np.ndarray:
     keys = [k for k in KEY if k in names]
     # The default of an optional column left out, hashed once: every row holds it.
     defaults = {
-        k: pl.Series([OPTIONAL_DEFAULTS[k]], dtype=pl.String).hash(seed=7 + i).to_numpy()[0]
+        k: pl.Series([OPTIONAL_DEFAULTS[k]], dtype=pl.String)
+        .hash(seed=_column_seed(i))
+        .to_numpy()[0]
         for i, k in enumerate(KEY)
         if k not in names
     }
@@ -570,7 +572,7 @@ def _key_hashes(path: Path, names: list[str]) -> np.ndarray:
             part = h[start : start + table.num_rows]
             start += table.num_rows
             for i, k in enumerate(KEY):
-                seed = 7 + i  # `_key_hash`'s seed of the column
+                seed = _column_seed(i)
                 if k in defaults:  # code 0 of a one-value table (the warmed kernel signature)
                     zeros = _read_only(np.zeros(len(part), dtype=np.uint32))
                     keycodes.mix_codes(part, zeros, np.array([defaults[k]], dtype=np.uint64))
@@ -961,6 +963,12 @@ def _string_hash(col: pl.Series, seed: int) -> np.ndarray:
     return out
 
 
+def _column_seed(position: int) -> int:
+    """The polars hash seed of the key column at `position`: `_key_hash` and the keyed reader
+    (`_key_hashes`) must agree on it, or a keyed run would link nothing."""
+    return 7 + position
+
+
 def _key_hash(
     df: pl.DataFrame,
     key: tuple[str, ...] | list[str] = KEY,
@@ -983,7 +991,7 @@ def _key_hash(
     if h is None:
         h = np.zeros(df.height, dtype=np.uint64)
     for i, k in enumerate(key, start=start):
-        seed = 7 + i
+        seed = _column_seed(i)
         col = df.get_column(k)
         cat = (cats or {}).get(k) or _cat_column(col)
         if cat is not None:
