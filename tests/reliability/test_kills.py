@@ -56,6 +56,14 @@ def _wait_for(predicate: Any, proc: subprocess.Popen[bytes], timeout: float = 12
         time.sleep(0.02)
 
 
+def _lock_holder(out: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads((out / ".lock").read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     os.killpg(proc.pid, signal.SIGKILL)  # the driver's own session (see fake_driver)
     proc.wait()
@@ -129,8 +137,10 @@ def test_second_driver_is_refused_and_a_stale_lock_is_taken_over(
     out = base / "locked"
     spec = write_toml(base / "spec-lock.toml", fake_raw_spec(base, chunk_size=4, seconds=0.1))
     first = fake_driver(spec, out, "--actors", "1", "--ray-address", ray_address)
-    _wait_for(lambda: (out / ".lock").exists(), first)
-    holder = json.loads((out / ".lock").read_text())
+    # The lock is created, then filled: wait for its content, not only its name.
+    _wait_for(lambda: _lock_holder(out) is not None, first)
+    holder = _lock_holder(out)
+    assert holder is not None
     assert holder["pid"] == first.pid
 
     second = fake_driver(spec, out, "--actors", "1", "--ray-address", ray_address)
