@@ -89,6 +89,26 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
+def _well_formed(doc: Any) -> bool:
+    """Whether a parsed waves.json has this version's fields with their types (an explicit
+    check, not asserts, which `python -O` strips)."""
+
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    return (
+        isinstance(doc, dict)
+        and doc.get("version") == WAVE_STATE_VERSION
+        and positive_int(doc.get("wave_items"))
+        and positive_int(doc.get("chunk_size"))
+        and "metric" in doc
+        and (doc["metric"] is None or isinstance(doc["metric"], str))
+        and isinstance(doc.get("waves", []), list)
+        and all(isinstance(wave, dict) for wave in doc.get("waves", []))
+        and isinstance(doc.get("smoother", {}), dict)
+    )
+
+
 def stored_waves(path: Path, metric: str | None, wave_items: int | None) -> dict[str, Any] | None:
     """DIR/waves.json of a study resumed with this metric and wave size (None: no waves yet).
 
@@ -99,13 +119,13 @@ def stored_waves(path: Path, metric: str | None, wave_items: int | None) -> dict
         return None
     try:
         doc = json.loads(path.read_text())
-        assert isinstance(doc, dict) and doc.get("version") == WAVE_STATE_VERSION
-        assert isinstance(doc.get("wave_items"), int) and "metric" in doc
-    except (ValueError, AssertionError):
+    except ValueError:
+        doc = None
+    if not _well_formed(doc):
         raise UserError(
             f"{path} is damaged or of another version",
             "delete it to restart the waves (finished units are kept and reused)",
-        ) from None
+        )
     if doc["metric"] != metric:
         raise UserError(
             f"{path}: this study stops on {doc['metric'] or 'per-task MICs'!r}, not "

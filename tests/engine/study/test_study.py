@@ -145,7 +145,15 @@ def test_study_plan_of_a_resumed_study_uses_the_stored_wave_size(tmp_path: Path,
     assert main([*argv, "--wave-items", "40"]) == 2
     err = capsys.readouterr().err
     assert "waves.json" in err and "--wave-items 60" in err
-    for damaged in ("{", "[]", json.dumps({"version": WAVE_STATE_VERSION, "wave_items": 5})):
+    damaged_docs = [
+        "{",
+        "[]",
+        json.dumps({"version": WAVE_STATE_VERSION, "wave_items": 5}),
+        json.dumps({k: v for k, v in state.items() if k != "chunk_size"}),  # was a KeyError
+        json.dumps({**state, "waves": {"0": {}}}),
+        json.dumps({**state, "wave_items": "60"}),
+    ]
+    for damaged in damaged_docs:
         (out_dir / "waves.json").write_text(damaged)
-        assert main(argv) == 2  # one line, not a traceback (a list / a missing key)
+        assert main(argv) == 2, damaged  # one line, not a traceback (a list / a missing key)
         assert "damaged" in capsys.readouterr().err
