@@ -78,7 +78,10 @@ def ndtri(p: npt.ArrayLike) -> np.ndarray | np.float64:
     Returns:
         Phi^-1(p), float64 of p's shape (a NumPy scalar for a scalar).
     """
-    return _as_float(_ndtri_u(np.asarray(p, dtype=np.float64)))
+    # Comparing a NaN raises the FPU's invalid flag, which numpy reports as a RuntimeWarning
+    # after the loop; NaN in gives NaN out quietly, as scipy's ndtri does.
+    with np.errstate(invalid="ignore"):
+        return _as_float(_ndtri_u(np.asarray(p, dtype=np.float64)))
 
 
 # The continued fraction below converges in O(sqrt(a)) steps where it is used (x below the
