@@ -319,3 +319,19 @@ def test_sharded_sentences_read_keyed_or_in_full_give_the_same_run(tmp_path, sec
     whole, sharded = analyze([example]), analyze([tmp_path])
     assert whole.mic_table.equals(sharded.mic_table)
     assert whole.metrics_json["models"] == sharded.metrics_json["models"]
+
+
+@pytest.mark.parametrize("index_type", ["int8", "int16", "int32", "int64", "uint8", "uint32"])
+def test_index_codes_are_the_indices_of_a_sliced_chunk(index_type: str) -> None:
+    # A slice starts inside the buffer (offset 3): the view must start there, not at 0.
+    import pyarrow as pa
+
+    from metrics.io import _index_codes
+
+    words = pa.array([f"w{i % 7}" for i in range(40)])
+    chunk = words.dictionary_encode().cast(pa.dictionary(getattr(pa, index_type)(), pa.string()))[
+        3:31
+    ]
+    codes = _index_codes(chunk.indices)
+    assert codes.dtype == np.dtype(index_type) and len(codes) == 28
+    np.testing.assert_array_equal(codes, [(i % 7) for i in range(3, 31)])
