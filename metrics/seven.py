@@ -830,8 +830,28 @@ def _unfold_bias_table() -> tuple[np.ndarray, np.ndarray]:
     w = np.exp(-(z**2) / 2)
     w /= w.sum()
     u = np.linspace(0.0, 12.0, 601)
-    folded = unfold(np.abs(u[:, None] + z[None, :]), np.ones((1, len(z))))
+    # unfold(|u + z|, 1) in one compiled pass: numpy's form made ~15 temporaries of 1e6 terms
+    # (0.1-0.25 s of every `mic analyze --bootstrap`); the values are bit-identical (tested).
+    folded = np.empty((len(u), len(z)))
+    _fold_table_kernel(u, z, _FOLD_INV, _FOLD_DR, folded)
     return u, folded @ w - u
+
+
+@nb.njit(cache=True)
+def _fold_table_kernel(u, z, inv, dr, out):
+    """out[a, j] = unfold(|u[a] + z[j]|, 1), in `unfold`'s operations and order (sd = 1 divides
+    and multiplies exactly)."""
+    last = len(inv) - 2
+    for a in range(len(u)):
+        for j in range(len(z)):
+            x = abs(u[a] + z[j])
+            if x >= 12.0:
+                out[a, j] = x
+                continue
+            pos = x / dr
+            i = min(int(pos), last)
+            lo = inv[i]
+            out[a, j] = lo + (pos - i) * (inv[i + 1] - lo)
 
 
 def mode4_residual_bias(

@@ -252,6 +252,20 @@ def test_unfold_bias_table_matches_monte_carlo():
     assert np.interp(1.5, u, b) < -0.05
 
 
+def test_fold_table_kernel_is_unfold_bit_for_bit():
+    # The compiled table must give unfold's own values (metrics.json would move otherwise),
+    # across the grid's ends: below sqrt(2 / pi) (0), the interpolated middle, 12 and beyond.
+    from metrics.seven import _FOLD_DR, _FOLD_INV, _fold_table_kernel
+
+    u = np.linspace(0.0, 12.0, 601)
+    z = np.linspace(-9.0, 9.0, 1801)
+    got = np.empty((len(u), len(z)))
+    _fold_table_kernel(u, z, _FOLD_INV, _FOLD_DR, got)
+    want = unfold(np.abs(u[:, None] + z[None, :]), np.ones((1, len(z))))
+    np.testing.assert_array_equal(got, want)
+    assert (want == 0).any() and (want > 12).any()  # both ends were really exercised
+
+
 def _mode4_terms(delta: float, sd: float, T: int = 3, M: int = 30, R: int = 401, seed: int = 0):
     """MICs and evaluation means whose Mode 4 terms all have truth +-delta and noise sd."""
     rng = np.random.default_rng(seed)
