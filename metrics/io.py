@@ -597,7 +597,8 @@ def _mix_arrow(h: np.ndarray, column: pa.ChunkedArray, seed: int) -> None:
     # install's warm-up caches), not a second one.
     dicts = [c.dictionary for c in column.chunks if pa.types.is_dictionary(c.type)]
     if dicts:
-        luts = np.array(pl.from_arrow(pa.chunked_array(dicts)).cast(pl.String).hash(seed=seed))
+        texts = pl.Series(_ArrowStream(pa.chunked_array(dicts)))
+        luts = np.array(texts.cast(pl.String).hash(seed=seed))
     at = 0  # where the next dictionary's hashes start in `luts`
     start = 0
     for chunk in column.chunks:
@@ -612,6 +613,22 @@ def _mix_arrow(h: np.ndarray, column: pa.ChunkedArray, seed: int) -> None:
         else:
             text_hash = pl.from_arrow(chunk).cast(pl.String).hash(seed=seed).to_numpy()
             keycodes.mix_hashes(part, _read_only(text_hash))
+
+
+class _ArrowStream:
+    """An Arrow array seen only through the Arrow C stream interface.
+
+    `pl.from_arrow` (and `pl.Series` of a pyarrow object) imports pyarrow.compute on every call
+    (~0.1 s of a fresh process, the GIL held), for a cast of multi-chunk dictionary arrays that
+    plain text never needs; through this wrapper polars reads the stream as it is. Same values,
+    same String hashes (tests/metrics/test_keycodes.py).
+    """
+
+    def __init__(self, array: pa.ChunkedArray) -> None:
+        self._array = array
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object:
+        return self._array.__arrow_c_stream__(requested_schema)
 
 
 def _index_codes(indices: pa.Array) -> np.ndarray:
