@@ -641,9 +641,10 @@ def _index_codes(indices: pa.Array) -> np.ndarray:
 
     kind = "i" if pa.types.is_signed_integer(indices.type) else "u"
     dtype = np.dtype(f"{kind}{indices.type.bit_width // 8}")
-    return np.frombuffer(indices.buffers()[1], dtype=dtype)[
-        indices.offset : indices.offset + len(indices)
-    ]
+    data = indices.buffers()[1]
+    if len(indices) == 0 or data is None:  # an empty chunk may have no data buffer at all
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(data, dtype=dtype)[indices.offset : indices.offset + len(indices)]
 
 
 def _run_identity(path: Path) -> str:

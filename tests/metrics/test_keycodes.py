@@ -335,3 +335,14 @@ def test_index_codes_are_the_indices_of_a_sliced_chunk(index_type: str) -> None:
     codes = _index_codes(chunk.indices)
     assert codes.dtype == np.dtype(index_type) and len(codes) == 28
     np.testing.assert_array_equal(codes, [(i % 7) for i in range(3, 31)])
+
+
+def test_index_codes_of_an_empty_chunk_without_a_data_buffer() -> None:
+    import pyarrow as pa
+
+    from metrics.io import _index_codes
+
+    kind = pa.dictionary(pa.int32(), pa.string())
+    empty = pa.DictionaryArray.from_buffers(kind, 0, [None, None], dictionary=pa.array(["x"]))
+    codes = _index_codes(empty.indices)
+    assert codes.dtype == np.int32 and len(codes) == 0
