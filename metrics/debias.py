@@ -193,6 +193,7 @@ def debias(
             method=method,
             anchor=None if anchor is None else float(np.arctanh(np.clip(anchor, -CLIP, CLIP))),
             reflect=reflect,
+            normal=normal,
             inner=None
             if inner is None
             else (

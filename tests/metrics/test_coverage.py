@@ -311,6 +311,17 @@ def test_lower_allowance_moves_only_the_lower_end():
     )
 
 
+def test_normal_interval_holds_on_the_fisher_scale():
+    # `normal` with `fisher` once fell back to the quantile interval silently (the atanh-scale
+    # call dropped it): the interval must be debiased +- z se on the atanh scale.
+    reps = np.tanh(np.random.default_rng(1).gamma(4.0, 0.1, 2000))  # skewed on both scales
+    est = debias(0.4, reps, fisher=True, normal=True, anchor=0.4, already_debiased=True)
+    below, above = np.arctanh(est.debiased) - np.arctanh(est.ci)
+    assert below == pytest.approx(-above, rel=1e-9)
+    z_se = norm.ppf(0.975) * np.std(np.arctanh(reps), ddof=1)
+    assert below == pytest.approx(z_se, rel=1e-9)
+
+
 def test_cv_bootstrap_bias_correction_takes_out_the_square_roots_bias():
     # C-AvgCV's units: 10 markers across 4 tasks whose true spread is within a few noise sd (as
     # in `separated`). The noise-corrected CV is biased down (the square root); its bootstrap
