@@ -16,7 +16,7 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -390,6 +390,8 @@ def read_scored(paths: list[str | Path] | str | Path, pool: bool = False) -> Sco
         raise UserError("no scored run given", "pass at least one scored-run directory or file")
     try:
         return _read_scored(paths, pool, keyed=True)
+    except _NotKeyed:
+        pass  # nothing read yet: no second read of an unkeyable run (CSV, long tables)
     except Exception:  # noqa: BLE001 - whatever the keyed reader meets, the full one reports
         pass  # outside the handler: the first attempt's arrays are freed before the second
     # Every problem is reported by the full reader, so its messages do not depend on the path taken.
@@ -400,22 +402,29 @@ class _NeedsFullRead(Exception):
     """The keyed reader (`_read_keyed`) cannot vouch for the run: read it in full instead."""
 
 
+class _NotKeyed(Exception):
+    """Some sentence file is not Parquet: the run is read in full, from the start."""
+
+
 def _read_scored(paths: list[str | Path], pool: bool, keyed: bool) -> ScoredRun:
     """`read_scored`; with `keyed`, Parquet sentence files are read by `_read_keyed`.
 
     Raises:
         _NeedsFullRead: (`keyed` only) a sentence file the keyed reader does not handle, or any
             problem validation finds (the full reader names it).
+        _NotKeyed: (`keyed` only) some sentence file is not Parquet; raised before any file
+            is read.
     """
     # Files in the order given (resolved as they are read: the first problem is reported first).
     resolved = ((role, f) for path in paths for role, f in _resolve(path))
     if keyed:
         resolved = list(resolved)
         # Keyed only when every sentence file can be (the tables concatenate column for column).
-        keyed = all(
+        if not all(
             role == "responses" or (role == "sentences" and _format_of(f) == "parquet")
             for role, f in resolved
-        )
+        ):
+            raise _NotKeyed
     cats = _run_categories()
     responses, sentences, keys, files = [], [], [], []
     origins: dict[tuple[str, str], dict[str, str]] = {}  # (model, prompt) -> run -> a file
@@ -552,37 +561,42 @@ def _key_hashes(path: Path, names: list[str]) -> np.ndarray:
         if k not in names
     }
     try:
-        pf = pq.ParquetFile(path, read_dictionary=keys)
-        h = np.zeros(pf.metadata.num_rows, dtype=np.uint64)
-        if len(h) == 0:
-            raise _NeedsFullRead
-        start = 0
-        # About KEYED_BATCH rows of row groups at a time: not the whole file's indices at once,
-        # and not one small polars call per column of each small row group.
-        batches, batch, rows = [], [], 0
-        for g in range(pf.num_row_groups):
-            batch.append(g)
-            rows += pf.metadata.row_group(g).num_rows
-            if rows >= KEYED_BATCH:
-                batches.append(batch)
-                batch, rows = [], 0
-        batches += [batch] if batch else []
-        for batch in batches:
-            table = pf.read_row_groups(batch, columns=keys)
-            part = h[start : start + table.num_rows]
-            start += table.num_rows
-            for i, k in enumerate(KEY):
-                seed = _column_seed(i)
-                if k in defaults:  # code 0 of a one-value table (the warmed kernel signature)
-                    zeros = _read_only(np.zeros(len(part), dtype=np.uint32))
-                    keycodes.mix_codes(part, zeros, np.array([defaults[k]], dtype=np.uint64))
-                    continue
-                column = table.column(k)
-                if column.null_count:
-                    raise _NeedsFullRead
-                _mix_arrow(part, column, seed)
+        with pq.ParquetFile(path, read_dictionary=keys) as pf:
+            return _hash_row_groups(pf, keys, defaults)
     except (OSError, ValueError, pa.ArrowException):
         raise _NeedsFullRead from None
+
+
+def _hash_row_groups(pf: Any, keys: list[str], defaults: dict[str, Any]) -> np.ndarray:
+    """`_key_hashes` of an open `pyarrow.parquet.ParquetFile` (raises `_NeedsFullRead`)."""
+    h = np.zeros(pf.metadata.num_rows, dtype=np.uint64)
+    if len(h) == 0:
+        raise _NeedsFullRead
+    start = 0
+    # About KEYED_BATCH rows of row groups at a time: not the whole file's indices at once,
+    # and not one small polars call per column of each small row group.
+    batches, batch, rows = [], [], 0
+    for g in range(pf.num_row_groups):
+        batch.append(g)
+        rows += pf.metadata.row_group(g).num_rows
+        if rows >= KEYED_BATCH:
+            batches.append(batch)
+            batch, rows = [], 0
+    batches += [batch] if batch else []
+    for batch in batches:
+        table = pf.read_row_groups(batch, columns=keys)
+        part = h[start : start + table.num_rows]
+        start += table.num_rows
+        for i, k in enumerate(KEY):
+            seed = _column_seed(i)
+            if k in defaults:  # code 0 of a one-value table (the warmed kernel signature)
+                zeros = _read_only(np.zeros(len(part), dtype=np.uint32))
+                keycodes.mix_codes(part, zeros, np.array([defaults[k]], dtype=np.uint64))
+                continue
+            column = table.column(k)
+            if column.null_count:
+                raise _NeedsFullRead
+            _mix_arrow(part, column, seed)
     if start != len(h):
         raise _NeedsFullRead
     return h

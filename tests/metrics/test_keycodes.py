@@ -295,6 +295,22 @@ def test_read_scored_reads_parquet_sentences_keyed(monkeypatch, tmp_path) -> Non
     with pytest.raises(UserError, match="sentences.parquet: column 'item_id' has 1 blank value"):
         io.read_scored(tmp_path)
     assert calls == [True, False]
+    # A run with CSV sentences is never keyed: its files are read once, also when one is bad
+    # (the keyed attempt gives up before reading anything).
+    reads: list[str] = []
+    read = io._read
+
+    def read_spy(f, *args, **kwargs):
+        reads.append(Path(f).name)
+        return read(f, *args, **kwargs)
+
+    monkeypatch.setattr(io, "_read", read_spy)
+    (tmp_path / "sentences.parquet").unlink()
+    sent.write_csv(tmp_path / "sentences.csv")
+    calls.clear()
+    with pytest.raises(UserError, match="sentences.csv: column 'item_id' has 1 blank value"):
+        io.read_scored(tmp_path)
+    assert sorted(reads) == ["responses.parquet", "sentences.csv"]
 
 
 @pytest.mark.parametrize("second", ["parquet", "csv"])
