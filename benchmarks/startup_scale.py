@@ -225,7 +225,7 @@ def draw_rate_row(n_boot: int) -> tuple[str, float, float, str]:
     weighted_group_sums(item_ptr, keys, strata, row_group, row_values, 1, 64, n_groups=n_groups)
     replicate_weight_totals(keys, strata, 1, 64)
     ours = ceiling = float("inf")
-    for _ in range(3):  # alternated, best of three: a 2-core machine's neighbours come and go
+    for _ in range(5):  # alternated, best of five: a 2-core machine's neighbours come and go
         t0 = time.perf_counter()
         weighted_group_sums(
             item_ptr, keys, strata, row_group, row_values, 1, n_boot, n_groups=n_groups
