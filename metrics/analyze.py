@@ -29,12 +29,14 @@ from metrics.debias import (
     CI_METHOD,
     CI_METHOD_CORRECTED,
     CI_METHOD_CV,
+    CI_METHOD_PEARSON,
     CI_METHOD_PLUGIN,
     CI_METHOD_RANK,
     CI_METHOD_RANK_KEPT,
     CI_METHOD_TWO_LEVEL,
     debias,
     is_correlation,
+    is_pearson,
     metric_bounds,
     on_fisher_scale,
 )
@@ -52,6 +54,7 @@ from metrics.seven import (
     RANK_RESOLUTION,
     Metric,
     attach_noise_corrections,
+    attach_pearson_corrections,
     attach_rank_corrections,
     seven_metrics,
 )
@@ -181,6 +184,7 @@ def group_metrics(
         ev = np.concatenate([reps.point_eval_mean[t][None], reps.eval_mean[:, t]])
         attach_noise_corrections(metrics, mic, ev, view.usable, view.shared, level)
         attach_rank_corrections(metrics, mic, acc, cmfg, view.shared, parity, rank_resolution)
+        attach_pearson_corrections(metrics, mic, acc, cmfg, view.shared)
     return metrics
 
 
@@ -213,6 +217,8 @@ def _num(x) -> float | None:
 
 def _ci_method(metric: Metric, name: str, rank_resolution: float) -> str:
     """How a metric's interval is built (metrics.json's `ci_method`)."""
+    if metric.anchor is not None and is_pearson(name):
+        return CI_METHOD_PEARSON
     if metric.anchor is not None and is_correlation(name):
         kept = name.startswith(debias_mod.RANK_UNREFLECTED)
         method = (CI_METHOD_RANK_KEPT if kept else CI_METHOD_RANK).format(h=rank_resolution)

@@ -71,6 +71,8 @@ CI_METHOD_CV = "noise-corrected, bootstrap bias-corrected, normal"
 # width (docs/statistics.md).
 NORMAL_INTERVAL = ("I-AvgCV", "C-AvgCV")
 CI_METHOD_PLUGIN = "plug-in, basic spread"
+# The Pearson variants of MAC and MCC (`metrics.seven.attach_pearson_corrections`).
+CI_METHOD_PEARSON = "noise-corrected (attenuation), bootstrap bias-corrected, basic"
 CI_METHOD_RANK = "rank resolution {h:g}, noise-corrected, bootstrap bias-corrected, basic"
 # MRC's interval keeps the replicates' orientation (`RANK_UNREFLECTED`): not a basic interval.
 CI_METHOD_RANK_KEPT = (
@@ -110,6 +112,11 @@ def on_fisher_scale(name: str) -> bool:
 def is_correlation(name: str) -> bool:
     """MRC, MAC, MCC and their variants: not bias-corrected (see the module docstring)."""
     return name.startswith(("MRC", "MAC", "MCC"))
+
+
+def is_pearson(name: str) -> bool:
+    """The Pearson variants of MAC and MCC (MAC-P-all, ...)."""
+    return name.startswith(("MAC-P-", "MCC-P-"))
 
 
 def metric_bounds(name: str) -> tuple[float, float]:
@@ -404,7 +411,9 @@ def paired_difference(
     below = (1 + np.sum(reflected <= 0)) / (len(reps) + 1)
     above = (1 + np.sum(reflected >= 0)) / (len(reps) + 1)
     method = (
-        "resolution-h ranks, noise-corrected, bootstrap bias-corrected, basic"
+        CI_METHOD_PEARSON
+        if ranked and is_pearson(name)
+        else "resolution-h ranks, noise-corrected, bootstrap bias-corrected, basic"
         if ranked
         else CI_METHOD_CORRECTED
         if noise

@@ -689,6 +689,57 @@ def attach_rank_corrections(
             target.inner = inner_mrc_replicates(shared_mic, h, var_mic, parity)
 
 
+# The floor of the Pearson variants' noise correction (`attach_pearson_corrections`): a
+# marker's MIC variance across tasks keeps at least this share of its raw value.
+PEARSON_VAR_FLOOR = 0.5
+
+
+def attach_pearson_corrections(
+    metrics: dict[str, Metric],
+    mic: np.ndarray,
+    accuracy: np.ndarray,
+    cmfg: np.ndarray,
+    shared: np.ndarray,
+    floor: float = PEARSON_VAR_FLOOR,
+) -> None:
+    """Noise-corrected estimates of MAC-P-all and MCC-P-all (in place).
+
+    A marker's Pearson correlation across tasks of its MIC with the task's accuracy (cMFG) is
+    attenuated by the MICs' sampling noise: the noise adds to their spread across tasks, not
+    to the covariance. The attenuation is larger for a model whose confidences are noisier, so
+    two models with the same MICs differ by it. Each metric gets
+    * `corrected`: the statistic with the noise taken out of every marker's correlation
+      (`disattenuated_pearson`, Spearman's correction for attenuation, the noise terms from the
+      replicates), on the point estimate and on every replicate;
+    * `anchor`: the plug-in statistic of the sample, the bootstrap world's value of the estimand
+      (the population Pearson of the true MICs), on which the replicates are centred.
+    The -sig variants stay uncorrected: their marker set is chosen by the plug-in p-values.
+
+    Args:
+        metrics: the group's metrics (modified in place).
+        mic: [R, T, M] MICs, point estimate first; accuracy, cmfg: [R, T].
+        shared: [M] shared markers.
+        floor: the least share of a variance the correction keeps (`disattenuated_pearson`).
+    """
+    _, T, _ = mic.shape
+    S = int(shared.sum())
+    if len(mic) < 3 or T < 2 or S < 1:
+        return
+    x = np.moveaxis(mic[:, :, shared], 1, 2)  # [R, S, T]
+    for name, values in (("MAC", accuracy), ("MCC", cmfg)):
+        target = metrics.get(f"{name}-P-all")
+        if target is None or target.values is None or not np.isfinite(target.values[0]):
+            continue
+        if not np.isfinite(values[0]).all():
+            continue
+        r, p = disattenuated_pearson(x, np.broadcast_to(values[:, None, :], x.shape), floor)
+        m = _corr_family(r, p, f"{name}-P", False, "marker")[f"{name}-P-all"]
+        if m.values is None or not np.isfinite(m.values[0]):
+            continue
+        target.corrected = m.values
+        target.anchor = float(target.values[0])
+
+
 # MRC's second bootstrap level (`inner_mrc_replicates`): K first-level replicates, each with C
 # second-level ones (cost: K (1 + C) statistics); none below INNER_MIN_REPLICATES first-level
 # replicates (the interval then keeps the replicates' width).
