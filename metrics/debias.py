@@ -35,11 +35,18 @@ benchmarks/interval_coverage.py):
   a second bootstrap level (`inner_width_factor`: a symmetric bootstrap-t read at the first
   level's Monte Carlo precision; its replicates' spread understates the estimate's where true
   MICs are near-tied).
-* Pearson variants (and every correlation with h = 0): no bias correction (for an ordinary
-  Spearman where markers' true MICs are nearly tied, the bootstrap's bias does not even share
-  the sign of the estimate's: measured, bias correction, BC percentiles and Fisher-normal
-  intervals all covered worse); the interval is the replicates' spread centred on the plug-in
-  value, on the Fisher z scale for MAC and MCC. "plug-in, basic spread".
+* Pearson variants of MAC and MCC, `-all` (`metrics.seven.attach_pearson_corrections`): the
+  MICs' noise is taken out of each marker's correlation across tasks (Spearman's correction for
+  attenuation, the noise terms from the replicates: without it a noisier model's correlations
+  shrink more, and two models with the same MICs differ); the bootstrap's error is measured
+  against the plug-in Pearson of the sample (the anchor), as for the Spearman variants, on the
+  Fisher z scale. "noise-corrected (attenuation), bootstrap bias-corrected, basic".
+* The `-sig` variants (a set chosen by p < 0.05) and every Spearman variant with h = 0: no bias
+  correction (for an ordinary Spearman where markers' true MICs are nearly tied, the
+  bootstrap's bias does not even share the sign of the estimate's: measured, bias correction,
+  BC percentiles and Fisher-normal intervals all covered worse); the interval is the
+  replicates' spread centred on the plug-in value, on the Fisher z scale for MAC and MCC.
+  "plug-in, basic spread".
 * A CV or Mode 4 MAE whose data cannot reject a population value of 0 gets an interval that
   reaches 0 (a bootstrap test of "every difference is 0": |.| and a standard deviation are
   biased up at 0 by about the noise, which no bias correction removes).
@@ -110,7 +117,8 @@ def on_fisher_scale(name: str) -> bool:
 
 
 def is_correlation(name: str) -> bool:
-    """MRC, MAC, MCC and their variants: not bias-corrected (see the module docstring)."""
+    """MRC, MAC, MCC and their variants: corrected only through an anchor (`Metric.anchor`), never
+    by the plain bootstrap bias correction (see the module docstring)."""
     return name.startswith(("MRC", "MAC", "MCC"))
 
 
@@ -379,8 +387,9 @@ def paired_difference(
     corrected a second time, nor are the correlations), interval [debiased - (q_hi - mean), debiased + (mean - q_lo)],
     and the p-value that inverts it: the share of reflected replicates
     debiased + mean(d*) - d*_r on either side of 0, doubled (with the +1 of a bootstrap test).
-    The rank correlations at a resolution h > 0 take the replicates' error against the
-    difference of the two anchors instead (as `debias` with `anchor`).
+    The rank correlations at a resolution h > 0 and the Pearson variants' `-all` (noise-corrected
+    statistics, `Metric.anchor` set) take the replicates' error against the difference of the
+    two anchors instead (as `debias` with `anchor`).
 
     Returns:
         The `Difference`, or None when either metric has no finite replicates.

@@ -691,7 +691,7 @@ def attach_rank_corrections(
 
 # The floor of the Pearson variants' noise correction (`attach_pearson_corrections`): a
 # marker's MIC variance across tasks keeps at least this share of its raw value.
-PEARSON_VAR_FLOOR = 0.5
+PEARSON_VAR_FLOOR = 0.85
 
 
 def attach_pearson_corrections(
