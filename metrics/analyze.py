@@ -182,7 +182,8 @@ def group_metrics(
     metrics = seven_metrics(mic, view.usable, view.shared, acc, cmfg, mae, parity)
     if reps is not None:
         ev = np.concatenate([reps.point_eval_mean[t][None], reps.eval_mean[:, t]])
-        attach_noise_corrections(metrics, mic, ev, view.usable, view.shared, level)
+        noise = np.concatenate([reps.point_mic_noise[t][None], reps.mic_noise[:, t]])
+        attach_noise_corrections(metrics, mic, ev, view.usable, view.shared, level, noise)
         attach_rank_corrections(metrics, mic, acc, cmfg, view.shared, parity, rank_resolution)
         attach_pearson_corrections(metrics, mic, acc, cmfg, view.shared)
     return metrics

@@ -56,6 +56,8 @@ class GroupReplicates:
     mae: dict[int, np.ndarray]  # mode -> [B, T, T] (mode 2: linearized in the MICs)
     eval_mean: np.ndarray  # [B, T, M] mean confidence of a marker's evaluation rows (Mode 4)
     point_eval_mean: np.ndarray  # [T, M] the same at the point estimate
+    mic_noise: np.ndarray  # [B, T, M] each replicate's estimate of the MICs' sampling variance
+    point_mic_noise: np.ndarray  # [T, M] the same at the point estimate (`_mic_residuals`)
 
 
 def response_keys(responses: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -112,14 +114,19 @@ def _pass_a(enc: Encoded, g: int, keys, strata, seed, n_boot, scheme, parity, gr
         [s_group, acc_off + t, bin_off + t[b_idx] * N_BINS + b[b_idx], mfg_off + t[k_idx]]
     )
     value = np.concatenate([s_val, enc.r_correct[resp].astype(np.float64), f[b_idx], f[k_idx]])
+    resid2, point_noise = _mic_residuals(s_item, s_group, s_val, T * M)
     ptr, order = akernels.by_response(item, len(resp))
-    values = np.stack([np.ones(len(order)), value[order]], axis=1)
+    third = np.zeros(len(item))
+    third[: len(resid2)] = resid2
+    values = np.stack([np.ones(len(order)), value[order], third[order]], axis=1)
     sums = group_sums(
         ptr, keys[resp], strata[resp], group[order], values, seed, n_boot, scheme, mfg_off + T
-    )  # [B, n_groups, 2]
+    )  # [B, n_groups, 3]
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = sums[:, :, 1] / sums[:, :, 0]
+        noise = sums[:, : T * M, 2] / sums[:, : T * M, 0] ** 2
     mic = ratio[:, : T * M].reshape(n_boot, T, M)
+    noise = noise.reshape(n_boot, T, M)
     accuracy = ratio[:, acc_off:bin_off]
     bin_n = sums[:, bin_off:mfg_off, 0].reshape(n_boot, T, N_BINS)
     bin_mean = ratio[:, bin_off:mfg_off].reshape(n_boot, T, N_BINS)
@@ -131,7 +138,45 @@ def _pass_a(enc: Encoded, g: int, keys, strata, seed, n_boot, scheme, parity, gr
             warnings.simplefilter("ignore", RuntimeWarning)
             cmfg = np.nanmean(np.where(bin_n > 0, bin_mean, np.nan), axis=2)
     cmfg = np.where(has_any, cmfg, np.nan)
-    return mic, accuracy, cmfg
+    return mic, accuracy, cmfg, noise, point_noise.reshape(T, M)
+
+
+def _mic_residuals(
+    item: np.ndarray, cell: np.ndarray, conf: np.ndarray, n_cells: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's squared residual per MIC cell, on one of its rows, and the MICs' noise.
+
+    A MIC is a ratio S / N over items (s_i, n_i: an item's sum of the cell's confidences and
+    their count), so its sampling variance is Σ e_i² / N² with e_i = s_i - MIC n_i (the
+    linearization that the item bootstrap's variance estimates). Carrying e_i² (against the
+    point MIC) as a third summed column gives every replicate its own noise estimate
+    Σ w_i e_i² / N*² in the same pass: the noise subtracted from the CVs is itself estimated
+    from the sample, and the replicates must vary it as the sample does (a rare marker's
+    noise estimate has a relative sd near 0.45 at 10 sentences).
+
+    Args:
+        item, cell, conf: sentence rows' local item, (task, marker) cell and confidence.
+        n_cells: T * M.
+
+    Returns:
+        e_i² on the first row of each (item, cell) pair (0 on its other rows), per row; and
+        the point estimate's noise Σ e_i² / N² per cell (NaN without rows).
+    """
+    if len(item) == 0:
+        return np.zeros(0), np.full(n_cells, np.nan)
+    pair = item.astype(np.int64) * n_cells + cell
+    _, first, inv = np.unique(pair, return_index=True, return_inverse=True)
+    s_i = np.bincount(inv, weights=conf)
+    n_i = np.bincount(inv).astype(np.float64)
+    pair_cell = cell[first]
+    big_n = np.bincount(pair_cell, weights=n_i, minlength=n_cells)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mic = np.bincount(pair_cell, weights=s_i, minlength=n_cells) / big_n
+        e2 = (s_i - mic[pair_cell] * n_i) ** 2
+        point = np.bincount(pair_cell, weights=e2, minlength=n_cells) / big_n**2
+    out = np.zeros(len(item))
+    out[first] = e2
+    return out, point
 
 
 def local_group_sums(ptr, keys, strata, group, values, seed, n_boot, scheme, n_groups):
@@ -439,12 +484,14 @@ def group_replicates(
     group_sums: Callable = local_group_sums,
 ) -> GroupReplicates:
     """All replicate tensors of group `g` (see the module docstring)."""
-    mic, accuracy, cmfg = _pass_a(enc, g, keys, strata, seed, n_boot, scheme, parity, group_sums)
+    mic, accuracy, cmfg, noise, point_noise = _pass_a(
+        enc, g, keys, strata, seed, n_boot, scheme, parity, group_sums
+    )
     usable = valid[g] & ~np.isnan(point.mic[g])
     mae, eval_mean, point_eval = _pass_b(
         enc, g, keys, strata, seed, n_boot, scheme, parity, mic, usable, point.mic[g]
     )
-    return GroupReplicates(mic, accuracy, cmfg, mae, eval_mean, point_eval)
+    return GroupReplicates(mic, accuracy, cmfg, mae, eval_mean, point_eval, noise, point_noise)
 
 
 # ------------------------------------------------------------------------- BCa accelerations

@@ -348,7 +348,8 @@ def cv_metrics(
         mic: [R, T, M] MICs.
         usable: [T, M] valid markers with a defined MIC.
         shared: [M] shared markers.
-        noise: [T, M] sampling variance of each MIC (noise-corrected CVs, see `cv`).
+        noise: [T, M] or [R, T, M] (one per replicate) sampling variance of each MIC
+            (noise-corrected CVs, see `cv`).
     """
     _, T, M = mic.shape
     out: dict[str, Metric] = {}
@@ -368,7 +369,7 @@ def cv_metrics(
             mic[:, :, shared],
             np.ones((1, T, int(shared.sum())), dtype=bool),
             axis=1,
-            noise=None if noise is None else noise[:, shared],
+            noise=None if noise is None else noise[..., shared],
         )  # [R, S]
         ok = np.isfinite(per_marker[0])
         if not ok.any():
@@ -493,12 +494,16 @@ def attach_noise_corrections(
     usable: np.ndarray,
     shared: np.ndarray,
     level: float = 0.95,
+    noise: np.ndarray | None = None,
 ) -> None:
     """Noise-corrected CVs and boundary tests for the CVs and Mode 4 MAEs (in place).
 
-    * CVs: the sampling variance of each MIC (from the replicates) is taken out of the spread
-      (`cv` with `noise`); the corrected statistic is evaluated on the point estimate and on
-      every replicate (`Metric.corrected`). Its square root is still biased down (Jensen; the
+    * CVs: the sampling variance of each MIC is taken out of the spread (`cv` with `noise`);
+      the corrected statistic is evaluated on the point estimate and on every replicate
+      (`Metric.corrected`), each with its own noise estimate (`noise`: the estimator is a
+      function of the data, noise term included, so the replicates re-estimate it; one noise
+      array for all replicates left the noise term's own sampling error out of the se, which
+      made I-AvgCV's interval too narrow where rare markers enter). Its square root is still biased down (Jensen; the
       clip at 0 lifts units whose spread is within the noise): the bootstrap estimates that
       bias as the corrected replicates' mean minus the bootstrap world's CV, which is the
       plug-in CV of the sample (`Metric.anchor`; `metrics.debias.debias` takes it out and
@@ -521,10 +526,16 @@ def attach_noise_corrections(
         eval_mean: [R, T, M] mean confidence of each marker's evaluation rows, point first.
         usable: [T, M]; shared: [M].
         level: the intervals' level.
+        noise: [R, T, M] each MIC's sampling variance as estimated on the point estimate and on
+            each replicate (`metrics.resample.GroupReplicates.mic_noise`); None: the
+            replicates' variance of each MIC, the same for all (the noise's own error ignored).
     """
-    with _quiet():
-        mic_var = np.nan_to_num(np.nanvar(mic[1:], axis=0, ddof=1))  # [T, M]
-    for name, m in cv_metrics(mic, usable, shared, noise=mic_var).items():
+    if noise is None:
+        with _quiet():
+            noise = np.nan_to_num(np.nanvar(mic[1:], axis=0, ddof=1))  # [T, M]
+    else:
+        noise = np.nan_to_num(noise)
+    for name, m in cv_metrics(mic, usable, shared, noise=noise).items():
         metric = metrics.get(name)
         if metric is not None and metric.values is not None and m.values is not None:
             metric.corrected = m.values

@@ -357,6 +357,25 @@ def test_cv_bootstrap_bias_correction_takes_out_the_square_roots_bias():
     assert before < -0.25 and abs(after) < 0.2, (before, after)
 
 
+def test_cv_replicates_subtract_their_own_noise_estimate():
+    # The noise subtracted from the CVs is estimated from the sample, so each replicate uses its
+    # own estimate (from its own item weights): a replicate whose noise estimate is larger has a
+    # smaller corrected spread. One array for all replicates left that variance out of the se.
+    rng = np.random.default_rng(2)
+    T, M, B = 3, 6, 50
+    usable, shared = np.ones((T, M), bool), np.ones(M, bool)
+    mic = np.linspace(0.3, 0.8, M)[None, None] + rng.normal(0, 0.03, (B + 1, T, M))
+    noise = rng.uniform(2e-4, 6e-4, (B + 1, T, M))
+    metrics = cv_metrics(mic, usable, shared)
+    attach_noise_corrections(metrics, mic, mic, usable, shared, noise=noise)
+    for b in (0, 7, B):
+        want = cv_metrics(mic[b : b + 1], usable, shared, noise=noise[b])
+        for name in ("I-AvgCV", "I-AvgCV (shared)", "C-AvgCV"):
+            assert metrics[name].corrected[b] == pytest.approx(want[name].values[0], rel=1e-12)
+    shared_noise = cv_metrics(mic, usable, shared, noise=noise[0])["I-AvgCV"].values
+    assert not np.allclose(metrics["I-AvgCV"].corrected[1:], shared_noise[1:])
+
+
 def test_paired_difference_ignores_each_groups_bias_shift():
     # Two groups with the same unfolded Mode 4 values but different residual-bias estimates:
     # the comparison sees no difference (each group's shift is its own noisy estimate).

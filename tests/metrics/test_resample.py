@@ -217,3 +217,36 @@ def test_item_ids_repeated_across_splits_are_distinct_items(tmp_path):
     sent = pl.concat([sent, sent.with_columns(test)])
     res = analyze(_write(tmp_path / "r", resp, sent), mode="parity", bootstrap=20, threshold=2)
     assert res.metrics_json["models"]["model-0"]["default"]["metrics"]["I-AvgMAE"]["ci"] is not None
+
+
+def test_each_replicate_estimates_its_own_mic_noise(small):
+    # The CVs subtract each MIC's sampling variance, itself estimated from the sample: every
+    # replicate re-estimates it from its own item weights, Σ w_i e_i² / (Σ w_i n_i)² with
+    # e_i = s_i - MIC n_i (s_i, n_i: an item's sum and count of the cell's confidences).
+    enc = encode(small, mode="heldout")
+    point, valid = compute_tables(enc, threshold=3, parity=False)
+    keys, strata = response_keys(small.responses)
+    g, n_boot, seed = 0, 4, 3
+    reps = group_replicates(enc, g, keys, strata, seed=seed, n_boot=n_boot, scheme="poisson",
+                            parity=False, valid=valid, point=point)  # fmt: skip
+    ref = np.flatnonzero((enc.r_g == g) & enc.r_ref)
+    w_ref = item_weights_reference(keys[ref], strata[ref], seed, range(n_boot), "poisson")
+    rows = np.isin(enc.s_r, ref) & ~np.isnan(enc.s_conf)
+    T, M = enc.n_tasks, enc.n_markers
+    s = np.zeros((len(enc.r_g), T, M))
+    n = np.zeros((len(enc.r_g), T, M))
+    np.add.at(s, (enc.s_r[rows], enc.r_t[enc.s_r[rows]], enc.s_m[rows]), enc.s_conf[rows])
+    np.add.at(n, (enc.s_r[rows], enc.r_t[enc.s_r[rows]], enc.s_m[rows]), 1.0)
+    s, n = s[ref], n[ref]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mic = s.sum(0) / n.sum(0)
+        e2 = (s - mic * n) ** 2
+        want_point = e2.sum(0) / n.sum(0) ** 2
+        want = np.einsum("bi,itm->btm", w_ref, e2) / np.einsum("bi,itm->btm", w_ref, n) ** 2
+    np.testing.assert_allclose(reps.point_mic_noise, want_point, rtol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(reps.mic_noise, want, rtol=1e-9, equal_nan=True)
+    cells = np.isfinite(want_point) & (want_point > 0)
+    assert cells.sum() > 5
+    # Not one array for all replicates: the noise term varies as the sample does.
+    x = reps.mic_noise[:, cells]
+    assert np.all(np.nanmax(x, axis=0) > np.nanmin(x, axis=0))
