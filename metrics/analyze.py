@@ -183,7 +183,9 @@ def group_metrics(
     if reps is not None:
         ev = np.concatenate([reps.point_eval_mean[t][None], reps.eval_mean[:, t]])
         noise = np.concatenate([reps.point_mic_noise[t][None], reps.mic_noise[:, t]])
-        attach_noise_corrections(metrics, mic, ev, view.usable, view.shared, level, noise)
+        attach_noise_corrections(
+            metrics, mic, ev, view.usable, view.shared, level, noise, reps.mic_items[t]
+        )
         attach_rank_corrections(metrics, mic, acc, cmfg, view.shared, parity, rank_resolution)
         attach_pearson_corrections(metrics, mic, acc, cmfg, view.shared)
     return metrics

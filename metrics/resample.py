@@ -58,6 +58,7 @@ class GroupReplicates:
     point_eval_mean: np.ndarray  # [T, M] the same at the point estimate
     mic_noise: np.ndarray  # [B, T, M] each replicate's estimate of the MICs' sampling variance
     point_mic_noise: np.ndarray  # [T, M] the same at the point estimate (`_mic_residuals`)
+    mic_items: np.ndarray  # [T, M] reference items with a row of the cell
 
 
 def response_keys(responses: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +115,7 @@ def _pass_a(enc: Encoded, g: int, keys, strata, seed, n_boot, scheme, parity, gr
         [s_group, acc_off + t, bin_off + t[b_idx] * N_BINS + b[b_idx], mfg_off + t[k_idx]]
     )
     value = np.concatenate([s_val, enc.r_correct[resp].astype(np.float64), f[b_idx], f[k_idx]])
-    resid2, point_noise = _mic_residuals(s_item, s_group, s_val, T * M)
+    resid2, point_noise, n_items = _mic_residuals(s_item, s_group, s_val, T * M)
     ptr, order = akernels.by_response(item, len(resp))
     third = np.zeros(len(item))
     third[: len(resid2)] = resid2
@@ -138,12 +139,12 @@ def _pass_a(enc: Encoded, g: int, keys, strata, seed, n_boot, scheme, parity, gr
             warnings.simplefilter("ignore", RuntimeWarning)
             cmfg = np.nanmean(np.where(bin_n > 0, bin_mean, np.nan), axis=2)
     cmfg = np.where(has_any, cmfg, np.nan)
-    return mic, accuracy, cmfg, noise, point_noise.reshape(T, M)
+    return mic, accuracy, cmfg, noise, point_noise.reshape(T, M), n_items.reshape(T, M)
 
 
 def _mic_residuals(
     item: np.ndarray, cell: np.ndarray, conf: np.ndarray, n_cells: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each item's squared residual per MIC cell, on one of its rows, and the MICs' noise.
 
     A MIC is a ratio S / N over items (s_i, n_i: an item's sum of the cell's confidences and
@@ -160,10 +161,11 @@ def _mic_residuals(
 
     Returns:
         e_i² on the first row of each (item, cell) pair (0 on its other rows), per row; and
-        the point estimate's noise Σ e_i² / N² per cell (NaN without rows).
+        the point estimate's noise Σ e_i² / N² per cell (NaN without rows); the number of
+        items per cell.
     """
     if len(item) == 0:
-        return np.zeros(0), np.full(n_cells, np.nan)
+        return np.zeros(0), np.full(n_cells, np.nan), np.zeros(n_cells)
     pair = item.astype(np.int64) * n_cells + cell
     _, first, inv = np.unique(pair, return_index=True, return_inverse=True)
     s_i = np.bincount(inv, weights=conf)
@@ -176,7 +178,7 @@ def _mic_residuals(
         point = np.bincount(pair_cell, weights=e2, minlength=n_cells) / big_n**2
     out = np.zeros(len(item))
     out[first] = e2
-    return out, point
+    return out, point, np.bincount(pair_cell, minlength=n_cells).astype(np.float64)
 
 
 def local_group_sums(ptr, keys, strata, group, values, seed, n_boot, scheme, n_groups):
@@ -484,14 +486,16 @@ def group_replicates(
     group_sums: Callable = local_group_sums,
 ) -> GroupReplicates:
     """All replicate tensors of group `g` (see the module docstring)."""
-    mic, accuracy, cmfg, noise, point_noise = _pass_a(
+    mic, accuracy, cmfg, noise, point_noise, n_items = _pass_a(
         enc, g, keys, strata, seed, n_boot, scheme, parity, group_sums
     )
     usable = valid[g] & ~np.isnan(point.mic[g])
     mae, eval_mean, point_eval = _pass_b(
         enc, g, keys, strata, seed, n_boot, scheme, parity, mic, usable, point.mic[g]
     )
-    return GroupReplicates(mic, accuracy, cmfg, mae, eval_mean, point_eval, noise, point_noise)
+    return GroupReplicates(
+        mic, accuracy, cmfg, mae, eval_mean, point_eval, noise, point_noise, n_items
+    )
 
 
 # ------------------------------------------------------------------------- BCa accelerations

@@ -495,6 +495,7 @@ def attach_noise_corrections(
     shared: np.ndarray,
     level: float = 0.95,
     noise: np.ndarray | None = None,
+    items: np.ndarray | None = None,
 ) -> None:
     """Noise-corrected CVs and boundary tests for the CVs and Mode 4 MAEs (in place).
 
@@ -535,7 +536,12 @@ def attach_noise_corrections(
             noise = np.nan_to_num(np.nanvar(mic[1:], axis=0, ddof=1))  # [T, M]
     else:
         noise = np.nan_to_num(noise)
-    for name, m in cv_metrics(mic, usable, shared, noise=noise).items():
+    mic_cv = mic
+    if items is not None:
+        f = np.where(items >= 2, items / np.maximum(items - 1, 1), 1.0)
+        noise = noise * f
+        mic_cv = np.concatenate([mic[:1], mic[0] + np.sqrt(f) * (mic[1:] - mic[0])])
+    for name, m in cv_metrics(mic_cv, usable, shared, noise=noise).items():
         metric = metrics.get(name)
         if metric is not None and metric.values is not None and m.values is not None:
             metric.corrected = m.values

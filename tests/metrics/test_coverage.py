@@ -376,6 +376,29 @@ def test_cv_replicates_subtract_their_own_noise_estimate():
     assert not np.allclose(metrics["I-AvgCV"].corrected[1:], shared_noise[1:])
 
 
+def test_cv_replicates_carry_the_small_sample_factor_of_each_mic():
+    # A MIC over k items: the bootstrap's variance (and the noise estimate Σ e² / N²) is
+    # (k - 1) / k of the sampling variance; the CVs scale each MIC's replicate deviation by
+    # sqrt(k / (k - 1)) and its noise by k / (k - 1) (cells of 1 item keep factor 1).
+    rng = np.random.default_rng(4)
+    T, M, B = 3, 5, 40
+    usable, shared = np.ones((T, M), bool), np.ones(M, bool)
+    mic = np.linspace(0.3, 0.8, M)[None, None] + rng.normal(0, 0.03, (B + 1, T, M))
+    noise = rng.uniform(2e-4, 6e-4, (B + 1, T, M))
+    items = rng.integers(1, 30, (T, M)).astype(float)
+    metrics = cv_metrics(mic, usable, shared)
+    attach_noise_corrections(metrics, mic, mic, usable, shared, noise=noise, items=items)
+    f = np.where(items >= 2, items / np.maximum(items - 1, 1), 1.0)
+    for b in (0, 3, B):
+        x = mic[0] + np.sqrt(f) * (mic[b] - mic[0])
+        want = cv_metrics(x[None], usable, shared, noise=noise[b] * f)
+        for name in ("I-AvgCV", "C-AvgCV"):
+            assert metrics[name].corrected[b] == pytest.approx(want[name].values[0], rel=1e-12)
+    plain = cv_metrics(mic, usable, shared)
+    attach_noise_corrections(plain, mic, mic, usable, shared, noise=noise)
+    assert np.std(metrics["I-AvgCV"].corrected[1:]) > np.std(plain["I-AvgCV"].corrected[1:])
+
+
 def test_paired_difference_ignores_each_groups_bias_shift():
     # Two groups with the same unfolded Mode 4 values but different residual-bias estimates:
     # the comparison sees no difference (each group's shift is its own noisy estimate).

@@ -245,6 +245,7 @@ def test_each_replicate_estimates_its_own_mic_noise(small):
         want = np.einsum("bi,itm->btm", w_ref, e2) / np.einsum("bi,itm->btm", w_ref, n) ** 2
     np.testing.assert_allclose(reps.point_mic_noise, want_point, rtol=1e-10, equal_nan=True)
     np.testing.assert_allclose(reps.mic_noise, want, rtol=1e-9, equal_nan=True)
+    np.testing.assert_array_equal(reps.mic_items, (n > 0).sum(0))
     cells = np.isfinite(want_point) & (want_point > 0)
     assert cells.sum() > 5
     # Not one array for all replicates: the noise term varies as the sample does.
