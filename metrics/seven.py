@@ -503,9 +503,13 @@ def attach_noise_corrections(
       the corrected statistic is evaluated on the point estimate and on every replicate
       (`Metric.corrected`), each with its own noise estimate (`noise`: the estimator is a
       function of the data, noise term included, so the replicates re-estimate it; one noise
-      array for all replicates left the noise term's own sampling error out of the se, which
-      made I-AvgCV's interval too narrow where rare markers enter). Its square root is still biased down (Jensen; the
-      clip at 0 lifts units whose spread is within the noise): the bootstrap estimates that
+      array for all replicates left the noise term's own sampling error out of the se). With
+      `items` (k per MIC), the noise carries k/(k-1) and each MIC's replicate deviation
+      sqrt(k/(k-1)): the item bootstrap's variance of a mean over k items is (k-1)/k of its
+      sampling variance, which rare markers (k ~ 10) feel. Measured in `example` at 300
+      items: I-AvgCV's error/se sd 1.126 -> 1.079, coverage 0.925 -> 0.937. Its square root is
+      still biased down (Jensen; the clip at 0 lifts units whose spread is within the noise):
+      the bootstrap estimates that
       bias as the corrected replicates' mean minus the bootstrap world's CV, which is the
       plug-in CV of the sample (`Metric.anchor`; `metrics.debias.debias` takes it out and
       builds a normal interval around the result). Measured: C-AvgCV's estimate lay
@@ -530,6 +534,8 @@ def attach_noise_corrections(
         noise: [R, T, M] each MIC's sampling variance as estimated on the point estimate and on
             each replicate (`metrics.resample.GroupReplicates.mic_noise`); None: the
             replicates' variance of each MIC, the same for all (the noise's own error ignored).
+        items: [T, M] items with a row of each MIC's cell (`GroupReplicates.mic_items`); None:
+            no small-sample factor.
     """
     if noise is None:
         with _quiet():
