@@ -504,10 +504,11 @@ def attach_noise_corrections(
       (`Metric.corrected`), each with its own noise estimate (`noise`: the estimator is a
       function of the data, noise term included, so the replicates re-estimate it; one noise
       array for all replicates left the noise term's own sampling error out of the se). With
-      `items` (k per MIC), the noise carries k/(k-1) and each MIC's replicate deviation
-      sqrt(k/(k-1)): the item bootstrap's variance of a mean over k items is (k-1)/k of its
-      sampling variance, which rare markers (k ~ 10) feel. Measured in `example` at 300
-      items: I-AvgCV's error/se sd 1.126 -> 1.079, coverage 0.925 -> 0.937. Its square root is
+      `items` (k per MIC), the point's noise carries k/(k-1) (its residuals are taken around
+      the sample's own MIC); the replicates' do not (theirs are taken around the point MIC,
+      the bootstrap world's truth), and the replicates' deviations are not rescaled: with
+      Poisson item weights a MIC over ~10 items has a bootstrap variance ~1.03x its sampling
+      variance (the count varies as the real one does). Its square root is
       still biased down (Jensen; the clip at 0 lifts units whose spread is within the noise):
       the bootstrap estimates that
       bias as the corrected replicates' mean minus the bootstrap world's CV, which is the
@@ -542,12 +543,13 @@ def attach_noise_corrections(
             noise = np.nan_to_num(np.nanvar(mic[1:], axis=0, ddof=1))  # [T, M]
     else:
         noise = np.nan_to_num(noise)
-    mic_cv = mic
-    if items is not None:
+    if items is not None and noise.ndim == 3:
+        # The point's noise: residuals around the sample's own MIC leave (k-1)/k of the
+        # sampling variance. Not the replicates': theirs are taken around the point MIC, the
+        # bootstrap world's truth, so they estimate that world's noise as they are.
         f = np.where(items >= 2, items / np.maximum(items - 1, 1), 1.0)
-        noise = noise * f
-        mic_cv = np.concatenate([mic[:1], mic[0] + np.sqrt(f) * (mic[1:] - mic[0])])
-    for name, m in cv_metrics(mic_cv, usable, shared, noise=noise).items():
+        noise = np.concatenate([noise[:1] * f, noise[1:]])
+    for name, m in cv_metrics(mic, usable, shared, noise=noise).items():
         metric = metrics.get(name)
         if metric is not None and metric.values is not None and m.values is not None:
             metric.corrected = m.values
