@@ -105,7 +105,22 @@ def _well_formed(doc: Any) -> bool:
         and (doc["metric"] is None or isinstance(doc["metric"], str))
         and isinstance(doc.get("waves", []), list)
         and all(isinstance(wave, dict) for wave in doc.get("waves", []))
-        and isinstance(doc.get("smoother", {}), dict)
+        and _well_formed_smoother(doc.get("smoother", {}))
+    )
+
+
+def _well_formed_smoother(smoother: Any) -> bool:
+    """`WavePlan.smoother`'s stored form: {"history": [[task, name, [[x, y], ...]], ...],
+    "waves": {...}}."""
+    if not isinstance(smoother, dict) or not isinstance(smoother.get("waves", {}), dict):
+        return False
+    history = smoother.get("history", [])
+    return isinstance(history, list) and all(
+        isinstance(entry, list)
+        and len(entry) == 3
+        and isinstance(entry[2], list)
+        and all(isinstance(point, list) for point in entry[2])
+        for entry in history
     )
 
 

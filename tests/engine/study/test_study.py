@@ -152,6 +152,7 @@ def test_study_plan_of_a_resumed_study_uses_the_stored_wave_size(tmp_path: Path,
         json.dumps({k: v for k, v in state.items() if k != "chunk_size"}),  # was a KeyError
         json.dumps({**state, "waves": {"0": {}}}),
         json.dumps({**state, "wave_items": "60"}),
+        json.dumps({**state, "smoother": {"history": [1]}}),  # was a TypeError at the smoother
     ]
     for damaged in damaged_docs:
         (out_dir / "waves.json").write_text(damaged)
