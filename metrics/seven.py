@@ -35,7 +35,8 @@ class Metric:
     replicates, like `values`): the debiased estimate and interval are built on it, while
     `values[0]` stays the plug-in number. `reaches_zero`: the data are consistent with a
     population value of 0 (see `attach_noise_corrections`), so the interval extends to 0.
-    `anchor`, set with `corrected` for the rank correlations and the CVs: the statistic's value
+    `anchor`, set with `corrected` for the rank correlations, the Pearson variants of MAC and
+    MCC and the CVs: the statistic's value
     in the bootstrap's world (the estimand evaluated on the sample: for a CV its plug-in value),
     against which the replicates' error is taken to debias `corrected[0]`
     (`metrics.debias.debias`). `lower_allowance`: how far the interval's lower end extends below
