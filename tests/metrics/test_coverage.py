@@ -357,15 +357,21 @@ def test_cv_bootstrap_bias_correction_takes_out_the_square_roots_bias():
     assert before < -0.25 and abs(after) < 0.2, (before, after)
 
 
+def _cv_case(seed: int, T: int, M: int, B: int):
+    """MICs [B + 1, T, M] around M spread values, per-replicate noise, every marker usable."""
+    rng = np.random.default_rng(seed)
+    usable, shared = np.ones((T, M), bool), np.ones(M, bool)
+    mic = np.linspace(0.3, 0.8, M)[None, None] + rng.normal(0, 0.03, (B + 1, T, M))
+    noise = rng.uniform(2e-4, 6e-4, (B + 1, T, M))
+    return rng, usable, shared, mic, noise
+
+
 def test_cv_replicates_subtract_their_own_noise_estimate():
     # The noise subtracted from the CVs is estimated from the sample, so each replicate uses its
     # own estimate (from its own item weights): a replicate whose noise estimate is larger has a
     # smaller corrected spread. One array for all replicates left that variance out of the se.
-    rng = np.random.default_rng(2)
-    T, M, B = 3, 6, 50
-    usable, shared = np.ones((T, M), bool), np.ones(M, bool)
-    mic = np.linspace(0.3, 0.8, M)[None, None] + rng.normal(0, 0.03, (B + 1, T, M))
-    noise = rng.uniform(2e-4, 6e-4, (B + 1, T, M))
+    rng, usable, shared, mic, noise = _cv_case(2, T=3, M=6, B=50)
+    B = len(mic) - 1
     metrics = cv_metrics(mic, usable, shared)
     attach_noise_corrections(metrics, mic, mic, usable, shared, noise=noise)
     for b in (0, 7, B):
@@ -382,12 +388,9 @@ def test_only_the_points_cv_noise_carries_the_small_sample_factor():
     # (residuals around the point MIC, the bootstrap world's truth) and their deviations are
     # used as they are (Poisson weights: the bootstrap variance of a ~10-item MIC is already
     # ~1.03x its sampling variance). Cells of 1 item keep factor 1.
-    rng = np.random.default_rng(4)
-    T, M, B = 3, 5, 40
-    usable, shared = np.ones((T, M), bool), np.ones(M, bool)
-    mic = np.linspace(0.3, 0.8, M)[None, None] + rng.normal(0, 0.03, (B + 1, T, M))
-    noise = rng.uniform(2e-4, 6e-4, (B + 1, T, M))
-    items = rng.integers(1, 30, (T, M)).astype(float)
+    rng, usable, shared, mic, noise = _cv_case(4, T=3, M=5, B=40)
+    B = len(mic) - 1
+    items = rng.integers(1, 30, usable.shape).astype(float)
     metrics = cv_metrics(mic, usable, shared)
     attach_noise_corrections(metrics, mic, mic, usable, shared, noise=noise, items=items)
     f = np.where(items >= 2, items / np.maximum(items - 1, 1), 1.0)
