@@ -154,6 +154,10 @@ def smoothed_ranks(x: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
         xs, ss = x.reshape(lead[0], -1, n), np.ascontiguousarray(s[0]).reshape(-1, n, n)
     else:
         xs, ss = x.reshape(1, -1, n), np.ascontiguousarray(s).reshape(-1, n, n)
+    if not ss.flags.writeable:
+        # A read-only view (np.broadcast_to's, already contiguous) is another signature of the
+        # kernel for numba: a second cached kernel to load (~8 ms) in every analysis.
+        ss = ss.copy()
     out = np.empty(xs.shape, dtype=np.float64)
     _smoothed_ranks_kernel(np.ascontiguousarray(xs), ss, out)
     return out.reshape(x.shape)

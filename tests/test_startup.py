@@ -80,3 +80,39 @@ def test_analyze_of_a_parquet_run_imports_no_pandas(tmp_path):
     )
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "metrics.json").exists()  # the analysis really ran
+
+
+def test_analyze_command_sets_one_blas_thread_before_numpy_loads(tmp_path):
+    # OpenBLAS reads OPENBLAS_NUM_THREADS once, when numpy loads (~70 ms of start-up for a thread
+    # per core): the command must set it before anything imports numpy.
+    probe = (
+        "import os, sys\n"
+        "seen = []\n"
+        "class Hook:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'numpy' and not seen:\n"
+        "            seen.append(os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "from engine.cli.main import main\n"
+        f"code = main(['analyze', {str(ROOT / 'metrics' / 'data' / 'example')!r}, "
+        f"'--out', {str(tmp_path)!r}])\n"
+        "print(code, seen)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "0 ['1']"
+    assert (tmp_path / "metrics.json").exists()
+
+
+def test_one_blas_thread_keeps_the_users_setting(monkeypatch):
+    from engine.cli.metrics import one_blas_thread
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    one_blas_thread()
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    one_blas_thread()
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"

@@ -53,6 +53,19 @@ def test_smoothed_ranks_kernel_equals_the_formula():
     assert np.isnan(smoothed_ranks(x, 0.05)[2, 1]).all() and not np.isnan(x[2, 0]).any()
 
 
+def test_smoothed_ranks_compile_one_kernel_for_read_only_scales():
+    # np.broadcast_to's read-only views (the callers' scales) would be a second signature of the
+    # kernel: one more cached kernel for every analysis to load.
+    from metrics.seven import _smoothed_ranks_kernel
+
+    x = np.random.default_rng(4).uniform(0, 1, (5, 3, 4))
+    scale = np.broadcast_to(rank_scales(0.05, np.full((3, 4), 1e-4)), (3, 4, 4))
+    assert not scale.flags.writeable
+    got = smoothed_ranks(x, scale)
+    assert np.array_equal(got, smoothed_ranks(x, np.array(scale)))
+    assert [sig[1].mutable for sig in _smoothed_ranks_kernel.signatures] == [True]
+
+
 def test_noise_corrected_scales_make_smoothed_ranks_unbiased():
     # E Phi(d^ / s) = Phi(d / sqrt(s^2 + v)): with s^2 = h^2 - v the noisy values' smoothed
     # ranks average to the true values' ranks at resolution h; with s = h they are too flat.
