@@ -11,7 +11,8 @@ warmed run prints nothing.
 
 :func:`load_blas_probe` also lives here, as it runs at the same moment (before the first kernel
 is dispatched): it spares every analysis scipy.linalg's import, which numba's start-up triggers
-only to check that BLAS exists.
+only to check that BLAS exists. :func:`numba_without_cffi`, for the command line only, spares
+it the cffi parser that numba's start-up builds for kernels calling cffi functions (none here).
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-__all__ = ["COMPILE_MESSAGE", "announce_compiles", "compile_notice", "load_blas_probe"]
+__all__ = [
+    "COMPILE_MESSAGE",
+    "announce_compiles",
+    "compile_notice",
+    "load_blas_probe",
+    "numba_without_cffi",
+]
 
 #: The line printed (once) when a kernel is compiled at run time.
 COMPILE_MESSAGE = "compiling the analysis kernels (first run only)..."
@@ -112,3 +119,29 @@ def load_blas_probe() -> bool:
     except Exception:  # the normal import (numba's) still works
         return False
     return True
+
+
+def numba_without_cffi() -> bool:
+    """Load numba's cffi support switched off, so its start-up does not import cffi (CLI only).
+
+    The first kernel a process dispatches makes numba import ``numba.core.typing.cffi_utils``,
+    which imports cffi and builds a ``cffi.FFI()`` (its C parser, pycparser): 40-60 ms of
+    every `mic` analysis, for typing kernels that call cffi functions, which no kernel of this
+    package does. Importing that module while ``import cffi`` fails leaves numba without cffi
+    support for the rest of the process (numba's own fallback when cffi is not installed);
+    cffi itself is importable again afterwards. Only the command line calls this: a library
+    user's own kernels in the same process may use cffi.
+
+    Returns:
+        Whether numba's cffi support is off (by this call or earlier); False when numba had
+        already loaded it, or cffi was already imported.
+    """
+    name = "numba.core.typing.cffi_utils"
+    if name not in sys.modules and "cffi" not in sys.modules:
+        sys.modules["cffi"] = None  # type: ignore[assignment]  # makes `import cffi` fail
+        try:
+            importlib.import_module(name)
+        finally:
+            del sys.modules["cffi"]
+    module = sys.modules.get(name)
+    return module is not None and not module.SUPPORTED

@@ -132,6 +132,9 @@ def one_blas_thread() -> None:
 
 def _run_analyze(args: argparse.Namespace) -> int:
     one_blas_thread()
+    from metrics.compile_notice import numba_without_cffi
+
+    numba_without_cffi()
     from metrics.analyze import analyze
     from metrics.summary import format_summary
 
@@ -174,6 +177,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     one_blas_thread()
+    from metrics.compile_notice import numba_without_cffi
+
+    numba_without_cffi()
     from metrics.analyze import analyze
     from metrics.summary import format_comparisons
 

@@ -111,3 +111,24 @@ def test_the_blas_probe_keeps_numba_and_scipy_working() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert abs(float(out.stdout) - 0.8) < 1e-12
+
+
+def test_numba_without_cffi_keeps_kernels_and_cffi_working() -> None:
+    # The command line's bypass: numba starts without cffi support (no cffi parser built), its
+    # kernels still compile and run, and cffi itself stays importable.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from metrics.compile_notice import numba_without_cffi\n"
+        "assert numba_without_cffi() and 'cffi' not in sys.modules\n"
+        "import numba, numpy as np\n"
+        "total = numba.njit(lambda a: a.sum())\n"
+        "assert total(np.arange(4.0)) == 6.0 and 'cffi' not in sys.modules\n"
+        "assert numba_without_cffi()  # a second call changes nothing\n"
+        "import cffi\n"
+        "print(cffi.FFI().sizeof('int'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "4"
