@@ -237,7 +237,12 @@ def _mae_blocks(
         # a cache line: the sweep below reads one item row per evaluation row in confidence
         # order, i.e. at random, and at scale that read is the cost of this kernel (one 64-byte
         # line per row instead of two or three for uint16 rows at numba's 32-byte alignment).
-        buf = np.zeros(n_items * BLOCK + 64, dtype=w_proto.dtype)
+        # Zeroed only for the multinomial counts (which are incremented); the Poisson fill
+        # writes every weight (a memset of the whole table per block saved).
+        if use_counts:
+            buf = np.zeros(n_items * BLOCK + 64, dtype=w_proto.dtype)
+        else:
+            buf = np.empty(n_items * BLOCK + 64, dtype=w_proto.dtype)
         off = (-buf.ctypes.data) % 64 // buf.itemsize
         w_items = buf[off : off + n_items * BLOCK].reshape((n_items, BLOCK))
         if use_counts:
