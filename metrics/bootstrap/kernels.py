@@ -76,19 +76,19 @@ _SHIFT11 = np.uint64(11)
 
 
 @numba.njit(cache=True)
-def _stream_keys(seed: np.uint64, strata: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    out = np.empty(keys.shape[0], dtype=np.uint64)
+def _keys(
+    seed: np.uint64, strata: np.ndarray, keys: np.ndarray, n_rep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's stream key (a hash of seed, stratum and key) and the first ``n_rep`` replicate
+    keys. One kernel for both, as every call needs both: each distinct kernel is one more load
+    from numba's cache (~10 ms) in every process."""
+    streams = np.empty(keys.shape[0], dtype=np.uint64)
     for i in range(keys.shape[0]):
-        out[i] = rng.stream_key(seed, strata[i], keys[i])
-    return out
-
-
-@numba.njit(cache=True)
-def _replicate_keys(n: int) -> np.ndarray:
-    out = np.empty(n, dtype=np.uint64)
-    for b in range(n):
-        out[b] = rng.replicate_key(b)
-    return out
+        streams[i] = rng.stream_key(seed, strata[i], keys[i])
+    rep_keys = np.empty(n_rep, dtype=np.uint64)
+    for b in range(n_rep):
+        rep_keys[b] = rng.replicate_key(b)
+    return streams, rep_keys
 
 
 @numba.njit(inline="always", cache=True)
@@ -455,9 +455,8 @@ def _prepare(
         )
     prepared["keys"], prepared["strata"] = keys, strata
     n_padded = -(-n_boot // BLOCK) * BLOCK
-    prepared["rep_keys"] = _replicate_keys(n_padded)
     if scheme == "poisson":
-        prepared["streams"] = _stream_keys(seed_u, strata, keys)
+        prepared["streams"], prepared["rep_keys"] = _keys(seed_u, strata, keys, n_padded)
     else:
         # Items sorted by (stratum, key); stratum s occupies strat_ptr[s]:strat_ptr[s + 1], and the
         # j-th draw of stratum s is keyed by (seed, stratum key, j).
@@ -474,7 +473,9 @@ def _prepare(
         ).astype(np.uint64)
         prepared["sorted_items"] = order.astype(np.int64)
         prepared["strat_ptr"] = strat_ptr
-        prepared["draw_keys"] = _stream_keys(seed_u, sorted_strata, positions)
+        prepared["draw_keys"], prepared["rep_keys"] = _keys(
+            seed_u, sorted_strata, positions, n_padded
+        )
         # A count never exceeds its stratum size: the narrowest exact dtype keeps the per-thread
         # count scratch (n_items x BLOCK) small.
         largest = int(np.diff(strat_ptr).max()) if n_items else 0
