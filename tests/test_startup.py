@@ -82,38 +82,45 @@ def test_analyze_of_a_parquet_run_imports_no_pandas(tmp_path):
     assert (tmp_path / "metrics.json").exists()  # the analysis really ran
 
 
-def test_analyze_command_starts_one_blas_thread_and_numba_without_cffi(tmp_path):
+def test_analyze_command_quiets_thread_pools_and_starts_numba_without_cffi(tmp_path):
     # OpenBLAS reads OPENBLAS_NUM_THREADS once, when numpy loads (~70 ms of start-up for a thread
-    # per core): the command must set it before anything imports numpy.
+    # per core), libgomp OMP_WAIT_POLICY when numba's first parallel kernel loads it: the command
+    # must set both before anything imports numpy.
     probe = (
         "import os, sys\n"
         "seen = []\n"
         "class Hook:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'numpy' and not seen:\n"
-        "            seen.append(os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+        "            seen.extend(os.environ.get(k) for k in ('OPENBLAS_NUM_THREADS', 'OMP_WAIT_POLICY'))\n"
         "sys.meta_path.insert(0, Hook())\n"
         "from engine.cli.main import main\n"
         f"code = main(['analyze', {str(ROOT / 'metrics' / 'data' / 'example')!r}, "
         f"'--out', {str(tmp_path)!r}])\n"
         "print(code, seen, 'cffi' in sys.modules)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY")
+    }
     env["PYTHONPATH"] = str(ROOT)
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT, check=True
     )
     # ... and numba starts without building cffi's parser (metrics.compile_notice).
-    assert out.stdout.strip().splitlines()[-1] == "0 ['1'] False"
+    assert out.stdout.strip().splitlines()[-1] == "0 ['1', 'PASSIVE'] False"
     assert (tmp_path / "metrics.json").exists()
 
 
-def test_one_blas_thread_keeps_the_users_setting(monkeypatch):
-    from engine.cli.metrics import one_blas_thread
+def test_thread_settings_keep_the_users_own(monkeypatch):
+    from engine.cli.metrics import quiet_thread_pools
 
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
-    one_blas_thread()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    quiet_thread_pools()
     assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
     monkeypatch.delenv("OPENBLAS_NUM_THREADS")
-    one_blas_thread()
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    quiet_thread_pools()
     assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"

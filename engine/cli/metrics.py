@@ -116,22 +116,30 @@ def _analysis_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
-def one_blas_thread() -> None:
-    """Have numpy's OpenBLAS start one thread, unless the user set ``OPENBLAS_NUM_THREADS``.
+def quiet_thread_pools() -> None:
+    """Thread settings of the analysis commands, unless the user set them.
 
-    OpenBLAS starts a thread per core, with its buffers, when numpy loads: ~70 ms of every
-    `mic analyze` (more on a busy machine) for BLAS calls the analysis barely makes (products of
-    a few tasks x markers per replicate, one 601 x 1801 table-vector product); its parallel work
-    runs in numba's threads. The outputs do not change (metrics.json byte-identical with and
-    without it on the example and on a 2e5-row run at B = 2,000). It acts only before numpy's
-    first import, which the CLI defers to the command (tests/test_startup.py); child processes
-    (Ray workers) inherit it.
+    * ``OPENBLAS_NUM_THREADS=1``: OpenBLAS starts a thread per core, with its buffers, when
+      numpy loads (~70 ms of every `mic analyze`), and its threads spin after each BLAS call,
+      taking a core from the kernels, for BLAS calls the analysis barely makes (products of a
+      few tasks x markers per replicate, one 601 x 1801 table-vector product).
+    * ``OMP_WAIT_POLICY=PASSIVE``: the parallel kernels run on numba's OpenMP threads, which by
+      default spin for a while after every parallel region (~0.3 s of CPU per
+      `mic analyze --bootstrap 2000` on 2e5 rows, taken from the main thread's serial work on a
+      two-core machine); passive threads sleep until the next region, which the kernels' few,
+      coarse regions do not notice.
+
+    Neither changes a result (metrics.json byte-identical with and without them on the example
+    and on a 2e5-row run at B = 2,000). Both act only before numpy's and numba's thread pools
+    load, which the CLI defers to the command (tests/test_startup.py); child processes (Ray
+    workers) inherit them.
     """
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    one_blas_thread()
+    quiet_thread_pools()
     from metrics.compile_notice import numba_without_cffi
 
     numba_without_cffi()
@@ -176,7 +184,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    one_blas_thread()
+    quiet_thread_pools()
     from metrics.compile_notice import numba_without_cffi
 
     numba_without_cffi()
