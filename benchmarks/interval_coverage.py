@@ -35,6 +35,9 @@ per task): under the null (both models drawn from one population; with a stable 
 and with a long tail whose rare markers are valid in one model only) the rejection rate of each
 paired test at alpha = 0.05, and under planted differences (noisier confidences, kappa
 20 -> 12; larger task shifts, sd 0.08 -> 0.12) the power.
+Run r of every study draws its data from seed + r, so the studies (and the populations) share
+their random streams: an unusual block of seeds moves several cells together. Pool a few --seed
+values before reading a cell near the edge of its band.
 Single-threaded numba (NUMBA_NUM_THREADS=1), as the machine is shared.
 """
 
