@@ -119,19 +119,22 @@ def _analysis_kwargs(args: argparse.Namespace) -> dict:
 def quiet_thread_pools() -> None:
     """Thread settings of the analysis commands, unless the user set them.
 
-    ``OMP_WAIT_POLICY=PASSIVE``: the parallel kernels run on numba's OpenMP threads, which by
-    default spin for a while after every parallel region (~0.3 s of CPU per
-    `mic analyze --bootstrap 2000` on 2e5 rows, taken from the main thread's serial work on a
-    two-core machine); passive threads sleep until the next region, which the kernels' few,
-    coarse regions do not notice (1e7 rows at B = 1,000: 75.6 s passive, 75.9 s with the
-    runtime's default spin). It changes no result and acts only before numba's thread pool
-    loads, which the CLI defers to the command (tests/test_startup.py); child processes (Ray
-    workers) inherit it.
+    * ``OPENBLAS_NUM_THREADS=1``: OpenBLAS starts a thread per core, with its buffers, when
+      numpy loads (~70 ms of every `mic analyze`), and its threads spin after each BLAS call,
+      taking a core from the kernels, for BLAS calls the analysis barely makes (products of a
+      few tasks x markers per replicate, one 601 x 1801 table-vector product).
+    * ``OMP_WAIT_POLICY=PASSIVE``: the parallel kernels run on numba's OpenMP threads, which by
+      default spin for a while after every parallel region (~0.3 s of CPU per
+      `mic analyze --bootstrap 2000` on 2e5 rows, taken from the main thread's serial work on a
+      two-core machine); passive threads sleep until the next region, which the kernels' few,
+      coarse regions do not notice.
 
-    OpenBLAS keeps its own default (a thread per core): limiting it to one thread saved ~70 ms
-    of start-up but made a 1e7-row `--bootstrap 1000` run 12 s slower (63.8 s -> 75.6 s), as the
-    metrics' per-replicate matrix products then ran on one core.
+    Neither changes a result (metrics.json byte-identical with and without them on the example
+    and on a 2e5-row run at B = 2,000). Both act only before numpy's and numba's thread pools
+    load, which the CLI defers to the command (tests/test_startup.py); child processes (Ray
+    workers) inherit them.
     """
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
