@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import subprocess
@@ -127,8 +128,14 @@ def test_numba_without_cffi_keeps_kernels_and_cffi_working() -> None:
         "total = numba.njit(lambda a: a.sum())\n"
         "assert total(np.arange(4.0)) == 6.0 and 'cffi' not in sys.modules\n"
         "assert numba_without_cffi()  # a second call changes nothing\n"
-        "import cffi\n"
-        "print(cffi.FFI().sizeof('int'))\n"
+        "try:\n"
+        "    import cffi\n"
+        "except ImportError:\n"
+        "    print('absent')\n"
+        "else:\n"
+        "    print(cffi.FFI().sizeof('int'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "4"
+    # cffi is not a dependency of this package; where it is installed, it still imports.
+    installed = importlib.util.find_spec("cffi") is not None
+    assert out.stdout.strip() == ("4" if installed else "absent")
