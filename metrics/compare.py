@@ -4,8 +4,8 @@ Two groups evaluated on the same items draw the same weights (the counter RNG is
 item, not by the model), so the replicate difference of a metric is a paired bootstrap
 distribution. Each metric's difference is debiased like the metric itself
 (`metrics.debias.paired_difference`): the debiased difference, its basic interval (normal for
-the correlations MRC, MAC, MCC, whose replicates are long-tailed, and for the CVs, whose
-single-group interval is normal too) and the two-sided p-value that
+MAC and MCC, whose replicates are long-tailed, and for the CVs, whose single-group interval is
+normal too) and the two-sided p-value that
 inverts that interval. Holm and Benjamini-Hochberg adjust across the
 family of distinct tests: a metric that is another's alias (MRC is MRC-S-all, I-AvgMAE is its
 Mode 1, ...) is tested once, under its headline name. A metric's population value depends on
