@@ -383,8 +383,8 @@ class Difference:
 def paired_difference(
     a: Metric, b: Metric, level: float = 0.95, name: str = ""
 ) -> Difference | None:
-    """Debiased difference, interval (basic, or normal for the correlations and CVs) and
-    two-sided p-value of a - b.
+    """Debiased difference, interval (basic, or normal for MAC, MCC and the CVs) and two-sided
+    p-value of a - b.
 
     The two groups' replicates come from the same item draws (the counter RNG is keyed by the
     item), so d*_r = a*_r - b*_r is the paired bootstrap distribution of the difference. As for
@@ -402,8 +402,7 @@ def paired_difference(
     basic paired test over-rejected a null. MRC keeps the basic test: its null was calibrated
     with it, and its skewed replicates (a correlation near 1 against one that is not) make the
     sd a poor yardstick — the planted study's clear MRC difference had p = 0.001 with the basic
-    test and p_holm 0.20 with the normal one
-    (docs/statistics.md, "Paired comparisons").
+    test and p_holm 0.20 with the normal one (docs/statistics.md, "Paired comparisons").
 
     Returns:
         The `Difference`, or None when either metric has no finite replicates.
@@ -447,9 +446,8 @@ def paired_difference(
         # seeds; C-AvgCV follows by analogy; docs/statistics.md).
         # A difference of MAC or MCC (per-marker correlations over a few tasks): its replicates
         # are long-tailed (a marker whose correlation flips to +-1 in some replicates) and their
-        # central quantiles are narrower than their
-        # spread, so the basic interval and the p-value that inverts it were too narrow where
-        # z = est / sd(d*) was closer to nominal (measured under the null with rare markers on the
+        # central quantiles are narrower than their spread, so the basic interval and the
+        # p-value that inverts it were too narrow where z = est / sd(d*) was closer to nominal (measured under the null with rare markers on the
         # common set, R = 400: MCC-P-all 0.087 vs 0.078 — 0.059 at R = 800 —, MCC 0.073 vs 0.043;
         # at threshold 20, 0.113 vs 0.058 and 0.105 vs 0.035). The normal interval and test on the
         # replicates' sd instead.
