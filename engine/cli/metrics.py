@@ -138,11 +138,17 @@ def quiet_thread_pools() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _run_analyze(args: argparse.Namespace) -> int:
+def _start_analysis_process() -> None:
+    """What `mic analyze` and `mic compare` do before anything imports numpy or numba: the
+    thread settings, and numba without cffi support (`metrics.compile_notice`)."""
     quiet_thread_pools()
     from metrics.compile_notice import numba_without_cffi
 
     numba_without_cffi()
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    _start_analysis_process()
     from metrics.analyze import analyze
     from metrics.summary import format_summary
 
@@ -184,10 +190,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    quiet_thread_pools()
-    from metrics.compile_notice import numba_without_cffi
-
-    numba_without_cffi()
+    _start_analysis_process()
     from metrics.analyze import analyze
     from metrics.summary import format_comparisons
 
