@@ -44,6 +44,11 @@ logger = logging.getLogger(__name__)
 PLACEMENT_TIMEOUT_S = 600.0
 # How long a retiring actor may take to free its engine before it is killed.
 CLOSE_TIMEOUT_S = 120.0
+# How long a closed actor may take to exit by itself before it is killed. An actor that is
+# killed (`ray.kill`, or its placement group removed) gets SIGTERM, whose Ray handler raises
+# SystemExit wherever the actor's main thread is: inside a weakref or garbage-collection
+# callback that prints a stray "Traceback" to the driver's console on a joined cluster.
+EXIT_TIMEOUT_S = 15.0
 
 
 class RunIncomplete(RuntimeError):
@@ -873,6 +878,12 @@ class SweepScheduler:
                     actor.deadline = time.time() + CLOSE_TIMEOUT_S
                     self.inflight[actor.handle.close.remote()] = (actor.name, "close")
 
+    def _exit(self, actor: _Actor) -> None:
+        """Let a closed actor end its own process (atexit handlers run, no signal); it is
+        released when it has gone, or killed by `_expired` after `EXIT_TIMEOUT_S`."""
+        actor.deadline = time.time() + EXIT_TIMEOUT_S
+        self.inflight[actor.handle.__ray_terminate__.remote()] = (actor.name, "exit")
+
     def _release(self, actor: _Actor, died: str | None = None) -> None:
         """Give the actor's resources back and book its life."""
         ray = self.ray
@@ -1006,7 +1017,7 @@ class SweepScheduler:
                 continue
             run = actor.run
             if actor.retiring:
-                self._release(actor)  # its engine did not close in time: killed
+                self._release(actor)  # its engine did not close (or exit) in time: killed
                 continue
             self._release(actor)
             logger.warning(
@@ -1058,11 +1069,14 @@ class SweepScheduler:
         actor = self.live.get(name)
         if actor is None:
             return
+        if kind == "exit":  # resolves (with the actor's death) once it has exited
+            self._release(actor)
+            return
         try:
             value = self.ray.get(ref)
         except errors as exc:
             if kind == "close":
-                self._release(actor)
+                self._exit(actor)
             else:
                 self._died(actor, exc)
             return
@@ -1075,7 +1089,7 @@ class SweepScheduler:
             actor.run.stats.actor(name).update(value)
             self._dispatch(actor)
         elif kind == "close":
-            self._release(actor)
+            self._exit(actor)
         else:
             actor.calls -= 1
             for result in value:
