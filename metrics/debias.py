@@ -127,6 +127,18 @@ def is_cv(name: str) -> bool:
     return name.startswith(NORMAL_INTERVAL)
 
 
+def normal_paired_test(name: str) -> bool:
+    """The metrics whose paired difference takes the normal test on the replicates' sd (MAC, MCC
+    and their variants, the CVs; `paired_difference`); the others take the basic test."""
+    return on_fisher_scale(name) or is_cv(name)
+
+
+def difference_bounds(name: str) -> tuple[float, float]:
+    """The range a difference of two values of the metric lies in ([-2, 2] for a correlation)."""
+    lo, hi = metric_bounds(name)
+    return lo - hi, hi - lo
+
+
 def is_pearson(name: str) -> bool:
     """The Pearson variants of MAC and MCC (MAC-P-all, ...)."""
     return name.startswith(("MAC-P-", "MCC-P-"))
@@ -439,7 +451,8 @@ def paired_difference(
         if corrected
         else CI_METHOD
     )
-    if name.startswith(("MAC", "MCC")) or is_cv(name):
+    lo_b, hi_b = difference_bounds(name)
+    if normal_paired_test(name):
         # The CVs: their single-group interval is already the normal one (B tail quantiles are
         # noisier than the sd); on simulated paired nulls of I-AvgCV the basic test at B = 200
         # rejected 0.065-0.068 where est / sd(d*) rejected 0.052-0.057 (4,500 runs on fresh
@@ -459,8 +472,8 @@ def paired_difference(
             p_value = 1.0 if est == 0 else 2.0 / (len(reps) + 1)
         return Difference(
             plugin=float(a.values[0] - b.values[0]),
-            debiased=est,
-            ci=(est - z * se, est + z * se),
+            debiased=float(np.clip(est, lo_b, hi_b)),
+            ci=(float(np.clip(est - z * se, lo_b, hi_b)), float(np.clip(est + z * se, lo_b, hi_b))),
             p_value=min(1.0, p_value),
             ci_method=method.replace(", basic spread", ", normal").replace(", basic", ", normal"),
         )
@@ -468,10 +481,11 @@ def paired_difference(
     reflected = d0 - (reps - anchor)
     below = (1 + np.sum(reflected <= 0)) / (len(reps) + 1)
     above = (1 + np.sum(reflected >= 0)) / (len(reps) + 1)
+    low, high = d0 - (q_hi - anchor), d0 - (q_lo - anchor)
     return Difference(
         plugin=float(a.values[0] - b.values[0]),
-        debiased=est,
-        ci=(d0 - (q_hi - anchor), d0 - (q_lo - anchor)),
+        debiased=float(np.clip(est, lo_b, hi_b)),
+        ci=(float(np.clip(low, lo_b, hi_b)), float(np.clip(high, lo_b, hi_b))),
         p_value=float(min(1.0, 2 * min(below, above))),
         ci_method=method,
     )

@@ -39,13 +39,13 @@ def _pair(estimate: float, reps: np.ndarray) -> tuple[Metric, Metric]:
 @pytest.mark.parametrize("name", ["MCC-P-all", "I-AvgCV", "I-AvgCV (shared)", "C-AvgCV"])
 def test_correlation_and_cv_differences_are_a_normal_test_on_the_replicates_sd(name):
     rng = np.random.default_rng(7)
-    reps = _long_tailed(rng, 400)
-    a, b = _pair(0.9, reps)
+    reps = 0.1 * _long_tailed(rng, 400)  # scaled: the interval stays inside the range [-2, 2]
+    a, b = _pair(0.09, reps)
     d = paired_difference(a, b, 0.95, name)
     se = np.std(reps, ddof=1)
-    assert d.debiased == pytest.approx(0.9)
-    assert d.p_value == pytest.approx(2 * stats.norm.sf(0.9 / se), rel=1e-9)
-    assert d.ci == pytest.approx((0.9 - 1.959964 * se, 0.9 + 1.959964 * se), rel=1e-6)
+    assert d.debiased == pytest.approx(0.09)
+    assert d.p_value == pytest.approx(2 * stats.norm.sf(0.09 / se), rel=1e-9)
+    assert d.ci == pytest.approx((0.09 - 1.959964 * se, 0.09 + 1.959964 * se), rel=1e-6)
     assert d.ci_method.endswith(", normal")
 
 
@@ -95,3 +95,16 @@ def test_other_metrics_keep_the_basic_interval():
     below = (1 + np.sum(reflected <= 0)) / (len(reps) + 1)
     above = (1 + np.sum(reflected >= 0)) / (len(reps) + 1)
     assert m4.p_value == pytest.approx(min(1.0, 2 * min(below, above)))
+
+
+@pytest.mark.parametrize(("name", "bound"), [("MCC-P-all", 2.0), ("MRC", 2.0), ("I-AvgMAE", 1.0)])
+def test_a_difference_and_its_interval_stay_in_the_difference_range(name, bound):
+    # Two correlations differ by at most 2 and two MAEs by at most 1: a wide normal (MCC) or
+    # basic (MRC, the MAE) interval around a large difference is clipped there, estimate inside.
+    rng = np.random.default_rng(5)
+    reps = rng.normal(scale=0.8, size=400)
+    a, b = _pair(0.95 * bound, reps)
+    d = paired_difference(a, b, 0.95, name)
+    assert d.ci[1] == bound and -bound <= d.ci[0] < d.debiased <= bound
+    far = paired_difference(*_pair(-3.0, reps), 0.95, name)
+    assert far.debiased == -bound and far.ci[0] == -bound and far.ci[1] <= bound
