@@ -34,10 +34,13 @@ Then the paired comparisons (``--compare-reps`` runs of two models answering the
 per task): under the null (both models drawn from one population; with a stable marker set,
 and with a long tail whose rare markers are valid in one model only) the rejection rate of each
 paired test at alpha = 0.05, and under planted differences (noisier confidences, kappa
-20 -> 12; larger task shifts, sd 0.08 -> 0.12) the power.
-Run r of every study draws its data from seed + r, so the studies (and the populations) share
-their random streams: an unusual block of seeds moves several cells together. Pool a few --seed
-values before reading a cell near the edge of its band.
+20 -> 12; larger task shifts, sd 0.08 -> 0.12; markers whose MIC tracks the task's accuracy,
+MIC + 0.1 (accuracy - its mean), which moves MAC by +0.30 and little else) the power.
+Run r of a coverage cell draws its data from seed + r, so the coverage cells (populations and
+sizes) share their random streams: an unusual block of seeds moves several cells together. The
+comparison studies each draw from their own stream (study i: seed + (i + 1) x 100,000 + r),
+apart from one another and from the coverage cells. Pool a few --seed values before reading a
+cell near the edge of its band.
 Single-threaded numba (NUMBA_NUM_THREADS=1), as the machine is shared.
 """
 
@@ -57,6 +60,7 @@ _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 sys.path.insert(0, str(_here.parent))
 
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from metrics.seven import RANK_RESOLUTION  # noqa: E402
@@ -102,6 +106,19 @@ def summarize(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+# Seed offset between the comparison studies' streams (and from the coverage cells').
+STUDY_SEED_STRIDE = 100_000
+
+
+def tracking_accuracy(pop: Population, slope: float) -> Population:
+    """`pop` with every marker's MIC moved by slope x (task accuracy - mean accuracy): a planted
+    MAC difference (at slope 0.1 on `example(zipf=0.3)`: MAC +0.30, MAC-P-all +0.31, MCC -0.17,
+    the MAEs, CVs and MRC within 0.011)."""
+    acc = pop.accuracy
+    mic = np.clip(pop.mic + slope * (acc - acc.mean())[:, None], 0.05, 0.95)
+    return Population(**{**pop.__dict__, "mic": mic})
+
+
 def compare_section(args) -> None:
     """Null rejection rate and power of the paired tests."""
     base = Population.example(zipf=0.3)  # frequent markers: both models get one marker set
@@ -118,13 +135,15 @@ def compare_section(args) -> None:
             2,
         ),
         "larger task shifts (sd 0.12)": (Population.example(zipf=0.3, task_shift=0.12), base, 2),
+        "MICs track accuracy (MAC)": (tracking_accuracy(base, 0.1), base, 2),
     }
     names = [*HEADLINE, *MODES[2:], "I-AvgCV (shared)", "MAC-P-all", "MCC-P-all"]
     cols = {}
-    for label, (pop_a, pop_b, threshold) in studies.items():
+    for i, (label, (pop_a, pop_b, threshold)) in enumerate(studies.items()):
+        # Each study its own seeds (see the module docstring): independent columns.
         df = comparison_study(
-            pop_a, pop_b, 300, args.compare_reps, n_boot=args.n_boot, seed=args.seed,
-            threshold=threshold,
+            pop_a, pop_b, 300, args.compare_reps, n_boot=args.n_boot,
+            seed=args.seed + (i + 1) * STUDY_SEED_STRIDE, threshold=threshold,
         )  # fmt: skip
         cols[label] = df.group_by("metric").agg(
             (pl.col("p_value") < 0.05).mean().alias("rate"),
