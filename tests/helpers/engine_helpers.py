@@ -23,6 +23,24 @@ def make_raw_spec(**sections: Any) -> dict[str, Any]:
     return raw
 
 
+def generation_actors(ray: Any) -> dict[str, dict[str, Any]]:
+    """The GCS's record of every GenerationActor of this Ray session, by actor id."""
+    table = ray._private.state.state.actor_table(None)
+    return {k: v for k, v in table.items() if v["ActorClassName"].endswith("GenerationActor")}
+
+
+def assert_actors_exited_themselves(ray: Any, before: dict[str, Any], count: int) -> None:
+    """The `count` GenerationActors started since `before` (a `generation_actors` snapshot) are
+    dead, each having ended its own process after closing its engine: none was killed (a killed
+    actor gets SIGTERM, which can print a stray traceback; one that overran the exit timeout is
+    killed too)."""
+    mine = {k: v for k, v in generation_actors(ray).items() if k not in before}
+    assert len(mine) == count
+    for record in mine.values():
+        assert record["State"] == "DEAD"
+        assert "exit_actor() is called" in str(record["DeathCause"]), record["DeathCause"]
+
+
 def write_toml(path: Path, raw: dict[str, Any]) -> Path:
     """Write a spec document as TOML (the small subset the specs here use)."""
 

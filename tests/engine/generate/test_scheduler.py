@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from helpers.engine_helpers import make_raw_spec
+from helpers.engine_helpers import assert_actors_exited_themselves, generation_actors, make_raw_spec
 
 from engine.config.sweep import validate
 from engine.contract import GENERATIONS
@@ -54,25 +54,13 @@ def _check_exact(out: Path, spec: Any) -> pl.DataFrame:
     return df
 
 
-def _generation_actors(ray: Any) -> dict[str, dict[str, Any]]:
-    """The GCS's record of every GenerationActor of this Ray session, by actor id."""
-    table = ray._private.state.state.actor_table(None)
-    return {k: v for k, v in table.items() if v["ActorClassName"].endswith("GenerationActor")}
-
-
 def test_actors_get_distinct_gpus_and_no_unit_runs_twice(ray_local: Any, tmp_path: Path) -> None:
     spec = _spec(tmp_path, replicas=4)
-    before = _generation_actors(ray_local)
+    before = generation_actors(ray_local)
     summary = run_sweep(
         spec, str(tmp_path / "out"), backend_factory=fake_backend_factory, progress=False
     )
-    # Every actor, its engine closed, ended its own process: none was killed (a killed actor
-    # gets SIGTERM, which can print a stray traceback from wherever its main thread was).
-    mine = {k: v for k, v in _generation_actors(ray_local).items() if k not in before}
-    assert len(mine) == 4
-    for record in mine.values():
-        assert record["State"] == "DEAD"
-        assert "exit_actor() is called" in str(record["DeathCause"]), record["DeathCause"]
+    assert_actors_exited_themselves(ray_local, before, 4)
     actors = summary["models"]["fake"]["actors"]
     gpu_sets = [tuple(a["gpu_ids"]) for a in actors.values()]
     assert len(gpu_sets) == 4 and all(len(g) == 1 for g in gpu_sets)

@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
-from helpers.engine_helpers import make_raw_spec, write_toml
+from helpers.engine_helpers import (
+    assert_actors_exited_themselves,
+    generation_actors,
+    make_raw_spec,
+    write_toml,
+)
 
 from engine.config.sweep import apply_overrides, validate
 from engine.contract import GENERATIONS
@@ -200,9 +205,12 @@ def two_actor_run(
 
     engine_holder.release()
     out = tmp_path_factory.mktemp("two-actors") / "out"
+    before = generation_actors(ray_local)
     summary = run_sweep(validate(KILL_SPEC), str(out), actors=2, progress=False)
     assert summary["units_finished"] == summary["units_planned"] == 30
     assert len(summary["models"]["tiny"]["actors"]) == 2
+    # Their vLLM engines closed, the actors ended their own processes within the exit timeout.
+    assert_actors_exited_themselves(ray_local, before, 2)
     # Each actor found the CPU build and recorded its settings; summary.json keeps them.
     engine = summary["settings"]["engine"]["tiny"]
     assert engine["build"] == detect_build().build
