@@ -87,6 +87,16 @@ def fake_backend_factory(model: ModelSpec, max_logprobs: int) -> Backend:
     )
 
 
+def quiet_sigterm() -> None:
+    """From now on a SIGTERM ends this process at once with status 0 and prints nothing (for an
+    actor whose work is done; see `GenerationActor.exit`). A no-op off the main thread, where
+    Python cannot set signal handlers."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+
 class GenerationActor:
     """Runs work units of one model and writes their shards (used as a Ray actor).
 
@@ -170,6 +180,17 @@ class GenerationActor:
         if self.writer is not None:
             self.writer.shutdown(wait=True)
         self.backend.close()
+
+    def exit(self) -> None:
+        """End this Ray actor's process once its engine is closed (`close`): Ray's intentional
+        exit, atexit handlers run. A SIGTERM that still reaches the process while it ends (the
+        driver removing its placement group) ends it at once, quietly: Ray's own handler raises
+        SystemExit wherever the main thread is, which Python prints as a traceback on the
+        driver's console when that is a weakref or garbage-collection callback."""
+        import ray
+
+        quiet_sigterm()
+        ray.actor.exit_actor()
 
     def _collect(self, block: bool, limit: int | None = None) -> list[dict[str, Any]]:
         results = []

@@ -47,7 +47,8 @@ CLOSE_TIMEOUT_S = 120.0
 # How long a closed actor may take to exit by itself before it is killed. An actor that is
 # killed (`ray.kill`, or its placement group removed) gets SIGTERM, whose Ray handler raises
 # SystemExit wherever the actor's main thread is: inside a weakref or garbage-collection
-# callback that prints a stray "Traceback" to the driver's console on a joined cluster.
+# callback that prints a stray "Traceback" to the driver's console on a joined cluster
+# (`GenerationActor.exit` makes a late SIGTERM quiet as well).
 EXIT_TIMEOUT_S = 15.0
 
 
@@ -617,6 +618,7 @@ class _Actor:
     calls: int = 0  # run_unit / drain calls in flight
     idle: bool = False
     retiring: bool = False
+    exiting: bool = False  # closed, ending its own process (`GenerationActor.exit`)
     deadline: float | None = None
 
 
@@ -879,19 +881,24 @@ class SweepScheduler:
                     self.inflight[actor.handle.close.remote()] = (actor.name, "close")
 
     def _exit(self, actor: _Actor) -> None:
-        """Let a closed actor end its own process (atexit handlers run, no signal); it is
-        released when it has gone, or killed by `_expired` after `EXIT_TIMEOUT_S`."""
+        """Let a closed actor end its own process (`GenerationActor.exit`: atexit handlers run,
+        no signal); it is released when it has gone, or killed by `_expired` after
+        `EXIT_TIMEOUT_S`."""
+        actor.exiting = True
         actor.deadline = time.time() + EXIT_TIMEOUT_S
-        self.inflight[actor.handle.__ray_terminate__.remote()] = (actor.name, "exit")
+        self.inflight[actor.handle.exit.remote()] = (actor.name, "exit")
 
-    def _release(self, actor: _Actor, died: str | None = None) -> None:
-        """Give the actor's resources back and book its life."""
+    def _release(self, actor: _Actor, died: str | None = None, kill: bool = True) -> None:
+        """Give the actor's resources back and book its life (`kill`: end its process first;
+        not for an actor that has exited by itself — the call resolves as its process ends, and
+        a kill then could still reach it)."""
         ray = self.ray
         for ref, (name, _kind) in list(self.inflight.items()):
             if name == actor.name:
                 self.inflight.pop(ref)
-        with contextlib.suppress(Exception):
-            ray.kill(actor.handle)
+        if kill:
+            with contextlib.suppress(Exception):
+                ray.kill(actor.handle)
         with contextlib.suppress(Exception):
             ray.util.remove_placement_group(actor.group)
         self.live.pop(actor.name, None)
@@ -1017,7 +1024,12 @@ class SweepScheduler:
                 continue
             run = actor.run
             if actor.retiring:
-                self._release(actor)  # its engine did not close (or exit) in time: killed
+                what = "end its process within" if actor.exiting else "free its engine within"
+                logger.warning(
+                    f"[{run.model.name}] actor {actor.name} did not {what} "
+                    f"{EXIT_TIMEOUT_S if actor.exiting else CLOSE_TIMEOUT_S:.0f} s; killed"
+                )
+                self._release(actor)
                 continue
             self._release(actor)
             logger.warning(
@@ -1069,8 +1081,8 @@ class SweepScheduler:
         actor = self.live.get(name)
         if actor is None:
             return
-        if kind == "exit":  # resolves (with the actor's death) once it has exited
-            self._release(actor)
+        if kind == "exit":  # resolves (with the actor's death) as it exits
+            self._release(actor, kill=False)
             return
         try:
             value = self.ray.get(ref)
