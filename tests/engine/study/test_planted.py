@@ -87,11 +87,11 @@ def test_judge_holds_out_marker_pairs_but_sees_every_answer_pair() -> None:
 
 def test_build_is_bit_for_bit_reproducible(tmp_path: Path) -> None:
     steps = {"faithful": 3, "unfaithful": 3, "judge": 3}
-    a = P.build_planted(tmp_path / "a", steps=steps)
-    b = P.build_planted(tmp_path / "b", steps=steps)
+    a = P.build_planted(tmp_path / "a", steps=steps, workers=1)  # one after another, here
+    b = P.build_planted(tmp_path / "b", steps=steps, workers=3)  # one spawned process each
     assert a["hashes"] == b["hashes"]
     assert len(set(a["hashes"].values())) == 3
-    c = P.build_planted(tmp_path / "c", steps=steps, seed=P.PLANTED_SEED + 1)
+    c = P.build_planted(tmp_path / "c", steps=steps, seed=P.PLANTED_SEED + 1, workers=1)
     assert c["hashes"]["faithful"] != a["hashes"]["faithful"]
     # the task files ship with the models and carry the planted truth per item
     rows = [
