@@ -475,8 +475,8 @@ def build_planted(
             `tasks/<task>.jsonl` and a record with the weight hashes and training times.
         seed: Seed of the world and the training.
         steps: Optimizer steps per model (default `STEPS`; tests use a few to check determinism).
-        workers: Models trained at once, each in its own spawned process (default: all three
-            when the machine has two cores or more); 1 trains them one after another here.
+        workers: Models trained at once, each in a spawned process (default: all three when
+            the machine has two cores or more; 1: one after another in one spawned process).
             The weights are the same either way.
 
     Returns:
@@ -498,18 +498,17 @@ def build_planted(
     # Longest first, so a pool smaller than three ends sooner.
     order = sorted(MODEL_NAMES, key=lambda n: -steps[n])
     try:
-        if workers == 1:
-            results = {n: _train_and_save(str(staging), n, seed, steps[n]) for n in order}
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-            ctx = multiprocessing.get_context("spawn")  # a fresh torch in each worker
-            with ProcessPoolExecutor(min(workers, len(order)), mp_context=ctx) as pool:
-                futures = {
-                    n: pool.submit(_train_and_save, str(staging), n, seed, steps[n]) for n in order
-                }
-                results = {n: f.result() for n, f in futures.items()}
+        # Always in spawned workers, never in this process: a vLLM engine that ran here leaves
+        # torch in a state that trains other bits (seen in the test suite: every hash differed).
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(order)), mp_context=ctx) as pool:
+            futures = {
+                n: pool.submit(_train_and_save, str(staging), n, seed, steps[n]) for n in order
+            }
+            results = {n: f.result() for n, f in futures.items()}
         for name in MODEL_NAMES:
             record["seconds"][name], record["hashes"][name] = results[name]
         tasks = staging / "tasks"

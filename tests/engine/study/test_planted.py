@@ -1,10 +1,11 @@
-"""The planted world, its tokenizer and the reproducibility of its training (no vLLM here)."""
+"""The planted world, its tokenizer and the reproducibility of its training."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,13 +86,18 @@ def test_judge_holds_out_marker_pairs_but_sees_every_answer_pair() -> None:
     assert abs(yes - no) < 1e-6  # balanced verdicts
 
 
-def test_build_is_bit_for_bit_reproducible(tmp_path: Path) -> None:
+@pytest.mark.slow
+@pytest.mark.engine
+def test_build_is_bit_for_bit_reproducible(tmp_path: Path, engine_holder: Any) -> None:
+    """Any worker count gives the same bits, also from a process where a vLLM engine ran (it
+    leaves torch in a state that trained other weights in-process)."""
+    engine_holder.get()
     steps = {"faithful": 3, "unfaithful": 3, "judge": 3}
-    a = P.build_planted(tmp_path / "a", steps=steps, workers=1)  # one after another, here
-    b = P.build_planted(tmp_path / "b", steps=steps, workers=3)  # one spawned process each
+    a = P.build_planted(tmp_path / "a", steps=steps, workers=1)  # one after another
+    b = P.build_planted(tmp_path / "b", steps=steps, workers=3)  # one process each, at once
     assert a["hashes"] == b["hashes"]
     assert len(set(a["hashes"].values())) == 3
-    c = P.build_planted(tmp_path / "c", steps=steps, seed=P.PLANTED_SEED + 1, workers=1)
+    c = P.build_planted(tmp_path / "c", steps=steps, seed=P.PLANTED_SEED + 1, workers=3)
     assert c["hashes"]["faithful"] != a["hashes"]["faithful"]
     # the task files ship with the models and carry the planted truth per item
     rows = [
