@@ -97,7 +97,7 @@ def test_build_is_bit_for_bit_reproducible(tmp_path: Path, engine_holder: Any) -
     b = P.build_planted(tmp_path / "b", steps=steps, workers=3)  # one process each, at once
     assert a["hashes"] == b["hashes"]
     assert len(set(a["hashes"].values())) == 3
-    c = P.build_planted(tmp_path / "c", steps=steps, seed=P.PLANTED_SEED + 1, workers=3)
+    c = P.build_planted(tmp_path / "c", steps=steps, seed=P.PLANTED_SEED + 1, workers=1)
     assert c["hashes"]["faithful"] != a["hashes"]["faithful"]
     # the task files ship with the models and carry the planted truth per item
     rows = [
