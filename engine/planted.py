@@ -31,11 +31,13 @@ one after another, the same weights).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -504,11 +506,14 @@ def build_planted(
         # Always in spawned workers, never in this process: a vLLM engine that ran here leaves
         # torch in a state that trains other bits (seen in the test suite: every hash differed).
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(order)), mp_context=ctx) as pool:
+        pool = ProcessPoolExecutor(min(workers, len(order)), mp_context=ctx)
+        try:
             futures = {
                 n: pool.submit(_train_and_save, str(staging), n, seed, steps[n]) for n in order
             }
             results = {n: f.result() for n, f in futures.items()}
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failure: queued models not trained
         for name in MODEL_NAMES:
             record["seconds"][name], record["hashes"][name] = results[name]
         tasks = staging / "tasks"
@@ -532,8 +537,9 @@ def planted_dir() -> Path:
     target = cache_dir() / "models" / f"planted-v{PLANTED_VERSION}"
     with _file_lock(cache_dir() / "models" / f".planted-v{PLANTED_VERSION}.lock"):
         if not _is_built(target):
-            # A fresh process: an engine already running here (vLLM pins torch's thread count)
-            # would otherwise change the float reductions, and so the weights.
+            # A builder process of its own (its training workers are spawned from it), in a
+            # session of its own: if this process is interrupted, the builder's whole group is
+            # killed with it, workers included, rather than training on unattended.
             code = (
                 "import sys; from engine.planted import build_planted; build_planted(sys.argv[1])"
             )
@@ -542,8 +548,17 @@ def planted_dir() -> Path:
                 "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")])),
             }
             _log("planted: training the planted models once (2-4 minutes on 2 cores)")
-            done = subprocess.run([sys.executable, "-c", code, str(target)], env=env)
-            if done.returncode != 0 or not _is_built(target):
+            builder = subprocess.Popen(
+                [sys.executable, "-c", code, str(target)], env=env, start_new_session=True
+            )
+            try:
+                returncode = builder.wait()
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(builder.pid, signal.SIGKILL)
+                builder.wait()
+                raise
+            if returncode != 0 or not _is_built(target):
                 raise RuntimeError(f"building the planted models into {target} failed")
     return target
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -132,3 +133,58 @@ def test_the_rooms_list_the_planted_names() -> None:
 
     assert set(PLANTED_TASK_NAMES) == set(P.TASKS)
     assert set(P.MODEL_IDS) <= set(BUILTIN_MODEL_NAMES)
+
+
+@pytest.mark.slow
+def test_an_interrupted_build_leaves_no_trainer_behind(tmp_path: Path) -> None:
+    """Ctrl-C while the models train: the builder and its spawned workers all end with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def descendants(pid: int) -> set[int]:
+        found: set[int] = set()
+        todo = [pid]
+        while todo:
+            for f in (Path("/proc") / str(todo.pop()) / "task").glob("*/children"):
+                with contextlib.suppress(OSError):
+                    kids = {int(k) for k in f.read_text().split()} - found
+                    found |= kids
+                    todo += kids
+        return found
+
+    def alive(pids: set[int]) -> set[int]:
+        # a zombie (state Z) has ended; its parent just has not reaped it
+        def running(pid: int) -> bool:
+            try:
+                return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[
+                    0
+                ] != "Z"
+            except OSError:
+                return False
+
+        return {pid for pid in pids if running(pid)}
+
+    env = {**os.environ, "MIC_CACHE_DIR": str(tmp_path / "cache")}
+    code = "from engine.planted import planted_dir; planted_dir()"
+    parent = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        tree: set[int] = set()
+        while time.monotonic() < deadline and len(tree) < 3:  # builder + workers
+            time.sleep(0.2)
+            tree = descendants(parent.pid)
+        assert len(tree) >= 3, "no training workers started"
+        time.sleep(1.0)
+        tree |= descendants(parent.pid)
+        parent.send_signal(signal.SIGINT)
+        assert parent.wait(timeout=60) != 0
+        deadline = time.monotonic() + 30
+        while alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive(tree) == set()
+        assert not (tmp_path / "cache" / "models" / f"planted-v{P.PLANTED_VERSION}").exists()
+    finally:
+        parent.kill()
