@@ -426,31 +426,27 @@ GROUPS_PER_BATCH = {"faithful": 96, "unfaithful": 96, "judge": 128}
 def _train_and_save(directory: str, name: str, seed: int, steps: int) -> tuple[float, str]:
     """Train one model at `TRAIN_THREADS` threads into `directory/name`; (seconds, weights hash).
 
-    A module-level function so a spawned worker can run it: the models are independent (each
-    seeds its own weights and batches), so one process per model gives the same bits as one
-    process for all three."""
+    Run only in a spawned worker (`build_planted`), whose thread count it sets for good: the
+    models are independent (each seeds its own weights and batches), so one process per model
+    gives the same bits as one process for all three."""
     import torch
 
-    threads = torch.get_num_threads()
     torch.set_num_threads(TRAIN_THREADS)
-    try:
-        t0 = time.perf_counter()
-        tokenizer = build_tokenizer(seed)
-        groups = judge_examples() if name == "judge" else generator_examples(name, seed)
-        model = train_model(
-            tokenizer,
-            groups,
-            seed=seed + MODEL_NAMES.index(name),
-            steps=steps,
-            groups_per_batch=GROUPS_PER_BATCH[name],
-            eos=name != "judge",
-        )
-        seconds = round(time.perf_counter() - t0, 1)
-        model.save_pretrained(Path(directory) / name)
-        tokenizer.save_pretrained(Path(directory) / name)
-        return seconds, weights_hash(model)
-    finally:
-        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    tokenizer = build_tokenizer(seed)
+    groups = judge_examples() if name == "judge" else generator_examples(name, seed)
+    model = train_model(
+        tokenizer,
+        groups,
+        seed=seed + MODEL_NAMES.index(name),
+        steps=steps,
+        groups_per_batch=GROUPS_PER_BATCH[name],
+        eos=name != "judge",
+    )
+    seconds = round(time.perf_counter() - t0, 1)
+    model.save_pretrained(Path(directory) / name)
+    tokenizer.save_pretrained(Path(directory) / name)
+    return seconds, weights_hash(model)
 
 
 def _train_workers() -> int:

@@ -155,21 +155,19 @@ def test_an_interrupted_build_leaves_no_trainer_behind(tmp_path: Path) -> None:
                     todo += kids
         return found
 
-    def alive(pids: set[int]) -> set[int]:
-        # a zombie (state Z) has ended; its parent just has not reaped it
-        def running(pid: int) -> bool:
-            try:
-                return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[
-                    0
-                ] != "Z"
-            except OSError:
-                return False
+    def running(pid: int) -> bool:
+        try:
+            stat = (Path("/proc") / str(pid) / "stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended, unreaped
 
+    def alive(pids: set[int]) -> set[int]:
         return {pid for pid in pids if running(pid)}
 
     env = {**os.environ, "MIC_CACHE_DIR": str(tmp_path / "cache")}
     code = "from engine.planted import planted_dir; planted_dir()"
-    parent = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    parent = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         tree: set[int] = set()
