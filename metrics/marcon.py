@@ -27,7 +27,7 @@ import numpy as np
 
 from metrics import kernels as akernels
 from metrics.encode import Encoded
-from metrics.seven import Metric, _quiet, correlate, cv_metrics
+from metrics.seven import Metric, _quiet, correlation, cv_metrics
 
 N_BINS = 10
 
@@ -251,7 +251,7 @@ def marcon_metrics(
             out["MAC"] = Metric.undefined("no shared marker (valid in every task)")
         else:
             x = np.moveaxis(conf[:, :, shared], 1, 2)  # [R, S, T]
-            r, _ = correlate(x, np.broadcast_to(acc[:, None, :], x.shape), "pearson")
+            r = correlation(x, np.broadcast_to(acc[:, None, :], x.shape), "pearson")
             ok = np.isfinite(r[0])
             out["MAC"] = (
                 Metric(_mean_where(r, ok), n=int(ok.sum()))
@@ -263,7 +263,7 @@ def marcon_metrics(
         else:
             i, j = np.triu_indices(T, k=1)
             cs = conf[:, :, shared]
-            r, _ = correlate(cs[:, i], cs[:, j], "spearman")
+            r = correlation(cs[:, i], cs[:, j], "spearman")
             ok = np.isfinite(r[0])
             out["MRC"] = (
                 Metric(_mean_where(r, ok), n=int(ok.sum()))

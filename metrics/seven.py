@@ -109,6 +109,12 @@ def correlate(x: np.ndarray, y: np.ndarray, method: str) -> tuple[np.ndarray, np
     Spearman is Pearson on average ranks; both p-values use the t distribution with n - 2
     degrees of freedom (equal to scipy's exact Pearson p-value). Constant input gives NaN.
     """
+    return _with_p_values(correlation(x, y, method), x.shape[-1])
+
+
+def correlation(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
+    """`correlate`'s r alone (clipped to [-1, 1]): the metrics need only whether p < SIG_LEVEL
+    (`significant`), not the p-values, whose incomplete beta costs more than r on [B, ...]."""
     if method == "spearman":
         # Values that tie mathematically may differ in the last bits, depending on the order
         # their sums ran in: rank on values rounded to 12 decimals (all inputs lie in [0, 1]).
@@ -118,7 +124,7 @@ def correlate(x: np.ndarray, y: np.ndarray, method: str) -> tuple[np.ndarray, np
     yc = y - y.mean(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (xc * yc).sum(-1) / np.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
-    return _with_p_values(np.clip(r, -1.0, 1.0), x.shape[-1])
+    return np.clip(r, -1.0, 1.0)
 
 
 def _with_p_values(r: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +138,40 @@ def _with_p_values(r: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         # (0.2 s for scipy.special, 0.8 s for scipy.stats) out of every analysis.
         p = 2.0 * special.stdtr(df, -np.abs(t))
     return r, np.where(np.isnan(r), np.nan, p)
+
+
+def significant(r: np.ndarray, n: int) -> np.ndarray:
+    """``p < SIG_LEVEL`` for the p-values `_with_p_values` gives r over n points, without
+    computing them: p falls as |r| grows, so only the |r| within 1e-9 (relative) of the critical
+    value need the exact p-value (the rest are settled by the comparison; NaN is not
+    significant)."""
+    r = np.asarray(r, dtype=np.float64)
+    if n - 2 <= 0:
+        return np.zeros(r.shape, dtype=bool)
+    lo, hi = _critical_r(n)
+    a = np.abs(r)
+    sig = a > hi
+    near = (a > lo) & ~sig
+    if near.any():
+        sig[near] = _with_p_values(r[near], n)[1] < SIG_LEVEL
+    return sig
+
+
+@functools.lru_cache(maxsize=64)
+def _critical_r(n: int) -> tuple[float, float]:
+    """A bracket (lo, hi) of the |r| at which `_with_p_values`' p over n points crosses
+    SIG_LEVEL: bisection on the exact p, widened by 1e-9 relative (the p-value's own error,
+    ~1e-12, is far smaller than its change over that width)."""
+    lo, hi = 0.0, 1.0
+    while True:
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if _with_p_values(np.array([mid]), n)[1][0] < SIG_LEVEL:
+            hi = mid
+        else:
+            lo = mid
+    return lo * (1.0 - 1e-9), hi * (1.0 + 1e-9)
 
 
 def smoothed_ranks(x: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
@@ -209,9 +249,9 @@ def rank_scales(h: float, var: np.ndarray | None = None) -> np.ndarray:
 
 
 def _corr_family(
-    r: np.ndarray, p: np.ndarray, name: str, parity: bool, what: str, mean: str = "fisher"
+    r: np.ndarray, n: int, name: str, parity: bool, what: str, mean: str = "fisher"
 ) -> dict[str, Metric]:
-    """`name-all` and `name-sig` (+ count) from correlations [R, K] and p-values [R, K]."""
+    """`name-all` and `name-sig` (+ count) from correlations [R, K] over n points each."""
     finite = np.isfinite(r[0])
     out: dict[str, Metric] = {}
     if not finite.any():
@@ -219,7 +259,7 @@ def _corr_family(
         return {f"{name}-all": Metric.undefined(reason), f"{name}-sig": Metric.undefined(reason)}
     agg = fisher_mean if mean == "fisher" else _nanmean
     out[f"{name}-all"] = Metric(agg(r, axis=-1), n=int(finite.sum()))
-    sig = (p < SIG_LEVEL) & np.isfinite(r)
+    sig = significant(r, n) & np.isfinite(r)
     n_sig = int(sig[0].sum())
     if n_sig == 0:
         if parity:  # the seed reports -1 for an empty significant set
@@ -270,11 +310,11 @@ def mrc(
         }
     i, j = np.triu_indices(T, k=1)
     if scales is None:
-        r, p = correlate(shared_mic[:, i, :], shared_mic[:, j, :], "spearman")
+        r = correlation(shared_mic[:, i, :], shared_mic[:, j, :], "spearman")
     else:
         ranks = smoothed_ranks(shared_mic, np.broadcast_to(scales, (T, S, S)))
-        r, p = correlate(ranks[:, i, :], ranks[:, j, :], "pearson")
-    return _corr_family(r, p, prefix, parity, "task pair", mean)
+        r = correlation(ranks[:, i, :], ranks[:, j, :], "pearson")
+    return _corr_family(r, S, prefix, parity, "task pair", mean)
 
 
 def marker_task_correlation(
@@ -316,10 +356,10 @@ def marker_task_correlation(
         if m == "S" and scales is not None:
             rx = smoothed_ranks(x, np.broadcast_to(scales[0], (S, T, T)))
             ry = smoothed_ranks(y, np.broadcast_to(scales[1], (T, T)))
-            r, p = correlate(rx, ry, "pearson")
+            r = correlation(rx, ry, "pearson")
         else:
-            r, p = correlate(x, y, "spearman" if m == "S" else "pearson")
-        out.update(_corr_family(r, p, f"{name}-{m}", parity, "marker", mean))
+            r = correlation(x, y, "spearman" if m == "S" else "pearson")
+        out.update(_corr_family(r, T, f"{name}-{m}", parity, "marker", mean))
     return out
 
 
@@ -609,26 +649,30 @@ def disattenuated_pearson(
     at least (the correction's factor is then at most 1 / floor on r, before the clip to [-1, 1]).
 
     Returns:
-        r [R, ...] and two-sided p-values (t with n - 2 degrees of freedom), as `correlate`.
+        r [R, ...], clipped to [-1, 1] (`significant` tests it as `correlate`'s p-values would).
     """
     n = x.shape[-1]
 
-    def spread(a, b):
-        ac = a - a.mean(axis=-1, keepdims=True)
-        bc = b - b.mean(axis=-1, keepdims=True)
+    def centred(a):
+        return a - a.mean(axis=-1, keepdims=True)
+
+    def spread(ac, bc):  # of centred arrays; each array is centred once, not once per product
         return (ac * bc).sum(-1) / (n - 1)
 
+    def replicate_mean(a):  # nanmean's copies cost more than the mean, and NaNs are rare
+        return np.nanmean(a, axis=0) if np.isnan(a).any() else a.mean(axis=0)
+
     with np.errstate(invalid="ignore", divide="ignore"), _quiet():
-        dx = x[1:] - np.nanmean(x[1:], axis=0)
-        dy = y[1:] - np.nanmean(y[1:], axis=0)
-        nxx = np.nanmean(spread(dx, dx), axis=0)
-        nyy = np.nanmean(spread(dy, dy), axis=0)
-        nxy = np.nanmean(spread(dx, dy), axis=0)
-        vx, vy, cxy = spread(x, x), spread(y, y), spread(x, y)
+        xc, yc = centred(x), centred(y)
+        dx = centred(x[1:] - replicate_mean(x[1:]))
+        dy = centred(y[1:] - replicate_mean(y[1:]))
+        nxx = replicate_mean(spread(dx, dx))
+        nyy = replicate_mean(spread(dy, dy))
+        nxy = replicate_mean(spread(dx, dy))
+        vx, vy, cxy = spread(xc, xc), spread(yc, yc), spread(xc, yc)
         vx = np.maximum(vx - nxx, floor * vx)
         vy = np.maximum(vy - nyy, floor * vy)
-        r = np.clip((cxy - nxy) / np.sqrt(vx * vy), -1.0, 1.0)
-    return _with_p_values(r, n)
+        return np.clip((cxy - nxy) / np.sqrt(vx * vy), -1.0, 1.0)
 
 
 # The rank correlations whose rank noise is taken out of their spread (`disattenuated_pearson`),
@@ -678,18 +722,18 @@ def attach_rank_corrections(
         var_acc = np.nanvar(accuracy[1:], axis=0, ddof=1)  # [T]
         var_cmfg = np.nanvar(cmfg[1:], axis=0, ddof=1)
 
-    def pearson(a: np.ndarray, b: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def pearson(a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
         if name in RANK_DISATTENUATE:
             return disattenuated_pearson(a, b, RANK_VAR_FLOOR)
-        return correlate(a, b, "pearson")
+        return correlation(a, b, "pearson")
 
     corrected: dict[str, Metric] = {}
     anchor = mrc(shared_mic[:1], parity, scales=h)
     if S >= 2:
         ranks = smoothed_ranks(shared_mic, rank_scales(h, var_mic))  # [R, T, S]
         i, j = np.triu_indices(T, k=1)
-        r, p = pearson(ranks[:, i, :], ranks[:, j, :], "MRC")
-        corrected.update(_corr_family(r, p, "MRC-S", parity, "task pair"))
+        r = pearson(ranks[:, i, :], ranks[:, j, :], "MRC")
+        corrected.update(_corr_family(r, S, "MRC-S", parity, "task pair"))
     x_ranks = smoothed_ranks(np.moveaxis(shared_mic, 1, 2), rank_scales(h, var_mic.T))  # [R,S,T]
     for name, values, var in (("MAC", accuracy, var_acc), ("MCC", cmfg, var_cmfg)):
         anchor.update(
@@ -698,8 +742,8 @@ def attach_rank_corrections(
         if not np.isfinite(values[0]).all():
             continue
         y_ranks = smoothed_ranks(values, rank_scales(h, var))  # [R, T]
-        r, p = pearson(x_ranks, np.broadcast_to(y_ranks[:, None, :], x_ranks.shape), name)
-        corrected.update(_corr_family(r, p, f"{name}-S", parity, "marker"))
+        r = pearson(x_ranks, np.broadcast_to(y_ranks[:, None, :], x_ranks.shape), name)
+        corrected.update(_corr_family(r, T, f"{name}-S", parity, "marker"))
     for name, m in corrected.items():
         if name.endswith("-sig"):
             # A set chosen by p < 0.05 of the smoothed ranks is not the plug-in's set (in parity
@@ -762,8 +806,8 @@ def attach_pearson_corrections(
             continue
         if not np.isfinite(values[0]).all():
             continue
-        r, p = disattenuated_pearson(x, np.broadcast_to(values[:, None, :], x.shape), floor)
-        m = _corr_family(r, p, f"{name}-P", False, "marker")[f"{name}-P-all"]
+        r = disattenuated_pearson(x, np.broadcast_to(values[:, None, :], x.shape), floor)
+        m = _corr_family(r, T, f"{name}-P", False, "marker")[f"{name}-P-all"]
         if m.values is None or not np.isfinite(m.values[0]):
             continue
         target.corrected = m.values

@@ -7,13 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from helpers.approx import diff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
 from metrics import analyze
-from metrics.seven import correlate, fisher_mean
+from metrics.seven import (
+    SIG_LEVEL,
+    _critical_r,
+    _with_p_values,
+    correlate,
+    fisher_mean,
+    significant,
+)
 from metrics.synthetic import make_scored_run
 
 SETTINGS = settings(
@@ -109,6 +117,26 @@ def test_correlate_matches_scipy(n, seed, ties):
                 np.testing.assert_allclose(p[k], want[1], rtol=1e-7, atol=1e-12)
             else:
                 assert p[k] < 1e-6 and want[1] < 1e-6
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 6, 41, 1000])
+def test_significant_equals_the_p_value_test(n):
+    """`significant` (a comparison with the critical |r|, exact p-values only next to it) says
+    what ``p < SIG_LEVEL`` of the p-values says, at the critical value's neighbours too."""
+    rng = np.random.default_rng(n)
+    r = np.clip(rng.uniform(-1, 1, 20_000), -1, 1)
+    if n > 2:
+        lo, hi = _critical_r(n)
+        mid = 0.5 * (lo + hi)
+        # the doubles around the crossing, both signs, and the bracket's own ends
+        near = mid + np.arange(-2000, 2001) * np.spacing(mid) * 1e3
+        r = np.concatenate([r, near, -near, [lo, hi, -lo, -hi, 0.0, 1.0, -1.0]])
+        r_p = _with_p_values(near, n)[1]
+        assert (r_p < SIG_LEVEL).any() and (r_p >= SIG_LEVEL).any()  # the crossing is inside
+    r = np.concatenate([r, [np.nan]])
+    want = _with_p_values(r, n)[1] < SIG_LEVEL
+    np.testing.assert_array_equal(significant(r, n), want)
+    assert significant(r.reshape(-1, 1), n).shape == (r.size, 1)
 
 
 def test_fisher_mean_clips_and_skips_nan():

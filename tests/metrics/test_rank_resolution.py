@@ -96,7 +96,7 @@ def test_disattenuated_pearson_undoes_independent_noise():
         ra = np.concatenate([xa[None], xa + sd * rng.normal(size=(reps, n))])
         rb = np.concatenate([xb[None], xb + sd * rng.normal(size=(reps, n))])
         plain.append(np.corrcoef(xa, xb)[0, 1])
-        corrected.append(disattenuated_pearson(ra, rb)[0][0])
+        corrected.append(disattenuated_pearson(ra, rb)[0])
     assert np.mean(plain) < truth - 0.1
     assert abs(np.mean(corrected) - truth) < 0.05, (np.mean(corrected), truth)
 
