@@ -119,20 +119,30 @@ def test_correlate_matches_scipy(n, seed, ties):
                 assert p[k] < 1e-6 and want[1] < 1e-6
 
 
-@pytest.mark.parametrize("n", [2, 3, 4, 6, 41, 1000])
+@pytest.mark.parametrize("n", [2, 3, 4, 6, 41, 1000, 100_000])
 def test_significant_equals_the_p_value_test(n):
     """`significant` (a comparison with the critical |r|, exact p-values only next to it) says
-    what ``p < SIG_LEVEL`` of the p-values says, at the critical value's neighbours too."""
+    what ``p < SIG_LEVEL`` of the p-values says: at the crossing's neighbours, at the bracket's
+    ends and just outside them, both signs, NaN, and for a scalar."""
     rng = np.random.default_rng(n)
-    r = np.clip(rng.uniform(-1, 1, 20_000), -1, 1)
+    r = rng.uniform(-1, 1, 20_000)
     if n > 2:
         lo, hi = _critical_r(n)
         mid = 0.5 * (lo + hi)
-        # the doubles around the crossing, both signs, and the bracket's own ends
-        near = mid + np.arange(-2000, 2001) * np.spacing(mid) * 1e3
-        r = np.concatenate([r, near, -near, [lo, hi, -lo, -hi, 0.0, 1.0, -1.0]])
+        near = mid + np.arange(-2000, 2001) * np.spacing(mid) * 1e3  # inside the bracket
+        edges = [
+            lo,
+            hi,
+            np.nextafter(lo, 0),
+            np.nextafter(hi, 2),
+            mid * (1 - 2e-9),
+            mid * (1 + 2e-9),
+        ]
+        r = np.concatenate([r, near, -near, edges, np.negative(edges), [0.0, 1.0, -1.0]])
         r_p = _with_p_values(near, n)[1]
         assert (r_p < SIG_LEVEL).any() and (r_p >= SIG_LEVEL).any()  # the crossing is inside
+        for x in (mid, -hi, lo):
+            assert significant(x, n) == (_with_p_values(np.array([x]), n)[1][0] < SIG_LEVEL)
     r = np.concatenate([r, [np.nan]])
     want = _with_p_values(r, n)[1] < SIG_LEVEL
     np.testing.assert_array_equal(significant(r, n), want)
