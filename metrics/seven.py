@@ -237,7 +237,7 @@ def _smoothed_ranks_kernel(x: np.ndarray, scale: np.ndarray, out: np.ndarray) ->
 _PHI_EDGE = 8.5
 _PHI_STEPS = 64
 _PHI_Z = -_PHI_EDGE + np.arange(int(2 * _PHI_EDGE * _PHI_STEPS) + 1) / _PHI_STEPS
-_PHI_CDF = np.array([0.5 * math.erfc(-z * math.sqrt(0.5)) for z in _PHI_Z])
+_PHI_CDF = special.ndtr(_PHI_Z)
 _PHI_PDF = np.exp(-0.5 * _PHI_Z * _PHI_Z) / math.sqrt(2.0 * math.pi)
 
 
