@@ -122,9 +122,26 @@ def correlation(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
         y = average_ranks(np.round(y, 12))
     xc = x - x.mean(axis=-1, keepdims=True)
     yc = y - y.mean(axis=-1, keepdims=True)
+    sxx, syy = (xc * xc).sum(-1), (yc * yc).sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xc * yc).sum(-1) / np.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
+        r = (xc * yc).sum(-1) / np.sqrt(sxx * syy)
+    r = np.where(_constant_slices(x, sxx) | _constant_slices(y, syy), np.nan, r)
     return np.clip(r, -1.0, 1.0)
+
+
+def _constant_slices(a: np.ndarray, centred_ss: np.ndarray) -> np.ndarray:
+    """The slices of `a` (last axis) that are constant to 12 decimals, given their centred sums
+    of squares: values that are equal mathematically may differ in the last bits, depending on
+    the order their sums ran in (a MIC of 0.75 in three tasks), and a correlation with that
+    noise is a number that changes with row order. A correlation with such a slice is NaN, as
+    with constant input (the Spearman path ranks values rounded to 12 decimals for the same
+    reason). Only the slices whose sum of squares allows it are rounded and checked."""
+    out = np.asarray(centred_ss <= a.shape[-1] * 1e-24)  # NaN: not constant (r is NaN anyway)
+    if out.any():
+        idx = np.nonzero(out)
+        vals = np.broadcast_to(a, (*out.shape, a.shape[-1]))[idx]
+        out[idx] = np.ptp(np.round(vals, 12), axis=-1) == 0
+    return out
 
 
 def _with_p_values(r: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -707,9 +724,11 @@ def disattenuated_pearson(
         nyy = replicate_mean(spread(dy, dy))
         nxy = replicate_mean(spread(dx, dy))
         vx, vy, cxy = spread(xc, xc), spread(yc, yc), spread(xc, yc)
+        constant = _constant_slices(x, vx * (n - 1)) | _constant_slices(y, vy * (n - 1))
         vx = np.maximum(vx - nxx, floor * vx)
         vy = np.maximum(vy - nyy, floor * vy)
-        return np.clip((cxy - nxy) / np.sqrt(vx * vy), -1.0, 1.0)
+        r = np.where(constant, np.nan, (cxy - nxy) / np.sqrt(vx * vy))
+        return np.clip(r, -1.0, 1.0)
 
 
 # The rank correlations whose rank noise is taken out of their spread (`disattenuated_pearson`),

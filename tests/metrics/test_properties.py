@@ -149,6 +149,29 @@ def test_significant_equals_the_p_value_test(n):
     assert significant(r.reshape(-1, 1), n).shape == (r.size, 1)
 
 
+def test_values_equal_but_for_their_last_bits_correlate_as_constant():
+    """A MIC of 0.75 in three tasks may come out 0.75 +- an ulp, by the order its sums ran in
+    (found by the row-order property test: MCC-P-all's n and value changed with row order).
+    Pearson on that noise is NaN, as on constant input, plain and noise-corrected; a real
+    spread of 1e-9 is kept."""
+    from metrics.seven import disattenuated_pearson
+
+    third = 0.75
+    noisy = np.array([third, np.nextafter(third, 1), np.nextafter(third, 0)])
+    y = np.array([0.475, 0.7666666666666667, 0.43333333333333335])
+    x = np.stack([noisy, third + np.array([0.0, 1e-9, -1e-9]), [0.2, 0.5, 0.4]])
+    r, p = correlate(x, np.broadcast_to(y, x.shape), "pearson")
+    assert np.isnan(r[0]) and np.isnan(p[0])
+    assert r[1] == pytest.approx(stats.pearsonr(x[1], y)[0], abs=1e-6)
+    assert np.isfinite(r[2])
+    for a, b in ((x, np.broadcast_to(y, x.shape)), (np.broadcast_to(y, x.shape), x)):
+        reps = np.stack([a, a + 1e-3 * np.arange(3), a - 1e-3 * np.arange(3)])
+        reps[:, 0] = a[0]  # the noisy slice stays noise-only in every replicate
+        other = np.stack([b, b, b])
+        got = disattenuated_pearson(reps, other) if a is x else disattenuated_pearson(other, reps)
+        assert np.isnan(got[:, 0]).all() and np.isfinite(got[:, 2]).all()
+
+
 def test_fisher_mean_clips_and_skips_nan():
     assert fisher_mean(np.array([1.0, 1.0])) == np.float64(np.tanh(np.arctanh(0.9999)))
     np.testing.assert_allclose(
