@@ -33,7 +33,33 @@ from helpers.engine_helpers import TINY_ENGINE_ARGS  # noqa: E402  (after the en
 def _mic_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Build `builtin:tiny` into a session cache directory (unless the caller set one)."""
     if "MIC_CACHE_DIR" not in os.environ:
-        os.environ["MIC_CACHE_DIR"] = str(tmp_path_factory.mktemp("mic-cache"))
+        session_cache = tmp_path_factory.mktemp("mic-cache")
+        _copy_built_planted_models(Path.home() / ".cache" / "mic", session_cache)
+        os.environ["MIC_CACHE_DIR"] = str(session_cache)
+
+
+def _copy_built_planted_models(user_cache: Path, session_cache: Path) -> None:
+    """Start the session cache with a copy of the planted models `mic demo` trained in the user's
+    cache, when they are complete and of the current version, seed and steps (2-4 minutes of
+    training on 2 cores saved; CI's first command trains them from nothing just before the suite).
+    The copy, never the user's directory, is what the tests use. Training is tested on its own
+    (`test_planted.py`: bit-for-bit builds, an interrupted build); `MIC_TEST_TRAIN_PLANTED=1`
+    makes the suite train its own copy instead."""
+    import shutil
+
+    from engine import planted
+
+    if os.environ.get("MIC_TEST_TRAIN_PLANTED") == "1":
+        return
+    name = f"planted-v{planted.PLANTED_VERSION}"
+    source = user_cache / "models" / name
+    complete = all(
+        (source / model / f).is_file()
+        for model in planted.MODEL_NAMES
+        for f in ("config.json", "model.safetensors", "tokenizer.json")
+    ) and all((source / "tasks" / f"{task}.jsonl").is_file() for task in planted.TASKS)
+    if complete and planted._is_built(source):
+        shutil.copytree(source, session_cache / "models" / name)
 
 
 @pytest.fixture(scope="session")
