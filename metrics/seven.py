@@ -689,9 +689,7 @@ def attach_noise_corrections(
             )
 
 
-def disattenuated_pearson(
-    x: np.ndarray, y: np.ndarray, floor: float = 0.1
-) -> tuple[np.ndarray, np.ndarray]:
+def disattenuated_pearson(x: np.ndarray, y: np.ndarray, floor: float = 0.1) -> np.ndarray:
     """Pearson correlation along the last axis with the replicates' noise taken out.
 
     x, y: [R, ..., n], the point estimate first, then bootstrap replicates. The noise a
