@@ -160,11 +160,14 @@ def group_metrics(
     reps: GroupReplicates | None = None,
     level: float = 0.95,
     rank_resolution: float = RANK_RESOLUTION,
+    second_level: bool = False,
 ) -> dict[str, Metric]:
     """The seven metrics of one group: values[0] is the point estimate, values[1:] replicates.
 
     `rank_resolution`: h of the Spearman variants' estimand (`attach_rank_corrections`; 0: the
-    ordinary Spearman, interval centred on the plug-in value)."""
+    ordinary Spearman, interval centred on the plug-in value). `second_level`: also the second
+    bootstrap level that MAC's paired tests take their sd from (`Metric.second_level`), for an
+    analysis that compares groups."""
     g, t = view.g, view.tasks
     ix = np.ix_(t, t)
     mic = tables.mic[g][t][None]
@@ -186,8 +189,10 @@ def group_metrics(
         attach_noise_corrections(
             metrics, mic, ev, view.usable, view.shared, level, noise, reps.mic_items[t]
         )
-        attach_rank_corrections(metrics, mic, acc, cmfg, view.shared, parity, rank_resolution)
-        attach_pearson_corrections(metrics, mic, acc, cmfg, view.shared)
+        attach_rank_corrections(
+            metrics, mic, acc, cmfg, view.shared, parity, rank_resolution, second_level
+        )
+        attach_pearson_corrections(metrics, mic, acc, cmfg, view.shared, second_level=second_level)
     return metrics
 
 
@@ -481,7 +486,9 @@ def analyze(
                 )
             metrics = marcon_metrics(enc, mt, g, view.tasks, sums)
         else:
-            metrics = group_metrics(view, tables, parity, reps, level, rank_resolution)
+            metrics = group_metrics(
+                view, tables, parity, reps, level, rank_resolution, second_level=compare
+            )
         group_values[g] = metrics
         n_eval = np.bincount(enc.r_t[enc.r_eval & (enc.r_g == g)], minlength=enc.n_tasks)
         task_block = {}
@@ -565,7 +572,7 @@ def analyze(
                     group_sums=group_sums or local_group_sums,
                 )  # fmt: skip
                 view = GroupView(v.g, tasks, usable, shared)
-                out.append(group_metrics(view, point, parity, reps, level, rank_resolution))
+                out.append(group_metrics(view, point, parity, reps, level, rank_resolution, True))
             return out[0], out[1]
 
         comparisons = compare_groups(

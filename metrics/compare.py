@@ -5,7 +5,8 @@ item, not by the model), so the replicate difference of a metric is a paired boo
 distribution. Each metric's difference is debiased like the metric itself
 (`metrics.debias.paired_difference`): the debiased difference, its basic interval (normal for
 MAC and MCC, whose replicates are long-tailed, and for the CVs, whose single-group interval is
-normal too) and the two-sided p-value that
+normal too; MAC's sd from a second bootstrap level, computed only when groups are compared,
+`metrics.debias.second_level_se`) and the two-sided p-value that
 inverts that interval. Holm and Benjamini-Hochberg adjust across the
 family of distinct tests: a metric that is another's alias (MRC is MRC-S-all, I-AvgMAE is its
 Mode 1, ...) is tested once, under its headline name. A metric's population value depends on

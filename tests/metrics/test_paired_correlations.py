@@ -17,7 +17,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from metrics.debias import paired_difference
+from metrics.debias import (
+    CI_METHOD_PAIRED_TWO_LEVEL,
+    SECOND_LEVEL_MIN,
+    paired_difference,
+    second_level_se,
+)
 from metrics.seven import Metric
 
 
@@ -112,3 +117,80 @@ def test_a_difference_and_its_interval_stay_in_the_difference_range(name, bound)
         assert -2.0 < far.ci[1] < -1.0
     else:  # below -1 as well: clipped
         assert far.ci[1] == -1.0
+
+
+# ----------------------------------------------------------------- MAC: sd from a second level
+
+
+def _second_level(x: np.ndarray, estimand: np.ndarray, deviations: np.ndarray):
+    """values [1 + C, K]: x_k on row 0, x_k + deviations[c] below it."""
+    return np.vstack([x, x[None, :] + deviations[:, None]]), estimand
+
+
+def _mac_pair(a_level, b_level, estimate=0.2, n_reps=200):
+    rng = np.random.default_rng(3)
+    a, b = _pair(estimate, rng.normal(scale=0.5, size=n_reps))
+    a.second_level, b.second_level = a_level, b_level
+    return a, b
+
+
+def test_second_level_se_by_hand():
+    # K = 20 outer replicates; group a's statistic x_k with inner values x_k +- 0.5 (mean x_k),
+    # its estimand E_k = +-1 alternating; group b all zeros. The debiased difference of replicate
+    # k is x_k - x_k + E_k = E_k: variance 20/19 (ddof 1); the inner mean's Monte Carlo variance
+    # is var(+-0.5, ddof 1) / 2 = 0.25. So se^2 = 20/19 - 0.25.
+    k = 20
+    x = np.linspace(-0.4, 0.6, k)
+    e = np.where(np.arange(k) % 2 == 0, 1.0, -1.0)
+    a_level = _second_level(x, e, np.array([0.5, -0.5]))
+    b_level = _second_level(np.zeros(k), np.zeros(k), np.zeros(2))
+    assert second_level_se(
+        Metric(None, second_level=a_level), Metric(None, second_level=b_level)
+    ) == pytest.approx(np.sqrt(20 / 19 - 0.25), rel=1e-12)
+    # The Monte Carlo term is the paired difference's: b's inner values move exactly as a's
+    # (the same item draws), so the difference's inner mean has no noise and se^2 = 20/19.
+    b_same = _second_level(np.zeros(k), np.zeros(k), np.array([0.5, -0.5]))
+    assert second_level_se(
+        Metric(None, second_level=a_level), Metric(None, second_level=b_same)
+    ) == pytest.approx(np.sqrt(20 / 19), rel=1e-12)
+
+
+def test_paired_mac_takes_the_second_levels_sd():
+    k = 40
+    x = np.linspace(-0.4, 0.6, k)
+    e = np.where(np.arange(k) % 2 == 0, 0.3, -0.3)
+    a_level = _second_level(x, e, np.array([0.1, -0.1]))
+    b_level = _second_level(np.zeros(k), np.zeros(k), np.zeros(2))
+    a, b = _mac_pair(a_level, b_level)
+    se = second_level_se(a, b)
+    assert se == pytest.approx(np.sqrt(np.var(e, ddof=1) - 0.01), rel=1e-12)
+    d = paired_difference(a, b, 0.95, "MAC")
+    assert d.debiased == pytest.approx(0.2)
+    assert d.p_value == pytest.approx(2 * stats.norm.sf(0.2 / se), rel=1e-9)
+    assert d.ci == pytest.approx((0.2 - 1.959964 * se, 0.2 + 1.959964 * se), rel=1e-6)
+    assert d.ci_method.endswith(", normal" + CI_METHOD_PAIRED_TWO_LEVEL)
+
+
+def test_second_level_falls_back_to_the_replicates_sd():
+    k = 40
+    e = np.where(np.arange(k) % 2 == 0, 0.3, -0.3)
+    zeros = _second_level(np.zeros(k), np.zeros(k), np.zeros(2))
+    reps_sd = np.std(_mac_pair(None, None)[0].corrected[1:], ddof=1)
+    cases = {
+        # Monte Carlo variance above the spread: no usable estimate of the estimate's variance.
+        "non-positive": _second_level(np.zeros(k), e, np.array([2.0, -2.0])),
+        # Fewer than SECOND_LEVEL_MIN outer replicates with a finite difference.
+        "too few": _second_level(
+            np.r_[np.zeros(SECOND_LEVEL_MIN - 1), np.full(k - SECOND_LEVEL_MIN + 1, np.nan)],
+            e,
+            np.zeros(2),
+        ),
+        # The two groups' levels do not pair up (another K).
+        "shapes": _second_level(np.zeros(k + 1), np.r_[e, 0.3], np.zeros(2)),
+    }
+    for case, level in cases.items():
+        a, b = _mac_pair(level, zeros)
+        assert second_level_se(a, b) is None, case
+        d = paired_difference(a, b, 0.95, "MAC")
+        assert d.ci == pytest.approx((0.2 - 1.959964 * reps_sd, 0.2 + 1.959964 * reps_sd), rel=1e-6)
+        assert not d.ci_method.endswith(CI_METHOD_PAIRED_TWO_LEVEL), case
