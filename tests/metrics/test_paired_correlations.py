@@ -127,6 +127,15 @@ def _second_level(x: np.ndarray, estimand: np.ndarray, deviations: np.ndarray):
     return np.vstack([x, x[None, :] + deviations[:, None]]), estimand
 
 
+def _ramp_and_zero_levels(k: int, amplitude: float, deviation: float):
+    """Group a: statistic x_k on a ramp, inner values x_k +- deviation (mean x_k), estimand
+    +-amplitude alternating over k; group b: zeros throughout."""
+    x = np.linspace(-0.4, 0.6, k)
+    e = np.where(np.arange(k) % 2 == 0, amplitude, -amplitude)
+    zeros = _second_level(np.zeros(k), np.zeros(k), np.zeros(2))
+    return _second_level(x, e, np.array([deviation, -deviation])), zeros
+
+
 def _mac_pair(a_level, b_level, estimate=0.2, n_reps=200):
     rng = np.random.default_rng(3)
     a, b = _pair(estimate, rng.normal(scale=0.5, size=n_reps))
@@ -140,10 +149,7 @@ def test_second_level_se_by_hand():
     # k is x_k - x_k + E_k = E_k: variance 20/19 (ddof 1); the inner mean's Monte Carlo variance
     # is var(+-0.5, ddof 1) / 2 = 0.25. So se^2 = 20/19 - 0.25.
     k = 20
-    x = np.linspace(-0.4, 0.6, k)
-    e = np.where(np.arange(k) % 2 == 0, 1.0, -1.0)
-    a_level = _second_level(x, e, np.array([0.5, -0.5]))
-    b_level = _second_level(np.zeros(k), np.zeros(k), np.zeros(2))
+    a_level, b_level = _ramp_and_zero_levels(k, 1.0, 0.5)
     assert second_level_se(
         Metric(None, second_level=a_level), Metric(None, second_level=b_level)
     ) == pytest.approx(np.sqrt(20 / 19 - 0.25), rel=1e-12)
@@ -156,14 +162,10 @@ def test_second_level_se_by_hand():
 
 
 def test_paired_mac_takes_the_second_levels_sd():
-    k = 40
-    x = np.linspace(-0.4, 0.6, k)
-    e = np.where(np.arange(k) % 2 == 0, 0.3, -0.3)
-    a_level = _second_level(x, e, np.array([0.1, -0.1]))
-    b_level = _second_level(np.zeros(k), np.zeros(k), np.zeros(2))
-    a, b = _mac_pair(a_level, b_level)
+    a, b = _mac_pair(*_ramp_and_zero_levels(40, 0.3, 0.1))
     se = second_level_se(a, b)
-    assert se == pytest.approx(np.sqrt(np.var(e, ddof=1) - 0.01), rel=1e-12)
+    # 40 alternating +-0.3: variance 0.09 x 40 / 39; Monte Carlo term var(+-0.1, ddof 1) / 2.
+    assert se == pytest.approx(np.sqrt(0.09 * 40 / 39 - 0.01), rel=1e-12)
     d = paired_difference(a, b, 0.95, "MAC")
     assert d.debiased == pytest.approx(0.2)
     assert d.p_value == pytest.approx(2 * stats.norm.sf(0.2 / se), rel=1e-9)
