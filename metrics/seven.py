@@ -816,10 +816,12 @@ def attach_rank_corrections(
         var_acc = np.nanvar(accuracy[1:], axis=0, ddof=1)  # [T]
         var_cmfg = np.nanvar(cmfg[1:], axis=0, ddof=1)
 
-    def pearson(a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
+    def pearson(a: np.ndarray, b: np.ndarray, name: str):
+        """r, and the noise terms taken out of it (None: the plain Pearson)."""
         if name in RANK_DISATTENUATE:
-            return disattenuated_pearson(a, b, RANK_VAR_FLOOR)
-        return correlation(a, b, "pearson")
+            noise = replicate_noise(a, b)
+            return pearson_without_noise(a, b, noise, RANK_VAR_FLOOR), noise
+        return correlation(a, b, "pearson"), None
 
     corrected: dict[str, Metric] = {}
     levels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -827,7 +829,7 @@ def attach_rank_corrections(
     if S >= 2:
         ranks = smoothed_ranks(shared_mic, rank_scales(h, var_mic))  # [R, T, S]
         i, j = np.triu_indices(T, k=1)
-        r = pearson(ranks[:, i, :], ranks[:, j, :], "MRC")
+        r, _ = pearson(ranks[:, i, :], ranks[:, j, :], "MRC")
         corrected.update(_corr_family(r, S, "MRC-S", parity, "task pair"))
     x_ranks = smoothed_ranks(np.moveaxis(shared_mic, 1, 2), rank_scales(h, var_mic.T))  # [R,S,T]
     for name, values, var in (("MAC", accuracy, var_acc), ("MCC", cmfg, var_cmfg)):
@@ -838,11 +840,14 @@ def attach_rank_corrections(
             continue
         y_scales = rank_scales(h, var)
         y_ranks = smoothed_ranks(values, y_scales)  # [R, T]
-        y_b = np.broadcast_to(y_ranks[:, None, :], x_ranks.shape)
-        noise = replicate_noise(x_ranks, y_b)
-        r = pearson_without_noise(x_ranks, y_b, noise, RANK_VAR_FLOOR)
+        r, noise = pearson(x_ranks, np.broadcast_to(y_ranks[:, None, :], x_ranks.shape), name)
         corrected.update(_corr_family(r, T, f"{name}-S", parity, "marker"))
-        if second_level and name in SECOND_LEVEL and len(mic) - 1 >= INNER_MIN_REPLICATES:
+        if (
+            second_level
+            and name in SECOND_LEVEL
+            and noise is not None
+            and len(mic) - 1 >= INNER_MIN_REPLICATES
+        ):
             outer = slice(1, min(INNER_K, len(mic) - 1) + 1)
             estimand = marker_task_correlation(
                 shared_mic[outer], values[outer], name, parity, ("S",), scales=(h, h)
