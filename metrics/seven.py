@@ -1029,8 +1029,9 @@ def inner_correlation_replicates(
 
     The debiased estimate is the corrected statistic minus its bootstrap bias, and that bias
     estimate moves with the sample: the estimate varies less than the corrected statistic's
-    replicates do (measured on paired nulls: sd of the debiased MAC difference 0.79-0.91 of the
-    replicates' sd, so the normal test rejected 1-2 % at alpha = 0.05). For K first-level
+    replicates do (measured on paired nulls: sd of the debiased MAC and MAC-P-all differences
+    0.78-0.91 of the replicates' sd, so the normal test rejected 1-4 % at alpha = 0.05; with
+    this level 2-6 %, docs/statistics.md). For K first-level
     replicates, each with C translated ones (`_translated`, MICs and task values alike), this
     gives the corrected statistic with the first level's noise terms and scales (`noise`:
     `replicate_noise`; `scales`: the smoothed ranks' (MIC [S, T, T], task value [T, T]) scales,
