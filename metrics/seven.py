@@ -831,7 +831,8 @@ def attach_rank_corrections(
         i, j = np.triu_indices(T, k=1)
         r, _ = pearson(ranks[:, i, :], ranks[:, j, :], "MRC")
         corrected.update(_corr_family(r, S, "MRC-S", parity, "task pair"))
-    x_ranks = smoothed_ranks(np.moveaxis(shared_mic, 1, 2), rank_scales(h, var_mic.T))  # [R,S,T]
+    x_scales = rank_scales(h, var_mic.T)
+    x_ranks = smoothed_ranks(np.moveaxis(shared_mic, 1, 2), x_scales)  # [R, S, T]
     for name, values, var in (("MAC", accuracy, var_acc), ("MCC", cmfg, var_cmfg)):
         anchor.update(
             marker_task_correlation(shared_mic[:1], values[:1], name, parity, ("S",), scales=(h, h))
@@ -848,15 +849,15 @@ def attach_rank_corrections(
             and noise is not None
             and len(mic) - 1 >= INNER_MIN_REPLICATES
         ):
-            outer = slice(1, min(INNER_K, len(mic) - 1) + 1)
+            inner = inner_correlation_replicates(
+                shared_mic, values, noise, RANK_VAR_FLOOR, scales=(x_scales, y_scales)
+            )
+            # The estimand on each outer replicate (the first K, as the level's row 0).
+            outer = slice(1, inner.shape[1] + 1)
             estimand = marker_task_correlation(
                 shared_mic[outer], values[outer], name, parity, ("S",), scales=(h, h)
             )[f"{name}-S-all"]
             if estimand.values is not None:
-                inner = inner_correlation_replicates(
-                    shared_mic, values, noise, RANK_VAR_FLOOR,
-                    scales=(rank_scales(h, var_mic.T), y_scales),
-                )  # fmt: skip
                 levels[f"{name}-S-all"] = (inner, estimand.values)
     for name, m in corrected.items():
         if name.endswith("-sig"):
