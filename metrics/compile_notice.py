@@ -11,8 +11,10 @@ warmed run prints nothing.
 
 :func:`load_blas_probe` also lives here, as it runs at the same moment (before the first kernel
 is dispatched): it spares every analysis scipy.linalg's import, which numba's start-up triggers
-only to check that BLAS exists. :func:`numba_without_cffi`, for the command line only, spares
-it the cffi parser that numba's start-up builds for kernels calling cffi functions (none here).
+only to check that BLAS exists. For the command line only, :func:`numba_without_cffi` spares
+it the cffi parser that numba's start-up builds for kernels calling cffi functions (none here),
+and :func:`cache_loads_without_refresh` the compiler's registries when every kernel comes from
+the cache.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, TextIO, TypeVar
 __all__ = [
     "COMPILE_MESSAGE",
     "announce_compiles",
+    "cache_loads_without_refresh",
     "compile_notice",
     "load_blas_probe",
     "numba_without_cffi",
@@ -145,3 +148,43 @@ def numba_without_cffi() -> bool:
             del sys.modules["cffi"]
     module = sys.modules.get(name)
     return module is not None and not module.SUPPORTED
+
+
+def cache_loads_without_refresh() -> bool:
+    """Load kernels from numba's cache without first loading the compiler's registries (CLI only).
+
+    numba's cache refreshes the target context before every load (``Cache.load_overload``): the
+    first refresh imports the implementations of everything a kernel could be compiled from
+    (unicode, typed containers, linalg, np.random, polynomials, jitclass, ...) and installs them
+    for typing and lowering, ~0.17 s of every analysis process, for machine code that is
+    already compiled. A cached kernel needs only numba's runtime (NRT), whose symbols its code
+    calls; this load initializes that and loads. A kernel that must be compiled still gets the
+    refresh: numba's compiler refreshes both contexts before it compiles anything. Results are
+    the same (tests/test_startup.py: the command line's metrics.json equals the library's).
+
+    Returns:
+        Whether loads now skip the refresh (False when numba's cache or runtime does not have
+        the shape this relies on, which leaves numba as it was).
+    """
+    try:
+        from numba.core import caching
+        from numba.core.runtime import rtsys
+    except ImportError:
+        return False
+    cache = getattr(caching, "Cache", None)
+    load = getattr(cache, "_load_overload", None)
+    guard = getattr(cache, "_guard_against_spurious_io_errors", None)
+    if load is None or guard is None or not callable(getattr(rtsys, "initialize", None)):
+        return False
+    if getattr(cache.load_overload, "_skips_refresh", False):
+        return True
+
+    def load_overload(self: Any, sig: Any, target_context: Any) -> Any:
+        rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
+        return None  # the guard swallowed an I/O error: a miss, as in numba
+
+    load_overload._skips_refresh = True  # type: ignore[attr-defined]
+    cache.load_overload = load_overload
+    return True

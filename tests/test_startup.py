@@ -124,3 +124,102 @@ def test_thread_settings_keep_the_users_own(monkeypatch):
     quiet_thread_pools()
     assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_console_script_freezes_the_heap_and_main_from_python_does_not(tmp_path):
+    # The console script's process ends with the command, so the analysis takes its long-lived
+    # objects out of the collector's walks (engine.cli.metrics.settle_heap); `main` called from
+    # Python leaves the caller's collector alone. Neither changes a result.
+    example = str(ROOT / "metrics" / "data" / "example")
+    probe = (
+        "import gc, sys\n"
+        "from engine.cli import main, run\n"
+        f"code = main(['analyze', {example!r}, '--out', {str(tmp_path / 'a')!r}, '--bootstrap', '50'])\n"
+        "kept = gc.get_freeze_count()\n"
+        f"sys.argv = ['mic', 'analyze', {example!r}, '--out', {str(tmp_path / 'b')!r}, "
+        "'--bootstrap', '50']\n"
+        "code2 = run()\n"
+        "print(code, kept, code2, gc.get_freeze_count() > 0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "0 0 0 True"
+    assert (tmp_path / "a" / "metrics.json").read_bytes() == (
+        tmp_path / "b" / "metrics.json"
+    ).read_bytes()
+
+
+def test_cli_loads_cached_kernels_without_the_compiler_registries(tmp_path):
+    # The library's analysis (numba as it ships: a refresh before every cache load) also warms
+    # the cache; the command line then loads the same kernels without the refresh, never
+    # importing what only compiling needs, and writes the same metrics.json.
+    example = str(ROOT / "metrics" / "data" / "example")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    library = (
+        "from metrics import analyze\n"
+        f"analyze({example!r}, out={str(tmp_path / 'lib')!r}, bootstrap=50)\n"
+    )
+    subprocess.run([sys.executable, "-c", library], env=env, cwd=ROOT, check=True)
+    only_for_compiling = ("numba.np.polynomial.polynomial_core", "numba.np.random.generator_core")
+    probe = (
+        "import sys\n"
+        "from engine.cli.main import main\n"
+        f"code = main(['analyze', {example!r}, '--out', {str(tmp_path / 'cli')!r}, "
+        "'--bootstrap', '50'])\n"
+        f"print(code, [m for m in {only_for_compiling!r} if m in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    assert (tmp_path / "lib" / "metrics.json").read_bytes() == (
+        tmp_path / "cli" / "metrics.json"
+    ).read_bytes()
+
+
+_KERNEL = """
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def build(n):
+    d = numba.typed.Dict.empty(numba.types.int64, numba.types.float64)
+    out = np.empty(n)
+    for i in range(n):
+        d[i] = i * 0.5
+        out[i] = d[i] + np.sqrt(i) + np.linalg.norm(np.ones(3))
+    return out
+"""
+
+
+def test_kernels_compile_and_reload_with_cache_loads_without_refresh(tmp_path):
+    # With the refresh skipped on loads, a kernel missing from the cache still compiles (numba's
+    # compiler refreshes by itself), and the next process loads it: a kernel that allocates (the
+    # runtime, NRT), builds a typed dict and calls BLAS, none of which the loads prepared.
+    (tmp_path / "kern_mod.py").write_text(_KERNEL)
+    probe = (
+        "import numpy as np\n"
+        "from metrics.compile_notice import cache_loads_without_refresh\n"
+        "assert cache_loads_without_refresh()\n"
+        "import kern_mod\n"
+        "got = kern_mod.build(5)\n"
+        "want = np.arange(5) * 0.5 + np.sqrt(np.arange(5)) + np.sqrt(3)\n"
+        "stats = kern_mod.build.stats\n"
+        "print(bool(np.allclose(got, want, rtol=1e-15, atol=0)), "
+        "sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    assert runs == [["True", "0", "1"], ["True", "1", "0"]]  # compiled, then loaded

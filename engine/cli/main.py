@@ -69,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run() -> int:
+    """The console script (`mic`, `python -m engine.cli`): `main` in a process that ends with it.
+
+    Commands may then skip work a process that goes on would need (`metrics_cli.settle_heap`).
+    """
+    metrics_cli.PROCESS_ENDS_WITH_COMMAND = True
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
