@@ -22,7 +22,9 @@ item-keyed replicates `mic analyze` uses, so two groups on the same items are pa
 * **Minimum detectable difference (paired).** For two groups on the same items the replicate
   differences give SE_diff directly (their correlation rho is reported: a positive rho is what a
   paired design gains); ``MDD(n) = (z_{1 - alpha/2} + z_power) SE_diff(n)``, with SE_diff's own
-  exponent. A single group is planned as one of two independent groups like it (rho = 0).
+  exponent. For MAC, whose paired test takes the sd of its debiased difference from a second
+  bootstrap level, SE_diff is that sd (`metrics.debias.second_level_se`), as the test will use.
+  A single group is planned as one of two independent groups like it (rho = 0).
 * **K against N** (`metrics.planning_kn`): the variance of a sentence's confidence split into a
   between-sentence and a within-sentence (across consistency samples) part, and the (K, N) that
   minimises the width for a budget.
@@ -52,6 +54,7 @@ from engine.errors import UserError
 from metrics.analyze import check_rank_resolution, group_metrics, group_views
 from metrics.bootstrap._validate import check_level, check_n_boot
 from metrics.core import compute_tables
+from metrics.debias import second_level_se
 from metrics.encode import encode
 from metrics.io import ScoredRun, read_scored
 from metrics.resample import group_replicates, local_group_sums, response_keys
@@ -248,13 +251,18 @@ def replicates(
     views = group_views(enc, tables, valid)
     keys, strata = response_keys(run.responses)
     metrics, mic, shared, items = {}, {}, {}, {}
+    # A pair's MAC is tested with the sd of its debiased difference from a second bootstrap level
+    # (`metrics.debias.second_level_se`), so its plan takes the same SE.
+    pairs = len(views) > 1
     for view in views:
         g = view.g
         reps = group_replicates(
             enc, g, keys, strata, seed=seed, n_boot=bootstrap, scheme="poisson", parity=parity,
             valid=valid, point=tables, group_sums=local_group_sums,
         )  # fmt: skip
-        metrics[g] = group_metrics(view, tables, parity, reps, level, rank_resolution)
+        metrics[g] = group_metrics(
+            view, tables, parity, reps, level, rank_resolution, second_level=pairs
+        )
         mic[g] = reps.mic
         shared[g] = view.shared
         items[g] = np.bincount(enc.r_t[enc.r_g == g], minlength=enc.n_tasks)
@@ -300,7 +308,9 @@ def _quantities(rep: _Replicates) -> dict[tuple, tuple[float, float, float]]:
             b = _base(rep.metrics[gb][name]) if name in rep.metrics[gb] else None
             if a is None or b is None:
                 continue
-            out[((ga, gb), "metric", name, "")] = (n, _sd(a[1:] - b[1:]), _corr(a[1:], b[1:]))
+            two_level = second_level_se(rep.metrics[ga][name], rep.metrics[gb][name])
+            se = two_level if two_level is not None else _sd(a[1:] - b[1:])
+            out[((ga, gb), "metric", name, "")] = (n, se, _corr(a[1:], b[1:]))
         both = rep.shared[ga] & rep.shared[gb]
         for t in np.flatnonzero(ta & (rep.items[gb] > 0)):
             for m in np.flatnonzero(both):

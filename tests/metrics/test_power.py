@@ -315,3 +315,27 @@ def test_plan_uses_the_rank_resolution_analyze_uses(pop, tmp_path):
     plan = power_plan(run, bootstrap=100, rank_resolution=0.2, out=tmp_path)
     assert json.loads((tmp_path / "power.json").read_text())["settings"]["rank_resolution"] == 0.2
     assert plan.plan["settings"]["rank_resolution"] == 0.2
+
+
+def test_pair_mac_se_is_the_sd_its_paired_test_uses():
+    """A pair's MAC is tested with the sd of its debiased difference from a second bootstrap
+    level; the plan's SE_diff for it is that sd, not the replicate differences' (which the
+    other metrics use, as their tests do)."""
+    from metrics import analyze
+    from metrics.special import ndtri
+
+    flat = Population.example(zipf=0.3)  # frequent markers: both models get one marker set
+    run = sample({"a": flat, "b": flat}, 120, 8)
+    rows = analyze(run, bootstrap=100, seed=5, threshold=2, compare=True).comparisons
+    reps = replicates(run, bootstrap=100, seed=5, threshold=2)
+    mine = _quantities(reps)
+    mac = rows.filter(pl.col("metric") == "MAC").row(0, named=True)
+    assert mac["same_markers"] and mac["ci_method"].endswith("sd from a two-level bootstrap")
+    tested = (mac["ci_hi"] - mac["ci_lo"]) / (2 * ndtri(0.975))
+    assert mine[((0, 1), "metric", "MAC", "")][1] == pytest.approx(tested, rel=1e-9)
+    # I-AvgMAE keeps the paired replicate differences' sd.
+    a, b = (reps.metrics[g]["I-AvgMAE"] for g in (0, 1))
+    d = (a.corrected if a.corrected is not None else a.values)[1:] - (
+        b.corrected if b.corrected is not None else b.values
+    )[1:]
+    assert mine[((0, 1), "metric", "I-AvgMAE", "")][1] == pytest.approx(np.std(d, ddof=1))
