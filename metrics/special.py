@@ -81,7 +81,8 @@ def ndtr(x: npt.ArrayLike) -> np.ndarray | np.float64:
     with np.errstate(invalid="ignore", over="ignore"):
         y = 0.5 * _erfc_u(az[tail]).astype(np.float64)
         t = np.where(zt > 0, 1.0 - y, y)
-        t[zt * zt > _NDTR_UNDERFLOW] = (zt[zt * zt > _NDTR_UNDERFLOW] > 0).astype(np.float64)
+        flat = zt * zt > _NDTR_UNDERFLOW
+        t[flat] = (zt[flat] > 0).astype(np.float64)
     out[tail] = t
     return _as_float(out)
 

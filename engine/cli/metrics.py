@@ -148,7 +148,7 @@ def settle_heap() -> None:
     """Move every object alive now out of the garbage collector's sight (`gc.freeze`), in a
     process that ends with the command; elsewhere nothing.
 
-    An analysis process holds ~130,000 objects the collector tracks (numba's about half) that
+    An analysis process holds ~130,000 objects the collector tracks (over half from numba) that
     live until it exits. Every full collection walks them all: during the analysis, and several
     times while the interpreter shuts down (~0.2 s after the results are written). Frozen
     objects are never walked; they are freed with the process. The analysis commands call this
