@@ -49,40 +49,41 @@ def test_the_decorator_announces_and_returns(capsys):
     assert capsys.readouterr().err == COMPILE_MESSAGE + "\n"
 
 
-def test_a_kernel_loaded_from_numba_cache_prints_nothing(tmp_path):
-    # Two fresh interpreters on the same cache directory: the first compiles (and writes the
-    # cache), the second loads the kernel from it, as a run after scripts/install.sh does.
-    (tmp_path / "kern.py").write_text(
-        textwrap.dedent(
-            """
-            import numba
-
-            @numba.njit(cache=True)
-            def total(a):
-                s = 0.0
-                for v in a:
-                    s += v
-                return s
-            """
-        )
-    )
-    script = (
-        "import numpy as np, kern\n"
-        "from metrics.compile_notice import announce_compiles\n"
-        "print(announce_compiles(kern.total)(np.arange(4.0)))\n"
-    )
+def _twice_on_one_cache(tmp_path: Path, module: str, source: str, script: str):
+    """Write `module` into tmp_path and run `script` in two fresh interpreters on one numba cache
+    directory there: the first compiles (and writes the cache), the second loads from it."""
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
         "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
     }
-
-    def run() -> subprocess.CompletedProcess:
-        return subprocess.run(
+    return [
+        subprocess.run(
             [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
         )
+        for _ in range(2)
+    ]
 
-    first, second = run(), run()
+
+def test_a_kernel_loaded_from_numba_cache_prints_nothing(tmp_path):
+    # As a run after scripts/install.sh does: the second interpreter loads the kernel.
+    source = """
+        import numba
+
+        @numba.njit(cache=True)
+        def total(a):
+            s = 0.0
+            for v in a:
+                s += v
+            return s
+        """
+    script = (
+        "import numpy as np, kern\n"
+        "from metrics.compile_notice import announce_compiles\n"
+        "print(announce_compiles(kern.total)(np.arange(4.0)))\n"
+    )
+    first, second = _twice_on_one_cache(tmp_path, "kern", source, script)
     assert first.stdout.strip() == second.stdout.strip() == "6.0"
     assert COMPILE_MESSAGE in first.stderr
     assert COMPILE_MESSAGE not in second.stderr
@@ -139,3 +140,36 @@ def test_numba_without_cffi_keeps_kernels_and_cffi_working() -> None:
     # cffi is not a dependency of this package; where it is installed, it still imports.
     installed = importlib.util.find_spec("cffi") is not None
     assert out.stdout.strip() == ("4" if installed else "absent")
+
+
+def test_kernels_compile_and_reload_with_cache_loads_without_refresh(tmp_path):
+    # The command line loads cached kernels without numba's registry refresh: a kernel missing
+    # from the cache still compiles (numba's compiler refreshes by itself), and the next process
+    # loads it: one that allocates (the runtime, NRT), builds a typed dict and calls BLAS, none
+    # of which the loads prepared.
+    source = """
+        import numba
+        import numpy as np
+
+        @numba.njit(cache=True)
+        def build(n):
+            d = numba.typed.Dict.empty(numba.types.int64, numba.types.float64)
+            out = np.empty(n)
+            for i in range(n):
+                d[i] = i * 0.5
+                out[i] = d[i] + np.sqrt(i) + np.linalg.norm(np.ones(3))
+            return out
+        """
+    script = (
+        "import numpy as np\n"
+        "from metrics.compile_notice import cache_loads_without_refresh\n"
+        "assert cache_loads_without_refresh()\n"
+        "import kern_mod\n"
+        "got = kern_mod.build(5)\n"
+        "want = np.arange(5) * 0.5 + np.sqrt(np.arange(5)) + np.sqrt(3)\n"
+        "stats = kern_mod.build.stats\n"
+        "print(bool(np.allclose(got, want, rtol=1e-15, atol=0)), "
+        "sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
+    )
+    runs = _twice_on_one_cache(tmp_path, "kern_mod", source, script)
+    assert [r.stdout.split() for r in runs] == [["True", "0", "1"], ["True", "1", "0"]]
