@@ -33,19 +33,6 @@ print(json.dumps({
 """
 
 
-def _probe() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE.replace("HEAVY", repr(HEAVY))],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def _last_line(code: str) -> str:
     """Run `code` in a fresh interpreter on this checkout; the last line it printed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -53,6 +40,10 @@ def _last_line(code: str) -> str:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True
     )
     return out.stdout.strip().splitlines()[-1]
+
+
+def _probe() -> dict:
+    return json.loads(_last_line(_PROBE.replace("HEAVY", repr(HEAVY))))
 
 
 def _same_metrics(a: Path, b: Path) -> bool:
