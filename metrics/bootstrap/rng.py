@@ -303,9 +303,11 @@ def _length(values: Any) -> int:
 def pair_keys(firsts: Any, lasts: Any, prefix: str = "") -> np.ndarray:
     """XXH64 of ``prefix + escape_key_part(first) + KEY_SEP + last`` per row, in one pass.
 
-    The text is built by Arrow compute kernels and hashed by a compiled kernel over the Arrow
-    buffer (see :mod:`metrics.bootstrap.strhash`); values Arrow cannot hold (lone surrogates,
-    non-strings, nulls) take a Python path that builds the same text.
+    The text is built and hashed by a compiled kernel over the strings' UTF-8 buffers (see
+    :mod:`metrics.bootstrap.strhash`): an Arrow array's or polars Series' own buffers, or Python
+    strings joined by NUL a slice at a time; values neither can hold (lone surrogates,
+    non-strings, nulls, NUL inside a Python string that Arrow cannot take) take a Python path
+    that builds the same text.
 
     Args:
         firsts: First part per row (escaped), array-like of str, polars Series or Arrow array.
@@ -315,8 +317,19 @@ def pair_keys(firsts: Any, lasts: Any, prefix: str = "") -> np.ndarray:
     Returns:
         A uint64 array with one key per row.
     """
-    from metrics.bootstrap.strhash import arrow_strings, hash_pairs, hash_strings
+    from metrics.bootstrap.strhash import (
+        arrow_strings,
+        hash_object_pairs,
+        hash_pairs,
+        hash_strings,
+    )
 
+    if isinstance(firsts, (list, tuple, np.ndarray)) and isinstance(
+        lasts, (list, tuple, np.ndarray)
+    ):
+        keys = hash_object_pairs(prefix, firsts, lasts)  # Python strings: no Arrow conversion
+        if keys is not None:
+            return keys
     a = arrow_strings(firsts)
     b = arrow_strings(lasts)
     if a is not None and b is not None:

@@ -7,7 +7,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from metrics.bootstrap import rng
+from metrics.bootstrap import rng, strhash
 from metrics.bootstrap.strhash import (
     hash_pairs,
     hash_prefixed,
@@ -108,3 +108,43 @@ def test_pair_kernel_equals_hashing_the_escaped_joined_text(alphabet):
         for f, v in zip(firsts, lasts)
     ]
     assert got.tolist() == want
+
+
+def _want_pairs(prefix, firsts, lasts):
+    return [
+        xxh64_reference(
+            (prefix + rng.escape_key_part(f) + "\x1f" + v).encode("utf-8", "surrogatepass")
+        )
+        for f, v in zip(firsts, lasts)
+    ]
+
+
+def test_python_strings_are_hashed_in_slices_with_the_same_text(monkeypatch):
+    # Python strings are joined by NUL a slice at a time and hashed from the joined bytes: every
+    # length 0..40 of both parts (the word copies' tails), escaped bytes in the first part,
+    # non-ASCII text, and slice edges inside the rows (a slice of 7 rows, 300 rows).
+    monkeypatch.setattr(strhash, "OBJECT_SLICE", 7)
+    g = np.random.default_rng(5)
+    firsts = ["".join(g.choice(list("ab\x1e\x1fé"), size=n)) for n in g.integers(0, 41, 300)]
+    lasts = ["".join(g.choice(list("xyz\x1f中"), size=n)) for n in g.integers(0, 41, 300)]
+    want = _want_pairs("3\x1f", firsts, lasts)
+    got = strhash.hash_object_pairs("3\x1f", np.array(firsts, dtype=object), lasts)
+    assert got is not None and got.tolist() == want
+    assert rng.pair_keys(firsts, lasts, prefix="3\x1f").tolist() == want
+    assert rng.pair_keys(pl.Series(firsts), pl.Series(lasts), prefix="3\x1f").tolist() == want
+
+
+@pytest.mark.parametrize(
+    "odd",
+    ["a\x00b", "\ud800", 7, None],  # a NUL (the separator), a lone surrogate, not a str
+    ids=["nul", "surrogate", "int", "none"],
+)
+def test_values_the_slices_cannot_join_take_the_general_path(odd):
+    firsts = ["t", "u", "v"]
+    lasts = ["1", odd, "3"]
+    assert strhash.hash_object_pairs("", firsts, lasts) is None
+    # pair_keys then builds the same text another way (str() of a non-string, as always)
+    want = _want_pairs("", firsts, [str(v) for v in lasts])
+    assert rng.pair_keys(firsts, np.array(lasts, dtype=object)).tolist() == want
+    with pytest.raises(ValueError, match="2 first parts but 3 last parts"):
+        strhash.hash_object_pairs("", ["a", "b"], ["1", "2", "3"])
