@@ -23,6 +23,7 @@ from typing import Any
 import numba
 import numpy as np
 from llvmlite import ir
+from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "hash_prefixed",
     "hash_strings",
     "hash_pairs",
+    "separator_offsets",
     "utf8_buffers",
     "xxh64_buffers",
     "xxh64_pairs",
@@ -581,6 +583,42 @@ def _pairs_kernel(prefix: str, first: tuple, last: tuple) -> np.ndarray:
 OBJECT_SLICE = 16384
 
 
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+
+
+@numba.njit(cache=True, nogil=True)
+def separator_offsets(data: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """Offsets of `n` values joined by NUL bytes, and the number of NULs found.
+
+    Value ``i`` is ``data[offsets[i]:offsets[i + 1] - 1]`` when ``n - 1`` NULs are found; more
+    mean a value holds a NUL, and then the offsets are meaningless. Eight bytes at a time:
+    ``~(((w & 0x7f..) + 0x7f..) | w | 0x7f..)`` has the top bit of each byte set exactly where
+    that byte of `w` is zero (no carry crosses a byte, unlike the shorter ``(w - 0x01..) & ~w``).
+    """
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[0] = 0
+    found = 0
+    size = data.shape[0]
+    j = 0
+    while j + 8 <= size:
+        w = _read64(data, j)
+        z = ~(((w & _LOW7) + _LOW7) | w | _LOW7)
+        while z != 0:
+            found += 1
+            if found < n:
+                offsets[found] = j + (trailing_zeros(z) >> 3) + 1
+            z &= z - np.uint64(1)
+        j += 8
+    while j < size:
+        if data[j] == 0:
+            found += 1
+            if found < n:
+                offsets[found] = j + 1
+        j += 1
+    offsets[n] = size + 1
+    return offsets, found
+
+
 def _separated(values: list) -> tuple[np.ndarray, np.ndarray] | None:
     """Offsets and UTF-8 bytes of str values joined by NUL (value ``i`` is
     ``data[offsets[i]:offsets[i + 1] - 1]``), or None if a value is not a str, holds a NUL
@@ -590,14 +628,8 @@ def _separated(values: list) -> tuple[np.ndarray, np.ndarray] | None:
     except (TypeError, UnicodeEncodeError):
         return None
     data = np.frombuffer(text, dtype=np.uint8)
-    ends = np.flatnonzero(data == 0)
-    if ends.size != len(values) - 1:
-        return None
-    offsets = np.empty(len(values) + 1, dtype=np.int64)
-    offsets[0] = 0
-    offsets[1:-1] = ends + 1
-    offsets[-1] = data.size + 1
-    return offsets, data
+    offsets, found = separator_offsets(data, len(values))
+    return (offsets, data) if found == len(values) - 1 else None
 
 
 def hash_object_pairs(prefix: str, firsts: Any, lasts: Any) -> np.ndarray | None:
@@ -605,7 +637,7 @@ def hash_object_pairs(prefix: str, firsts: Any, lasts: Any) -> np.ndarray | None
 
     Arrow's conversion of Python strings costs ~40 ns per value, and a joined text's lengths
     another ~30 ns from Python; here each slice of values is joined by NUL and encoded once, and
-    the separators' positions (found by numpy) are the offsets. None means: some value is not a
+    the separators' positions are the offsets (:func:`separator_offsets`). None means: some value is not a
     str, holds a NUL or a lone surrogate; the caller then takes :func:`hash_pairs`' path.
 
     Args:

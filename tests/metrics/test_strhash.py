@@ -148,3 +148,16 @@ def test_values_the_slices_cannot_join_take_the_general_path(odd):
     assert rng.pair_keys(firsts, np.array(lasts, dtype=object)).tolist() == want
     with pytest.raises(ValueError, match="2 first parts but 3 last parts"):
         strhash.hash_object_pairs("", ["a", "b"], ["1", "2", "3"])
+
+
+def test_separator_offsets_find_every_nul_byte():
+    # The word-at-a-time zero test against numpy, on bytes where 0x00, 0x01 and 0x80 (the
+    # classic trick's false positives) sit at every position of a word, and on every tail length.
+    g = np.random.default_rng(6)
+    for size in range(0, 90):
+        data = g.choice(np.array([0, 1, 0x7F, 0x80, 0xFF, 65], dtype=np.uint8), size=size)
+        nuls = np.flatnonzero(data == 0)
+        n = nuls.size + 1
+        offsets, found = strhash.separator_offsets(data, n)
+        assert found == nuls.size
+        assert offsets.tolist() == [0, *(nuls + 1).tolist(), size + 1]
