@@ -576,11 +576,12 @@ def _pairs_kernel(prefix: str, first: tuple, last: tuple) -> np.ndarray:
     )  # fmt: skip
 
 
-#: Rows per slice of :func:`hash_object_pairs`. Each slice's lists and joined texts (~0.5 MB)
-#: reuse the memory the previous slice freed; one pass over 200k rows would ask the system for
-#: ~10 MB of fresh pages, and on this kind of VM a fresh 4 KB page costs ~2 microseconds
-#: (measured: 21.9 ms for 200k pairs in one slice, 14.2 ms in slices of 16k).
-OBJECT_SLICE = 16384
+#: Rows per slice of :func:`hash_object_pairs`. A slice's list and joined text (~100 KB for
+#: ids of ~13 characters) stay under the C allocator's 128 KB threshold for fresh mappings, so
+#: each slice reuses the memory the previous one freed; one pass over 200k rows would ask the
+#: system for ~10 MB of fresh pages, and on this kind of VM a fresh 4 KB page costs ~2
+#: microseconds (200k pairs: ~22 ms in one slice, 15-16 ms in slices of 16k, 14 ms of 8k).
+OBJECT_SLICE = 8192
 
 
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
@@ -637,8 +638,9 @@ def hash_object_pairs(prefix: str, firsts: Any, lasts: Any) -> np.ndarray | None
 
     Arrow's conversion of Python strings costs ~40 ns per value, and a joined text's lengths
     another ~30 ns from Python; here each slice of values is joined by NUL and encoded once, and
-    the separators' positions are the offsets (:func:`separator_offsets`). None means: some value is not a
-    str, holds a NUL or a lone surrogate; the caller then takes :func:`hash_pairs`' path.
+    the separators' positions are the offsets (:func:`separator_offsets`). None means: some
+    value is not a str, holds a NUL or a lone surrogate; the caller then takes
+    :func:`hash_pairs`' path.
 
     Args:
         prefix: Text put in front of every key (not escaped).
