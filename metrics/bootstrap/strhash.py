@@ -59,6 +59,16 @@ def _unaligned(bits: int) -> tuple[Any, Any]:
     word = ir.IntType(bits)
     nbtype = numba.types.uint64 if bits == 64 else numba.types.uint32
 
+    def bytes_array(data) -> bool:
+        # The address is data + p: right for a contiguous uint8 array only. Any other array does
+        # not type (a compile error, never a read beside the bytes meant).
+        return (
+            isinstance(data, numba.types.Array)
+            and data.dtype == numba.types.uint8
+            and data.ndim == 1
+            and data.layout == "C"
+        )
+
     def pointer(context, builder, aryty, ary, p, pty):
         data = context.make_array(aryty)(context, builder, ary).data
         index = context.cast(builder, p, pty, numba.types.intp)
@@ -66,6 +76,9 @@ def _unaligned(bits: int) -> tuple[Any, Any]:
 
     @intrinsic
     def load(typingctx, data, p):
+        if not bytes_array(data):
+            return None
+
         def codegen(context, builder, signature, args):
             ptr = pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
             return builder.load(ptr, align=1)
@@ -74,6 +87,9 @@ def _unaligned(bits: int) -> tuple[Any, Any]:
 
     @intrinsic
     def store(typingctx, data, p, value):
+        if not bytes_array(data):
+            return None
+
         def codegen(context, builder, signature, args):
             ptr = pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
             builder.store(context.cast(builder, args[2], signature.args[2], nbtype), ptr, align=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -161,3 +162,13 @@ def test_separator_offsets_find_every_nul_byte():
         offsets, found = strhash.separator_offsets(data, n)
         assert found == nuls.size
         assert offsets.tolist() == [0, *(nuls + 1).tolist(), size + 1]
+
+
+def test_word_loads_refuse_an_array_whose_bytes_are_not_contiguous():
+    # The unaligned word loads address data + p: a strided array must not compile to them.
+    data = np.frombuffer(b"aXbXcX", dtype=np.uint8)[::2]
+    with pytest.raises(numba.TypingError):
+        xxh64_buffers(np.array([0, 3], dtype=np.int64), data)
+    assert xxh64_buffers(np.array([0, 3], dtype=np.int64), data.copy()).tolist() == [
+        xxh64_reference(b"abc")
+    ]
