@@ -305,9 +305,9 @@ def pair_keys(firsts: Any, lasts: Any, prefix: str = "") -> np.ndarray:
 
     The text is built and hashed by a compiled kernel over the strings' UTF-8 buffers (see
     :mod:`metrics.bootstrap.strhash`): an Arrow array's or polars Series' own buffers, or Python
-    strings joined by NUL a slice at a time; values neither can hold (lone surrogates,
-    non-strings, nulls, NUL inside a Python string that Arrow cannot take) take a Python path
-    that builds the same text.
+    strings joined by NUL a slice at a time (a string holding a NUL goes through Arrow instead);
+    values neither can hold (lone surrogates, non-strings, nulls) take a Python path that builds
+    the same text.
 
     Args:
         firsts: First part per row (escaped), array-like of str, polars Series or Arrow array.
