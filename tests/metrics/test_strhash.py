@@ -123,11 +123,12 @@ def _want_pairs(prefix, firsts, lasts):
 def test_python_strings_are_hashed_in_slices_with_the_same_text(monkeypatch):
     # Python strings are joined by NUL a slice at a time and hashed from the joined bytes: every
     # length 0..40 of both parts (the word copies' tails), escaped bytes in the first part,
-    # non-ASCII text, and slice edges inside the rows (a slice of 7 rows, 300 rows).
+    # non-ASCII text, and slice edges inside the rows (a slice of 7 rows, 328 rows).
     monkeypatch.setattr(strhash, "OBJECT_SLICE", 7)
     g = np.random.default_rng(5)
-    firsts = ["".join(g.choice(list("ab\x1e\x1fé"), size=n)) for n in g.integers(0, 41, 300)]
-    lasts = ["".join(g.choice(list("xyz\x1f中"), size=n)) for n in g.integers(0, 41, 300)]
+    sizes = np.tile(np.arange(41), 8)  # every length 8 times, in a different order per part
+    firsts = ["".join(g.choice(list("ab\x1e\x1fé"), size=n)) for n in g.permutation(sizes)]
+    lasts = ["".join(g.choice(list("xyz\x1f中"), size=n)) for n in g.permutation(sizes)]
     want = _want_pairs("3\x1f", firsts, lasts)
     got = strhash.hash_object_pairs("3\x1f", np.array(firsts, dtype=object), lasts)
     assert got is not None and got.tolist() == want
