@@ -54,10 +54,13 @@ def _rotl(x: np.uint64, r: int) -> np.uint64:
 
 
 def _unaligned(bits: int) -> tuple[Any, Any]:
-    """Intrinsics ``load(data, p)`` and ``store(data, p, value)`` of the `bits`-bit unsigned
-    word at byte ``p`` of a uint8 array: one unaligned machine load or store, native order."""
+    """Intrinsics ``load(data, p)`` and ``store(data, p, value)`` of the little-endian `bits`-bit
+    unsigned word at byte ``p`` of a uint8 array: one unaligned machine load or store (strings
+    start anywhere in the buffer), byte-swapped on a big-endian machine. XXH64 reads
+    little-endian words; LLVM does not merge numba's byte-by-byte form into one load."""
     word = ir.IntType(bits)
     nbtype = numba.types.uint64 if bits == 64 else numba.types.uint32
+    swap = sys.byteorder == "big"
 
     def bytes_array(data) -> bool:
         # The address is data + p: right for a contiguous uint8 array only. Any other array does
@@ -81,7 +84,8 @@ def _unaligned(bits: int) -> tuple[Any, Any]:
 
         def codegen(context, builder, signature, args):
             ptr = pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
-            return builder.load(ptr, align=1)
+            value = builder.load(ptr, align=1)
+            return builder.bswap(value) if swap else value
 
         return nbtype(data, p), codegen
 
@@ -92,7 +96,8 @@ def _unaligned(bits: int) -> tuple[Any, Any]:
 
         def codegen(context, builder, signature, args):
             ptr = pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
-            builder.store(context.cast(builder, args[2], signature.args[2], nbtype), ptr, align=1)
+            value = context.cast(builder, args[2], signature.args[2], nbtype)
+            builder.store(builder.bswap(value) if swap else value, ptr, align=1)
             return context.get_dummy_value()
 
         return numba.types.void(data, p, value), codegen
@@ -100,44 +105,8 @@ def _unaligned(bits: int) -> tuple[Any, Any]:
     return load, store
 
 
-@numba.njit(inline="always", cache=True)
-def _read64_bytes(data: np.ndarray, p: int) -> np.uint64:
-    # Little endian, byte by byte: the portable form of _read64.
-    v = np.uint64(0)
-    for k in range(8):
-        v |= np.uint64(data[p + k]) << np.uint64(8 * k)
-    return v
-
-
-@numba.njit(inline="always", cache=True)
-def _read32_bytes(data: np.ndarray, p: int) -> np.uint64:
-    v = np.uint64(0)
-    for k in range(4):
-        v |= np.uint64(data[p + k]) << np.uint64(8 * k)
-    return v
-
-
-@numba.njit(inline="always", cache=True)
-def _write64_bytes(data: np.ndarray, p: int, v: np.uint64) -> None:
-    for k in range(8):
-        data[p + k] = np.uint8((v >> np.uint64(8 * k)) & np.uint64(0xFF))
-
-
-@numba.njit(inline="always", cache=True)
-def _write32_bytes(data: np.ndarray, p: int, v: np.uint64) -> None:
-    for k in range(4):
-        data[p + k] = np.uint8((v >> np.uint64(8 * k)) & np.uint64(0xFF))
-
-
-# XXH64 reads little-endian words. On a little-endian machine (x86, ARM) one unaligned load is
-# that word; LLVM does not merge the portable form's byte loads. Strings start anywhere in the
-# buffer, hence unaligned.
-if sys.byteorder == "little":
-    _read64, _write64 = _unaligned(64)
-    _read32_word, _write32 = _unaligned(32)
-else:  # pragma: no cover - no big-endian machine runs the tests
-    _read64, _write64 = _read64_bytes, _write64_bytes
-    _read32_word, _write32 = _read32_bytes, _write32_bytes
+_read64, _write64 = _unaligned(64)
+_read32_word, _write32 = _unaligned(32)
 
 
 @numba.njit(inline="always", cache=True)
