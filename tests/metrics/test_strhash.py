@@ -18,6 +18,16 @@ from metrics.bootstrap.strhash import (
 )
 
 
+def _want_pairs(prefix, firsts, lasts):
+    """The specification's hash of each row's key text (`rng.pair_keys`)."""
+    return [
+        xxh64_reference(
+            (prefix + rng.escape_key_part(f) + "\x1f" + v).encode("utf-8", "surrogatepass")
+        )
+        for f, v in zip(firsts, lasts)
+    ]
+
+
 def test_reference_matches_the_published_xxh64_vectors():
     # Test vectors of XXH64 with seed 0 (xxHash's own sanity checks): a wrong constant or
     # rotation in the reference would change them.
@@ -67,15 +77,10 @@ def test_item_keys_escape_the_task_so_pairs_never_collide():
     # the Arrow path and the Python path build the same escaped text
     tasks = ["t\x1e", "t\x1f", "plain"]
     ids = ["1", "2", "3"]
-    want = [
-        xxh64_reference((rng.escape_key_part(t) + "\x1f" + i).encode()) for t, i in zip(tasks, ids)
-    ]
+    want = _want_pairs("", tasks, ids)
     assert rng.item_keys(tasks, ids).tolist() == want
     assert rng.item_keys(pl.Series(tasks), pl.Series(ids)).tolist() == want
-    assert rng.pair_keys(tasks, ids, prefix="9\x1f").tolist() == [
-        xxh64_reference(("9\x1f" + rng.escape_key_part(t) + "\x1f" + i).encode())
-        for t, i in zip(tasks, ids)
-    ]
+    assert rng.pair_keys(tasks, ids, prefix="9\x1f").tolist() == _want_pairs("9\x1f", tasks, ids)
 
 
 def test_kernel_reads_raw_buffers():
@@ -103,21 +108,7 @@ def test_pair_kernel_equals_hashing_the_escaped_joined_text(alphabet):
     g = np.random.default_rng(4)
     firsts = ["".join(g.choice(list(alphabet), size=n)) for n in g.integers(0, 40, 70)]
     lasts = ["".join(g.choice(list("xyz\x1fé"), size=n)) for n in g.integers(0, 40, 70)]
-    got = hash_pairs("7\x1f", firsts, lasts)
-    want = [
-        xxh64_reference(("7\x1f" + rng.escape_key_part(f) + "\x1f" + v).encode())
-        for f, v in zip(firsts, lasts)
-    ]
-    assert got.tolist() == want
-
-
-def _want_pairs(prefix, firsts, lasts):
-    return [
-        xxh64_reference(
-            (prefix + rng.escape_key_part(f) + "\x1f" + v).encode("utf-8", "surrogatepass")
-        )
-        for f, v in zip(firsts, lasts)
-    ]
+    assert hash_pairs("7\x1f", firsts, lasts).tolist() == _want_pairs("7\x1f", firsts, lasts)
 
 
 def test_python_strings_are_hashed_in_slices_with_the_same_text(monkeypatch):
@@ -148,6 +139,9 @@ def test_values_the_slices_cannot_join_take_the_general_path(odd):
     # pair_keys then builds the same text another way (str() of a non-string, as always)
     want = _want_pairs("", firsts, [str(v) for v in lasts])
     assert rng.pair_keys(firsts, np.array(lasts, dtype=object)).tolist() == want
+
+
+def test_python_strings_of_different_lengths_are_refused():
     with pytest.raises(ValueError, match="2 first parts but 3 last parts"):
         strhash.hash_object_pairs("", ["a", "b"], ["1", "2", "3"])
 
