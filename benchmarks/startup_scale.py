@@ -238,8 +238,8 @@ def draw_rate_row(n_boot: int, n_groups: int = 500) -> tuple[str, float, float, 
         replicate_weight_totals(keys, strata, 1, n_boot)
         ceiling = min(ceiling, time.perf_counter() - t0)
     return (
-        f"draw rate, {n / 1e6:.2g}e6 rows x 3 sums/5e5 items/{n_groups} groups B={n_boot} "
-        f"vs RNG-only ({n_items * n_boot / ours:.3g} draws/s)",
+        f"draw rate, {n / 1e6:.2g}e6 rows x 3 sums/5e5 items/{n_groups} group{'s' * (n_groups > 1)} "
+        f"B={n_boot} vs RNG-only ({n_items * n_boot / ours:.3g} draws/s)",
         ours,
         ceiling,
         "target >= 80 % (ratio = share of the RNG-only rate)"
