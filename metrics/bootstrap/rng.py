@@ -319,6 +319,7 @@ def pair_keys(firsts: Any, lasts: Any, prefix: str = "") -> np.ndarray:
     """
     from metrics.bootstrap.strhash import (
         arrow_strings,
+        check_pair_lengths,
         hash_object_pairs,
         hash_pairs,
         hash_strings,
@@ -333,8 +334,7 @@ def pair_keys(firsts: Any, lasts: Any, prefix: str = "") -> np.ndarray:
     a = arrow_strings(firsts)
     b = arrow_strings(lasts)
     if a is not None and b is not None:
-        if len(a) != len(b):
-            raise ValueError(f"pair_keys: {len(a)} first parts but {len(b)} last parts")
+        check_pair_lengths(len(a), len(b))
         # One compiled pass escapes the first part, joins and hashes each row's text (the
         # kernel's escape is escape_key_part's, byte for byte: KEY_ESC and KEY_SEP are \x1e, \x1f).
         return hash_pairs(prefix, a, b)

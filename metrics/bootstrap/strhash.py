@@ -28,6 +28,7 @@ from numba.extending import intrinsic
 
 __all__ = [
     "arrow_strings",
+    "check_pair_lengths",
     "hash_object_pairs",
     "hash_prefixed",
     "hash_strings",
@@ -640,8 +641,7 @@ def hash_object_pairs(prefix: str, firsts: Any, lasts: Any) -> np.ndarray | None
     """
     a = firsts if isinstance(firsts, list) else np.asarray(firsts, dtype=object).reshape(-1)
     b = lasts if isinstance(lasts, list) else np.asarray(lasts, dtype=object).reshape(-1)
-    if len(a) != len(b):
-        raise ValueError(f"pair_keys: {len(a)} first parts but {len(b)} last parts")
+    check_pair_lengths(len(a), len(b))
     out = np.empty(len(b), dtype=np.uint64)
     for start in range(0, len(b), OBJECT_SLICE):
         stop = min(len(b), start + OBJECT_SLICE)
@@ -651,6 +651,13 @@ def hash_object_pairs(prefix: str, firsts: Any, lasts: Any) -> np.ndarray | None
             return None
         out[start:stop] = _pairs_kernel(prefix, (*first, 1), (*last, 1))
     return out
+
+
+def check_pair_lengths(n_first: int, n_last: int) -> None:
+    """Raise ValueError unless there are as many first parts as last parts (the pair kernel
+    reads both parts' offsets for every row: a shorter column would be read past its end)."""
+    if n_first != n_last:
+        raise ValueError(f"pair_keys: {n_first} first parts but {n_last} last parts")
 
 
 def _as_list(values: Any) -> list:

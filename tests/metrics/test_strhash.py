@@ -141,9 +141,12 @@ def test_values_the_slices_cannot_join_take_the_general_path(odd):
     assert rng.pair_keys(firsts, np.array(lasts, dtype=object)).tolist() == want
 
 
-def test_python_strings_of_different_lengths_are_refused():
+def test_columns_of_different_lengths_are_refused():
+    # Python strings (the NUL-joined slices) and Arrow arrays (their buffers) share one check.
     with pytest.raises(ValueError, match="2 first parts but 3 last parts"):
         strhash.hash_object_pairs("", ["a", "b"], ["1", "2", "3"])
+    with pytest.raises(ValueError, match="2 first parts but 3 last parts"):
+        rng.pair_keys(pa.array(["a", "b"]), pa.array(["1", "2", "3"]))
 
 
 def test_separator_offsets_find_every_nul_byte():
